@@ -1,0 +1,616 @@
+/* memtrace kernel side: memory syscalls, page faults and process events of
+ * the traced process trees, into three ring buffers (layout: memtrace.h).
+ *
+ * Reads only tracepoint arguments, perf-event context and BPF helpers: no
+ * kernel struct layouts, so any recent header tree compiles it correctly and
+ * it needs neither kprobes nor fentry. */
+#include <uapi/linux/bpf_perf_event.h>
+#include <uapi/linux/sched.h>
+#include "memtrace.h"
+
+/* user space may size the fault ring (a validated power of two) */
+#ifndef FAULT_RING_PAGES
+#define FAULT_RING_PAGES MT_FAULT_RING_PAGES
+#endif
+
+BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
+BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
+BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
+
+/* tgid -> MT_STATE_*; filled by user space (-p, the spawned CMD) and by fork. */
+BPF_HASH(traced, u32, u32, 65536);
+BPF_PERCPU_ARRAY(counters, u64, MT_NR_COUNTERS);
+BPF_ARRAY(config, u64, MT_NR_CONFIG);
+
+/* Per-thread state; deleted when the thread exits, so a reused tid never
+ * inherits it. */
+struct syscall_entry {
+	u64 ts;
+	u64 args[6];
+	u32 kind;
+	u32 pad;
+};
+BPF_HASH(inflight, u32, struct syscall_entry, 65536);
+
+/* The fault in progress on this CPU: filled at fault entry, read by
+ * kmem:rss_stat inside the fault and by the perf event at its end. A fault
+ * starts and ends on one CPU unless its task sleeps and moves (or another
+ * task faults here meanwhile): then `tid` no longer matches, the end takes
+ * the slow path and the fault is sent without its entry (flag NO_ENTRY,
+ * counted). A per-CPU slot costs an array index where a per-thread hash
+ * costs a hash lookup, three times per fault. */
+struct fault_slot {
+	u64 ts;            /* entry time (traced processes only) */
+	u64 addr;
+	u32 tid;
+	u32 state;         /* the process's MT_STATE_*, 0 if not traced */
+	u32 error_code;
+	u32 active;        /* a fault of `tid` is in progress */
+	s32 rss[4];        /* pages, by kmem:rss_stat member */
+};
+BPF_PERCPU_ARRAY(fault_slot, struct fault_slot, 1);
+
+/* A fault whose thread is switched out before the fault ends (it sleeps on
+ * I/O, or is preempted) is parked here by sched:sched_switch, and brought
+ * back into the slot of whichever CPU the thread resumes on: only faults
+ * that sleep pay for a hash update. `parked_n` counts the entries, so the
+ * common case (nothing parked) skips the hash entirely. */
+BPF_HASH(parked, u32, struct fault_slot, 16384);
+BPF_ARRAY(parked_n, s64, 1);
+
+
+/* parent tid -> clone flags, from task:task_newtask to sched:sched_process_fork */
+BPF_HASH(clone_flags, u32, u64, 4096);
+
+/* tgid -> last value of each resident-set counter, to turn kmem:rss_stat's
+ * absolute sizes into per-fault changes. */
+struct rss_state {
+	s64 last[4];
+	u32 known;         /* bit per member whose last value is known */
+	u32 pad;
+};
+BPF_HASH(rss_last, u32, struct rss_state, 65536);
+
+static __always_inline void count(int idx)
+{
+	u64 *c = counters.lookup(&idx);
+	if (c)
+		(*c)++;
+}
+
+static __always_inline u64 cfg(int idx)
+{
+	u64 *v = config.lookup(&idx);
+	return v ? *v : 0;
+}
+
+/* State of the current process, 0 if it is not traced. */
+static __always_inline u32 current_state(u32 tgid)
+{
+	u32 *st = traced.lookup(&tgid);
+	return st ? *st : 0;
+}
+
+/* A fault that never reaches its end (it failed: EFAULT in copy_to_user, a
+ * SIGSEGV) leaves the slot active; the thread's next memory syscall or
+ * fault retires it, so later resident-set changes are not taken for its.
+ * Changes already gathered into it cannot be sent as a fault: counted. */
+static __always_inline void retire_slot(struct fault_slot *fs)
+{
+	if (!fs->active)
+		return;
+	fs->active = 0;
+	if (fs->state != MT_STATE_TRACED)
+		return;
+	count(MT_CNT_FAULT_UNFINISHED);
+	if (fs->rss[0] || fs->rss[1] || fs->rss[2] || fs->rss[3])
+		count(MT_CNT_RSS_STRANDED);
+}
+
+static __always_inline s64 *parked_count(void)
+{
+	int zero = 0;
+	return parked_n.lookup(&zero);
+}
+
+/* Forgets a parked fault of `tid` (it ended elsewhere, or never will). */
+static __always_inline void unpark(u32 tid)
+{
+	s64 *n = parked_count();
+	if (n && *n > 0 && parked.delete(&tid) == 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* This CPU's slot, holding the current thread's fault in progress if it has
+ * one: a fault parked when the thread was switched out is brought back. */
+static __always_inline struct fault_slot *my_slot(u32 tid)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (!fs || (fs->tid == tid && fs->active))
+		return fs;
+	s64 *n = parked_count();
+	if (!n || *n <= 0)
+		return fs;
+	struct fault_slot *p = parked.lookup(&tid);
+	if (p) {
+		__builtin_memcpy(fs, p, sizeof(*fs));
+		if (parked.delete(&tid) == 0)
+			__sync_fetch_and_add(n, -1);
+	}
+	return fs;
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
+		return 0;
+	u32 tid = args->prev_pid;
+	s64 *n = parked_count();
+	if (fs->state == MT_STATE_TRACED && n) {
+		if (parked.update(&tid, fs) == 0)   /* a copy, still active */
+			__sync_fetch_and_add(n, 1);
+		else
+			count(MT_CNT_MAP_FULL);
+	}
+	fs->active = 0;
+	return 0;
+}
+
+/* An mt_event with its header filled (time, ids, kind, the thread's name;
+ * everything else zero), or NULL with the loss counted in `lost`. */
+static __always_inline struct mt_event *new_event(u32 kind, u32 tgid, u32 tid, int lost)
+{
+	struct mt_event *ev = events.ringbuf_reserve(sizeof(struct mt_event));
+	if (!ev) {
+		count(lost);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts = bpf_ktime_get_ns();
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->kind = kind;
+	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+	return ev;
+}
+
+/* Likewise an mt_exec (a record that carries a path). */
+static __always_inline struct mt_exec *new_path_record(u32 kind, u32 tgid, u32 tid, u32 old_tid)
+{
+	struct mt_exec *ev = execs.ringbuf_reserve(sizeof(struct mt_exec));
+	if (!ev) {
+		count(MT_CNT_LOST_EXEC);
+		return 0;
+	}
+	ev->ts = bpf_ktime_get_ns();
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->old_tid = old_tid;
+	ev->kind = kind;
+	ev->pad = 0;
+	ev->ret = 0;
+	ev->flags = 0;
+	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+	return ev;
+}
+
+/* ---- memory syscalls: entry stores the arguments, exit sends one event ---- */
+
+static __always_inline int syscall_enter(u32 kind, u64 a0, u64 a1, u64 a2,
+					 u64 a3, u64 a4, u64 a5)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (current_state(tgid) != MT_STATE_TRACED)
+		return 0;
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (fs && fs->tid == tid)
+		retire_slot(fs);
+	unpark(tid);
+	struct syscall_entry e = {};
+	e.ts = bpf_ktime_get_ns();
+	e.kind = kind;
+	e.args[0] = a0; e.args[1] = a1; e.args[2] = a2;
+	e.args[3] = a3; e.args[4] = a4; e.args[5] = a5;
+	if (inflight.update(&tid, &e))
+		count(MT_CNT_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int syscall_exit(u32 kind, s64 ret)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct syscall_entry *e = inflight.lookup(&tid);
+	if (!e)
+		return 0;
+	if (e->kind != kind) {
+		count(MT_CNT_UNPAIRED_EXIT);
+		inflight.delete(&tid);
+		return 0;
+	}
+	count(MT_CNT_SYSCALLS);
+	struct mt_event *ev = new_event(kind, tgid, tid, MT_CNT_LOST_EVENT);
+	if (!ev) {
+		inflight.delete(&tid);
+		return 0;
+	}
+	ev->duration = ev->ts - e->ts;
+	ev->ret = ret;
+#pragma unroll
+	for (int i = 0; i < 6; i++)
+		ev->args[i] = e->args[i];
+	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	inflight.delete(&tid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_brk)
+{
+	return syscall_enter(MT_EV_BRK, args->brk, 0, 0, 0, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_brk) { return syscall_exit(MT_EV_BRK, args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
+{
+	return syscall_enter(MT_EV_MMAP, args->addr, args->len, args->prot,
+			     args->flags, args->fd, args->off);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { return syscall_exit(MT_EV_MMAP, args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
+{
+	return syscall_enter(MT_EV_MUNMAP, args->addr, args->len, 0, 0, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { return syscall_exit(MT_EV_MUNMAP, args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
+{
+	return syscall_enter(MT_EV_MREMAP, args->addr, args->old_len,
+			     args->new_len, args->flags, args->new_addr, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { return syscall_exit(MT_EV_MREMAP, args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_mprotect)
+{
+	return syscall_enter(MT_EV_MPROTECT, args->start, args->len, args->prot,
+			     0, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_mprotect) { return syscall_exit(MT_EV_MPROTECT, args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
+{
+	return syscall_enter(MT_EV_MADVISE, args->start, args->len_in,
+			     args->behavior, 0, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { return syscall_exit(MT_EV_MADVISE, args->ret); }
+
+/* ---- open/openat: the file behind a later mmap(fd) ---- */
+
+static __always_inline int open_exit(s64 ret)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct syscall_entry *e = inflight.lookup(&tid);
+	if (!e)
+		return 0;
+	if (e->kind != MT_EV_OPEN) {
+		count(MT_CNT_UNPAIRED_EXIT);
+		inflight.delete(&tid);
+		return 0;
+	}
+	if (ret < 0) {     /* a failed open names no descriptor */
+		inflight.delete(&tid);
+		return 0;
+	}
+	struct mt_exec *ev = new_path_record(MT_EV_OPEN, tgid, tid, tid);
+	if (!ev) {
+		inflight.delete(&tid);
+		return 0;
+	}
+	ev->ret = ret;
+	ev->flags = e->args[2];
+	/* the caller's path string is still there at syscall exit */
+	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), (void *)e->args[1]);
+	execs.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	inflight.delete(&tid);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+{
+	return syscall_enter(MT_EV_OPEN, args->dfd, (u64)args->filename, args->flags,
+			     args->mode, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret); }
+
+TRACEPOINT_PROBE(syscalls, sys_enter_open)
+{
+	return syscall_enter(MT_EV_OPEN, (u64)-100 /* AT_FDCWD */, (u64)args->filename,
+			     args->flags, args->mode, 0, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
+
+/* ---- page faults: entry (tracepoint, error code) + end (perf event, minor/major) ---- */
+
+static __always_inline int fault_enter(u64 addr, u64 error_code)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (!fs)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	/* every task's fault takes the slot, so a stale one is never trusted */
+	retire_slot(fs);
+	fs->tid = tid;
+	fs->active = 1;
+	fs->state = current_state(tgid);
+	if (fs->state)
+		unpark(tid);
+	if (fs->state == MT_STATE_TRACED)
+		fs->ts = bpf_ktime_get_ns();
+	fs->addr = addr;
+	fs->error_code = error_code;
+	fs->rss[0] = fs->rss[1] = fs->rss[2] = fs->rss[3] = 0;
+	return 0;
+}
+
+/* Raw tracepoints: no copy of the arguments into a perf trace buffer, which
+ * matters at one call per fault. TP_PROTO(unsigned long address,
+ * struct pt_regs *regs, unsigned long error_code)
+ * (arch/x86/include/asm/trace/exceptions.h): plain integers, no struct read. */
+RAW_TRACEPOINT_PROBE(page_fault_user)
+{
+	return fault_enter(ctx->args[0], ctx->args[2]);
+}
+
+RAW_TRACEPOINT_PROBE(page_fault_kernel)
+{
+	return fault_enter(ctx->args[0], ctx->args[2]);
+}
+
+static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct fault_slot *fs = my_slot(tid);
+	if (!fs)
+		return 0;
+	int entry = fs->tid == tid && fs->active;
+	u32 st = entry ? fs->state : current_state(tgid);
+	if (entry)
+		fs->active = 0;
+	if (st != MT_STATE_TRACED) {
+		if (st == MT_STATE_PRE_EXEC)
+			count(MT_CNT_PRE_EXEC_FAULT);
+		return 0;
+	}
+	struct mt_fault *f = faults.ringbuf_reserve(sizeof(struct mt_fault));
+	if (!f) {
+		count(MT_CNT_LOST_FAULT);
+		return 0;
+	}
+	u64 now = bpf_ktime_get_ns();
+	f->ts = now;
+	f->addr = ctx->addr;
+	f->ip = PT_REGS_IP(&ctx->regs);
+	f->pid = tgid;
+	f->tid = tid;
+	f->flags = major ? MT_FAULT_MAJOR : 0;
+	if (entry) {
+		f->latency = now - fs->ts;
+		f->error_code = fs->error_code;
+		if (!(fs->error_code & MT_PF_USER))
+			f->flags |= MT_FAULT_KERNEL_MODE;
+		f->rss_file = fs->rss[0];
+		f->rss_anon = fs->rss[1];
+		f->rss_swap = fs->rss[2];
+		f->rss_shmem = fs->rss[3];
+	} else {
+		count(MT_CNT_FAULT_NO_ENTRY);
+		f->latency = 0;
+		f->error_code = 0;
+		f->flags |= MT_FAULT_NO_ENTRY;
+		f->rss_file = f->rss_anon = f->rss_swap = f->rss_shmem = 0;
+	}
+	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+int on_fault_min(struct bpf_perf_event_data *ctx) { return fault_end(ctx, 0); }
+int on_fault_maj(struct bpf_perf_event_data *ctx) { return fault_end(ctx, 1); }
+
+/* ---- resident-set changes ---- */
+
+TRACEPOINT_PROBE(kmem, rss_stat)
+{
+	/* curr: the counter belongs to the current task's mm; the others
+	 * (another process's mm, e.g. at fork) cannot be told apart here. */
+	if (!args->curr)
+		return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	struct fault_slot *fs = my_slot(tid);
+	if (!fs)
+		return 0;
+	int in_fault = fs->tid == tid && fs->active;
+	u32 st = in_fault ? fs->state : current_state(tgid);
+	if (st != MT_STATE_TRACED)
+		return 0;
+	u32 member = args->member;
+	if (member > 3)
+		return 0;
+	s64 size = args->size;
+
+	struct rss_state *rs = rss_last.lookup(&tgid);
+	if (!rs) {
+		struct rss_state n = {};
+		rss_last.update(&tgid, &n);
+		rs = rss_last.lookup(&tgid);
+		if (!rs) {
+			count(MT_CNT_MAP_FULL);
+			return 0;
+		}
+	}
+	s64 delta = 0;
+	u16 flags = 0;
+	if (rs->known & (1u << member)) {
+		delta = size - rs->last[member];
+	} else {
+		rs->known |= 1u << member;
+		flags = MT_RSS_BASELINE;
+	}
+	rs->last[member] = size;
+
+	if (in_fault && !flags) {
+		fs->rss[member] += delta >> 12;
+		return 0;
+	}
+	/* Outside a fault (or the first value seen): an event of its own,
+	 * attributed to the memory syscall in progress, if any. */
+	count(MT_CNT_RSS);
+	struct syscall_entry *sc = inflight.lookup(&tid);
+	struct mt_event *ev = new_event(MT_EV_RSS, tgid, tid, MT_CNT_LOST_RSS);
+	if (!ev)
+		return 0;
+	ev->flags = flags;
+	ev->aux = member;
+	ev->args[0] = size;
+	ev->args[1] = delta;
+	ev->args[2] = sc ? sc->kind : 0;
+	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* ---- process events ---- */
+
+static __always_inline void proc_event(u32 kind, u32 tgid, u32 tid, s32 aux,
+				       u64 arg0, u16 flags, u64 wakeup)
+{
+	count(MT_CNT_PROC);
+	struct mt_event *ev = new_event(kind, tgid, tid, MT_CNT_LOST_EVENT);
+	if (!ev)
+		return;
+	ev->flags = flags;
+	ev->aux = aux;
+	ev->args[0] = arg0;
+	events.ringbuf_submit(ev, wakeup);
+}
+
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (!current_state(tgid) && tid != cfg(MT_CFG_SPAWNER_TID))
+		return 0;
+	u64 flags = args->clone_flags;
+	clone_flags.update(&tid, &flags);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	u32 child = args->child_pid;
+	u32 st = current_state(tgid);
+	int spawner = tid == cfg(MT_CFG_SPAWNER_TID);
+	if (!st && !spawner)
+		return 0;
+	u64 flags = 0;
+	u64 *fl = clone_flags.lookup(&tid);
+	if (fl) {
+		flags = *fl;
+		clone_flags.delete(&tid);
+	}
+	if (flags & CLONE_THREAD) {
+		if (st == MT_STATE_TRACED)
+			proc_event(MT_EV_THREAD, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	if (spawner && !st) {
+		/* memtrace's own child for `-- CMD`: traced from its exec on */
+		u32 pre = MT_STATE_PRE_EXEC;
+		if (traced.update(&child, &pre))
+			count(MT_CNT_MAP_FULL);
+		return 0;
+	}
+	if (st != MT_STATE_TRACED || !cfg(MT_CFG_FOLLOW))
+		return 0;
+	if (traced.update(&child, &st))
+		count(MT_CNT_MAP_FULL);
+	proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	u32 *st = traced.lookup(&tgid);
+	if (!st)
+		return 0;
+	if (*st == MT_STATE_PRE_EXEC)
+		*st = MT_STATE_TRACED;
+	/* a new mm: its counters start again */
+	rss_last.delete(&tgid);
+	u32 old = args->old_pid;
+	if (old != tid)
+		inflight.delete(&old);
+	struct mt_exec *ev = new_path_record(MT_EV_EXEC, tgid, tid, old);
+	if (!ev)
+		return 0;
+	TP_DATA_LOC_READ_STR(ev->filename, filename, sizeof(ev->filename));
+	/* The kernel has made the new image's mappings (binary, loader, stack,
+	 * vdso) without a syscall: hold the process before its first
+	 * instruction until user space has read /proc/PID/maps and sends
+	 * SIGCONT, so the snapshot is exactly the exec's. The stop is sent
+	 * before the record that wakes user space: the other order lets a
+	 * SIGCONT overtake it and leave the process stopped for good. */
+	if (cfg(MT_CFG_STOP_AT_EXEC))
+		bpf_send_signal(19 /* SIGSTOP */);
+	execs.ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	u32 st = current_state(tgid);
+	if (!st)
+		return 0;
+	inflight.delete(&tid);
+	clone_flags.delete(&tid);
+	unpark(tid);
+	u16 dead = args->group_dead ? MT_EXIT_GROUP_DEAD : 0;
+	if (dead) {
+		traced.delete(&tgid);
+		rss_last.delete(&tgid);
+	}
+	if (st == MT_STATE_TRACED)
+		proc_event(MT_EV_EXIT, tgid, tid, 0, 0, dead,
+			   dead ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+TRACEPOINT_PROBE(task, task_rename)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	if (current_state(tgid) != MT_STATE_TRACED)
+		return 0;
+	/* the tracepoint fires before the copy: take the new name from it */
+	count(MT_CNT_PROC);
+	struct mt_event *ev = new_event(MT_EV_RENAME, tgid, args->pid, MT_CNT_LOST_EVENT);
+	if (!ev)
+		return 0;
+	bpf_probe_read_kernel(&ev->comm, sizeof(ev->comm), args->newcomm);
+	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	return 0;
+}

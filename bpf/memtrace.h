@@ -1,0 +1,133 @@
+/* memtrace event layout: the one definition both sides read.
+ *
+ * The BPF program (bpf/memtrace.bpf.c) includes this file; the Python side
+ * (tracer/layout.py) parses it into numpy dtypes. Keep it parseable:
+ *   - only `#define NAME value` constants and `struct name { type field; };`
+ *   - only fixed-width types (__u8.. __u64, __s8.. __s64, char arrays)
+ *   - no implicit padding: every struct spells out its padding and is a
+ *     multiple of 8 bytes (ring buffer records are 8-byte aligned, so a
+ *     fixed-size record gives a fixed stride and a numpy view of the ring).
+ */
+#ifndef MEMTRACE_H
+#define MEMTRACE_H
+
+#define MT_FORMAT_VERSION 1
+
+/* Ring buffer sizes in pages (power of two). */
+#define MT_FAULT_RING_PAGES 8192
+#define MT_EVENT_RING_PAGES 8192
+#define MT_EXEC_RING_PAGES 64
+
+/* Event kinds (mt_event.kind, and the `kind` column of the trace). */
+#define MT_EV_BRK 1
+#define MT_EV_MMAP 2
+#define MT_EV_MUNMAP 3
+#define MT_EV_MREMAP 4
+#define MT_EV_MPROTECT 5
+#define MT_EV_MADVISE 6
+#define MT_EV_FORK 7
+#define MT_EV_THREAD 8
+#define MT_EV_EXIT 9
+#define MT_EV_RENAME 10
+#define MT_EV_RSS 11
+#define MT_EV_EXEC 12
+#define MT_EV_FAULT 13
+#define MT_EV_OPEN 14
+
+/* State of a traced process (value of the `traced` map). */
+#define MT_STATE_PRE_EXEC 1
+#define MT_STATE_TRACED 2
+
+/* mt_fault.flags */
+#define MT_FAULT_MAJOR 1
+#define MT_FAULT_NO_ENTRY 2
+#define MT_FAULT_KERNEL_MODE 4
+
+/* mt_event.flags */
+#define MT_EXIT_GROUP_DEAD 1
+#define MT_RSS_BASELINE 2
+
+/* x86 page fault error code bits (arch/x86/include/asm/trap_pf.h). */
+#define MT_PF_PROT 1
+#define MT_PF_WRITE 2
+#define MT_PF_USER 4
+#define MT_PF_INSTR 16
+
+/* Counters (index into the `counters` per-CPU array). */
+#define MT_CNT_FAULT_NO_ENTRY 0
+#define MT_CNT_LOST_FAULT 2
+#define MT_CNT_LOST_EVENT 3
+#define MT_CNT_LOST_EXEC 4
+#define MT_CNT_PRE_EXEC_FAULT 5
+#define MT_CNT_MAP_FULL 6
+#define MT_CNT_UNPAIRED_EXIT 7
+#define MT_CNT_SYSCALLS 8
+#define MT_CNT_RSS 9
+#define MT_CNT_PROC 10
+#define MT_CNT_LOST_RSS 11
+#define MT_CNT_FAULT_UNFINISHED 12
+#define MT_CNT_RSS_STRANDED 13
+#define MT_NR_COUNTERS 16
+
+/* Configuration (index into the `config` array, set from user space). */
+#define MT_CFG_FOLLOW 0
+#define MT_CFG_SPAWNER_TID 1
+#define MT_CFG_FAULT_MODE 2
+#define MT_CFG_STOP_AT_EXEC 3
+#define MT_NR_CONFIG 4
+
+#define MT_FAULT_MODE_EVENTS 0
+#define MT_FAULT_MODE_SUMMARY 1
+
+#define MT_COMM_LEN 16
+#define MT_PATH_LEN 256
+
+/* One page fault of a traced task, sent at fault end (the PAGE_FAULTS_MIN/MAJ
+ * perf event), joined with its entry (exceptions:page_fault_user/kernel) and
+ * with the resident-set changes (kmem:rss_stat) the kernel made inside it. */
+struct mt_fault {
+	__u64 ts;          /* ns, bpf_ktime_get_ns() (CLOCK_MONOTONIC), at fault end */
+	__u64 addr;        /* faulting address */
+	__u64 ip;          /* instruction pointer (kernel address for kernel-mode faults) */
+	__u32 pid;         /* tgid */
+	__u32 tid;
+	__u32 latency;     /* ns from fault entry to end, 0 if the entry was not seen */
+	__u16 error_code;  /* x86 error code (MT_PF_*) */
+	__u16 flags;       /* MT_FAULT_* */
+	__s16 rss_anon;    /* resident pages added (or removed) by this fault */
+	__s16 rss_file;
+	__s16 rss_shmem;
+	__s16 rss_swap;
+};
+
+/* A memory syscall (entry and exit joined), or a process event. */
+struct mt_event {
+	__u64 ts;          /* ns, at syscall exit / at the process event */
+	__u64 duration;    /* ns from syscall entry to exit */
+	__u32 pid;         /* tgid */
+	__u32 tid;
+	__u16 kind;        /* MT_EV_* */
+	__u16 flags;       /* MT_EXIT_*, MT_RSS_* */
+	__s32 aux;         /* fork/thread: child pid/tid; rss: member */
+	__s64 ret;         /* syscall return value (negative errno on error) */
+	__u64 args[6];     /* syscall arguments; fork: clone flags; rss: new size, delta, cause */
+	char comm[MT_COMM_LEN];
+};
+
+/* The records that carry a path: an exec (sent with a wake-up so user space
+ * reads /proc/PID/maps at once), or a successful open/openat (so a file
+ * mapped later by fd can be named). */
+struct mt_exec {
+	__u64 ts;
+	__u32 pid;
+	__u32 tid;
+	__u32 old_tid;     /* exec: the tid before exec */
+	__u16 kind;        /* MT_EV_EXEC or MT_EV_OPEN */
+	__u16 pad;
+	__s64 ret;         /* open: the file descriptor */
+	__u64 flags;       /* open: the open flags */
+	char comm[MT_COMM_LEN];
+	char filename[MT_PATH_LEN];
+};
+
+#endif /* MEMTRACE_H */

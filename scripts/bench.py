@@ -1,0 +1,231 @@
+"""Side-by-side benchmark of memtrace and its peers on the test workloads.
+
+Runs each workload untraced and under each tracer, alternating, several
+times, and prints the median ratio of the workload's own time (fork to exit,
+measured by scripts/fork_exit_timer.c inside the traced tree, so a tracer's
+start-up is excluded) to the untraced run, with the spread (min..max), and
+the whole-run ratio (start-up and teardown included) beside it.
+
+    sudo scripts/bench [--reps 3] [--workloads faults,churn] [--tracers memtrace,perf]
+
+`--startup` measures memtrace's own start and end instead: from launching
+`memtrace -- CMD` to CMD's first instruction (CMD prints its CLOCK_MONOTONIC
+time on entering main), and from CMD's last instruction to memtrace's exit
+(its stderr closed and its status reaped), with the BPF cache off (compile at
+every start), cold (an empty cache) and warm, and the phases memtrace
+records in the trace (`startup_s`). `--root DIR` runs the memtrace of another
+checkout (e.g. a `git worktree` of an older commit) with this venv.
+
+    sudo scripts/bench --startup [--reps 5] [--root DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ROOT / "tests" / "workloads"
+PY = str(ROOT / ".venv" / "bin" / "python")
+MEMORY_SYSCALLS = "brk,mmap,munmap,mremap,mprotect,madvise"
+
+
+def build(tmp: Path) -> dict[str, str]:
+    exes = {}
+    for src in [ROOT / "scripts" / "fork_exit_timer.c", *sorted(WORKLOADS.glob("*.c"))]:
+        exe = tmp / src.stem
+        subprocess.run(["gcc", "-O1", "-g", "-fno-omit-frame-pointer", "-pthread",
+                        "-o", str(exe), str(src)], check=True)
+        exes[src.stem] = str(exe)
+    return exes
+
+
+def workloads(exes: dict[str, str], tmp: Path) -> dict[str, list[str]]:
+    w = {"faults": [exes["faults"]]}
+    if "churn" in exes:
+        w["churn"] = [exes["churn"]]
+    if "filemajor" in exes:
+        w["filemajor"] = [exes["filemajor"], str(tmp / "filemajor.dat")]
+    w["python"] = [sys.executable, "-c",
+                   "import json, sqlite3, decimal, email.parser; "
+                   "db = sqlite3.connect(':memory:'); "
+                   "db.execute('create table t(x)'); "
+                   "db.executemany('insert into t values (?)', [(json.dumps({'i': i}),) for i in range(200000)]); "
+                   "print(db.execute('select count(*) from t').fetchone())"]
+    return w
+
+
+def tracers(tmp: Path) -> dict[str, list[str] | None]:
+    t: dict[str, list[str] | None] = {
+        "untraced": [],
+        "memtrace": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench.parquet"), "--"],
+    }
+    if shutil.which("perf"):
+        t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
+                     "-o", str(tmp / "perf.txt"), "--"]
+    if shutil.which("strace"):
+        t["strace"] = ["strace", "-f", "-qq", "-e", "trace=%memory", "-o", str(tmp / "strace.txt")]
+    return t
+
+
+def run_once(prefix: list[str], timer: str, cmd: list[str]) -> dict:
+    t0 = time.monotonic()
+    r = subprocess.run([*prefix, timer, *cmd], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    wall = time.monotonic() - t0
+    m = re.search(r"FORK_EXIT_NS (\d+)", r.stderr)
+    if r.returncode or not m:
+        raise RuntimeError(f"{' '.join(prefix[:3])} {cmd[0]}: exit {r.returncode}: {r.stderr[-500:]}")
+    return {"workload": int(m.group(1)) / 1e9, "wall": wall}
+
+
+def trace_stats(path: Path) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import tracer
+    t = tracer.load(path)
+    k = t.meta["kernel"]["total"]
+    return {"faults": int((t.events["kind"] == "fault").sum()), "lost": t.meta["lost"],
+            "kernel_minor": k["kernel_minor"], "kernel_major": k["kernel_major"],
+            "unseen_minor": k["unseen_minor"], "bytes_per_row": path.stat().st_size / max(len(t.events), 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workloads", default="")
+    ap.add_argument("--tracers", default="")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--startup", action="store_true",
+                    help="measure memtrace's start-up and teardown instead")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="with --startup: the checkout whose memtrace runs")
+    args = ap.parse_args()
+    if args.startup:
+        return startup_main(args)
+    with tempfile.TemporaryDirectory(prefix="memtrace-bench-") as d:
+        tmp = Path(d)
+        exes = build(tmp)
+        wl = workloads(exes, tmp)
+        tr = tracers(tmp)
+        if args.workloads:
+            wl = {k: v for k, v in wl.items() if k in args.workloads.split(",")}
+        if args.tracers:
+            tr = {k: v for k, v in tr.items() if k == "untraced" or k in args.tracers.split(",")}
+        results = {}
+        for wname, cmd in wl.items():
+            times: dict[str, list[dict]] = {t: [] for t in tr}
+            stats = None
+            for rep in range(args.reps):
+                for tname, prefix in tr.items():   # alternate: one of each per repetition
+                    times[tname].append(run_once(prefix, exes["fork_exit_timer"], cmd))
+                    if tname == "memtrace" and stats is None:
+                        stats = trace_stats(tmp / "bench.parquet")
+            base = statistics.median(x["workload"] for x in times["untraced"])
+            base_wall = statistics.median(x["wall"] for x in times["untraced"])
+            row = {"untraced_s": base, "memtrace_trace": stats}
+            print(f"\n{wname}: untraced {base:.3f} s (median of {args.reps})")
+            for tname in tr:
+                if tname == "untraced":
+                    continue
+                ratios = [x["workload"] / base for x in times[tname]]
+                walls = [x["wall"] / base_wall for x in times[tname]]
+                row[tname] = {"ratio": statistics.median(ratios), "min": min(ratios),
+                              "max": max(ratios), "whole_run_ratio": statistics.median(walls)}
+                print(f"  {tname:<9} {statistics.median(ratios):5.2f}x  "
+                      f"({min(ratios):.2f}..{max(ratios):.2f})   whole run "
+                      f"{statistics.median(walls):5.2f}x")
+            if stats:
+                print(f"  memtrace captured {stats['faults']:,} faults, kernel "
+                      f"{stats['kernel_minor']:,} minor + {stats['kernel_major']:,} major, "
+                      f"lost {stats['lost']}, {stats['bytes_per_row']:.1f} B/row on disk")
+            results[wname] = row
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+STARTUP_MARK = r"""
+#include <stdio.h>
+#include <time.h>
+static long long now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(void)
+{
+	long long first = now();
+	fprintf(stderr, "FIRST_NS %lld\n", first);
+	fprintf(stderr, "LAST_NS %lld\n", now());
+	return 0;
+}
+"""
+
+
+def startup_once(root: Path, mark: str, out: Path, env: dict) -> dict:
+    cmd = [PY, "-m", "tracer", "-q", "-o", str(out), "--", mark]
+    t0 = time.monotonic_ns()
+    p = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate()
+    t1 = time.monotonic_ns()
+    first = re.search(r"FIRST_NS (\d+)", err)
+    last = re.search(r"LAST_NS (\d+)", err)
+    if p.returncode or not first or not last:
+        raise RuntimeError(f"memtrace -- startup_mark: exit {p.returncode}: {err[-500:]}")
+    meta = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_schema(out)
+                      .metadata[b"memtrace"])
+    return {"launch_to_first": (int(first.group(1)) - t0) / 1e9,
+            "last_to_exit": (t1 - int(last.group(1))) / 1e9,
+            "whole": (t1 - t0) / 1e9, "phases": meta.get("startup_s", {})}
+
+
+def startup_main(args: argparse.Namespace) -> int:
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="memtrace-bench-") as d:
+        tmp = Path(d)
+        src = tmp / "startup_mark.c"
+        src.write_text(STARTUP_MARK)
+        mark = str(tmp / "startup_mark")
+        if subprocess.run(["gcc", "-O1", "-static", "-o", mark, str(src)],
+                          stderr=subprocess.DEVNULL).returncode:
+            subprocess.run(["gcc", "-O1", "-o", mark, str(src)], check=True)
+        warm_dir = tmp / "cache-warm"
+        modes = {"cache off": lambda i: "off",
+                 "cold cache": lambda i: str(tmp / f"cache-cold-{i}"),
+                 "warm cache": lambda i: str(warm_dir)}
+        env = dict(os.environ)
+        env["MEMTRACE_BPF_CACHE"] = str(warm_dir)
+        startup_once(args.root, mark, tmp / "s.parquet", env)   # fills the warm cache
+        for rep in range(args.reps):
+            for mode, where in modes.items():      # alternate
+                env["MEMTRACE_BPF_CACHE"] = where(rep)
+                results.setdefault(mode, []).append(
+                    startup_once(args.root, mark, tmp / "s.parquet", env))
+    print(f"memtrace start-up and teardown ({args.root}), median of {args.reps} "
+          "[min..max], seconds")
+    for mode, runs in results.items():
+        def stat(key: str) -> str:
+            xs = [r[key] for r in runs]
+            return f"{statistics.median(xs):.3f} [{min(xs):.3f}..{max(xs):.3f}]"
+        phases = {k: statistics.median(r["phases"].get(k, 0) for r in runs)
+                  for k in runs[0]["phases"]}
+        print(f"  {mode:<11} launch->first instruction {stat('launch_to_first')}   "
+              f"last exit->memtrace exit {stat('last_to_exit')}   whole {stat('whole')}")
+        print("              phases: " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""Capture acceptance tests: memtrace against the kernel's own counts and
+against strace, on the workloads of tests/workloads (all live: root + bcc).
+
+How the kernel's fault counts relate to the captured faults (what the
+assertions below rely on; checked on 6.x kernels):
+
+- ru_minflt / ru_majflt (getrusage, /proc/PID/stat) count every fault the
+  task took since its fork: also those before the exec of CMD (the spawning
+  child, execve's own work), which memtrace counts but does not record
+  (counter `pre_exec_fault`), and the faults of get_user_pages ("GUP",
+  handle_mm_fault without registers: execve copying argv and the
+  environment into the new stack, one page here; futex and ptrace also use
+  it), which raise no perf event, so no tracer of perf events sees them.
+  So: kernel minflt == captured minor + pre_exec_fault + GUP, GUP small.
+- The workloads' "RUSAGE" line is read just before exit (marker 4095 just
+  before it): faults after it (the write to stderr, exit) are captured but
+  not in it, and are exactly the difference with the kernel's final count.
+
+MEMTRACE_FULL=1 also runs the long versions (524288 faults, churn 100000).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from memtrace_helpers import (
+    MARK_RUSAGE, REPO, between, counter, exec_pid, faults_of, ints, kernel_counts,
+    kinds, map_line, marker_ts, markers, memtrace_cmd, of_kind, pre_exec_faults, run_memtrace,
+    rusage_line, wait_for_trace,
+)
+import strace_parse
+
+pytestmark = pytest.mark.live
+
+FULL = os.environ.get("MEMTRACE_FULL") == "1"
+full_only = pytest.mark.skipif(not FULL, reason="long run: set MEMTRACE_FULL=1")
+
+PAGE = 4096
+GUP_MAX = 4          # execve's argv/env copy: 1 page for these short command lines
+AFTER_RUSAGE_MAX = 12  # faults after the RUSAGE line's read: stderr write, exit
+
+
+def _pre_exec(meta: dict) -> int:
+    pre = pre_exec_faults(meta)
+    assert pre is not None, f"no pre-exec fault count in meta: {meta.get('counters')}"
+    return pre
+
+
+def _kernel(meta: dict, pid: int) -> dict:
+    k = kernel_counts(meta, pid)
+    assert k is not None, (f"meta['kernel'] has no minflt/majflt for pid {pid}:"
+                           f" {meta.get('kernel')!r}")
+    return k
+
+
+def _no_loss(meta: dict) -> None:
+    assert meta.get("lost") == 0, (f"events lost: meta['lost']={meta.get('lost')},"
+                                   f" counters={meta.get('counters')}")
+
+
+# ---- a. every anonymous fault, against the kernel's counts ----
+
+@pytest.mark.parametrize("mib,rounds", [
+    pytest.param(256, 2, id="256MiBx2"),
+    pytest.param(256, 8, id="256MiBx8", marks=full_only),
+])
+def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
+    proc, t = run_memtrace(["--", workloads["faults"], mib, rounds], tmp_path)
+    ev, meta = t.events, t.meta
+    _no_loss(meta)
+    pid = exec_pid(ev, "faults")
+    per_round = mib * 256
+    assert per_round * rounds >= 130_000
+
+    minor = faults_of(ev, pid, major=False)
+    assert len(faults_of(ev, pid, major=True)) == 0
+
+    # Each round: mmap, one write fault per page of it, munmap.
+    maps = of_kind(ev, "mmap")
+    maps = maps[(maps["pid"] == pid) & (maps["len"] == mib << 20)]
+    unmaps = of_kind(ev, "munmap")
+    unmaps = unmaps[(unmaps["pid"] == pid) & (unmaps["len"] == mib << 20)]
+    assert len(maps) == rounds and len(unmaps) == rounds, (len(maps), len(unmaps))
+    no_entry = 0
+    for r, (m, u) in enumerate(zip(maps.itertuples(), unmaps.itertuples())):
+        start = int(m.ret)
+        assert int(u.addr) == start and u.ts > m.ts
+        f = minor[(minor["ts"] > m.ts) & (minor["ts"] < u.ts)]
+        addr = f["addr"].astype("uint64")
+        f = f[(addr >= start) & (addr < start + (mib << 20))]
+        pages = sorted({(a - start) // PAGE for a in ints(f["addr"])})
+        assert len(f) == per_round, f"round {r}: {len(f)} faults in the mapping, {per_round} pages"
+        assert pages == list(range(per_round)), f"round {r}: not one fault per page"
+        # faults whose entry was not joined (NO_ENTRY: the task moved to
+        # another CPU mid-fault) have no error code and no rss: check the others
+        e = f[f["error_code"].notna()]
+        no_entry += len(f) - len(e)
+        ec = e["error_code"].astype(int)
+        assert ((ec & 6) == 6).all(), f"round {r}: not all user write faults"
+        assert (e["rss_anon"].astype(int) == 1).all(), f"round {r}: rss_anon != 1"
+
+    assert no_entry <= per_round * rounds // 100, f"{no_entry} faults without their entry"
+
+    # Against the workload's own getrusage, read at marker MARK_RUSAGE.
+    ru = rusage_line(proc.stderr)
+    pre = _pre_exec(meta)
+    t_ru = marker_ts(ev, pid, MARK_RUSAGE)
+    before = int((minor["ts"] < t_ru).sum())
+    after = len(minor) - before
+    gup = ru.minflt - pre - before
+    assert 0 <= gup <= GUP_MAX, (
+        f"RUSAGE minflt={ru.minflt}, captured before its read {before}, pre-exec {pre}:"
+        f" {gup} faults unexplained (expected 0..{GUP_MAX}: execve's GUP faults)")
+    assert after <= AFTER_RUSAGE_MAX, f"{after} faults after the RUSAGE read (stderr, exit)"
+    assert ru.majflt == 0
+
+    # Against the kernel's final count in the metadata.
+    k = _kernel(meta, pid)
+    assert int(k["majflt"]) == 0
+    assert int(k["minflt"]) - ru.minflt == after, (
+        f"kernel minflt {k['minflt']} - RUSAGE minflt {ru.minflt} should be the"
+        f" {after} faults captured after the RUSAGE read")
+    assert int(k["minflt"]) - pre - len(minor) == gup
+
+
+# ---- b. file-backed major faults ----
+
+def test_filemajor_every_page_a_major_fault(workloads, tmp_path, disk_tmp):
+    data = disk_tmp / "filemajor.dat"
+    mib = 64
+    proc, t = run_memtrace(["--", workloads["filemajor"], data, mib], tmp_path)
+    assert "CACHED" not in proc.stderr, (
+        f"the file stayed in the page cache after POSIX_FADV_DONTNEED:\n{proc.stderr}")
+    ev, meta = t.events, t.meta
+    _no_loss(meta)
+    pid = exec_pid(ev, "filemajor")
+    addr, length = map_line(proc.stderr)
+    pages = length // PAGE
+    assert length == mib << 20
+    ru = rusage_line(proc.stderr)
+    assert ru.majflt == pages, f"the kernel counted {ru.majflt} major faults for {pages} pages"
+
+    major = faults_of(ev, pid, major=True)
+    a = major["addr"].astype("uint64")
+    outside = major[(a < addr) | (a >= addr + length)]
+    assert outside.empty, f"major faults outside the mapping:\n{outside[['ts', 'addr', 'ip']]}"
+    assert len(major) == ru.majflt
+    assert sorted((x - addr) // PAGE for x in ints(major["addr"])) == list(range(pages))
+    # A major fault sleeps on the read: if its task wakes on another CPU, its
+    # entry is not joined (NO_ENTRY: no error code, counted in fault_no_entry)
+    joined = major[major["error_code"].notna()]
+    no_entry = len(major) - len(joined)
+    assert no_entry <= len(major) // 10, f"{no_entry} of {len(major)} without their entry"
+    n = counter(meta, "fault_no_entry")
+    assert n is None or n >= no_entry, (n, no_entry)
+    ec = joined["error_code"].astype(int)
+    assert ((ec & 2) == 0).all() and ((ec & 4) == 4).all(), "expected user read faults"
+    # all of them between markers 1 and 2
+    window = between(ev, pid, 1, 2)
+    assert len(faults_of(window, major=True)) == pages
+    k = _kernel(meta, pid)
+    assert int(k["majflt"]) == len(major)
+
+
+# ---- c. every memory syscall, against strace on the same run ----
+
+def _strace_raw_ok() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    r = subprocess.run(["strace", "-qq", "-X", "raw", "-e", "trace=none", "true"],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("iterations", [
+    pytest.param(4000, id="churn4000"),
+    pytest.param(100_000, id="churn100000", marks=full_only),
+])
+def test_churn_syscalls_match_strace(workloads, tmp_path, iterations):
+    if not _strace_raw_ok():
+        pytest.skip("needs strace with -X raw")
+    st_out = tmp_path / "strace.txt"
+    names = ",".join(strace_parse.MEMORY_SYSCALLS)
+    # memtrace traces strace and its children; strace traces only churn's.
+    proc, t = run_memtrace(["--", "strace", "-f", "-qq", "-X", "raw", "-e", f"trace={names}",
+                            "-o", st_out, workloads["churn"], iterations], tmp_path)
+    ev, meta = t.events, t.meta
+    _no_loss(meta)
+    expected = strace_parse.parse_strace(st_out.read_text(), source=st_out.name)
+    tids = {c.tid for c in expected}
+    assert len(tids) == 3, f"strace saw tids {sorted(tids)}: expected main, thread, child"
+
+    main = exec_pid(ev, "churn")
+    assert main in tids
+    execs = of_kind(ev, "exec")
+    t_exec = int(execs[execs["pid"] == main]["ts"].max())
+    mine = ev[ev["tid"].isin(tids) & (ev["ts"] > t_exec)]
+    got = strace_parse.calls_from_events(mine)
+
+    problems = strace_parse.compare(expected, got)
+    assert not problems, "memtrace and strace differ:\n" + "\n".join(problems)
+
+    counts = strace_parse.summary(got)
+    assert set(counts) == set(strace_parse.MEMORY_SYSCALLS), counts
+    assert counts["brk"] >= iterations // 2 and counts["mmap"] >= iterations // 4, counts
+    # the processes: churn's child is in the trace as a fork of churn
+    forks = of_kind(ev, "fork")
+    assert (forks["pid"] == main).sum() == 1
+    threads = of_kind(ev, "thread")
+    assert (threads["pid"] == main).sum() == 1
+
+
+# ---- d. attach to a running process ----
+
+def test_attach(workloads, tmp_path):
+    target = subprocess.Popen([workloads["attachme"]], stderr=subprocess.PIPE, text=True)
+    mt = None
+    try:
+        ready = target.stderr.readline()
+        assert ready.startswith("READY"), ready
+        pre = int(ready.split("pre=")[1], 16)
+        out = tmp_path / "attach.parquet"
+        mt = subprocess.Popen(memtrace_cmd("-o", out, "-p", target.pid), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # attached once the target's heartbeat markers (step 0) are in the trace
+        if not wait_for_trace(out, lambda ev: (markers(ev)["pid"] == target.pid).any(), mt):
+            if mt.poll() is None:
+                mt.send_signal(signal.SIGINT)
+            pytest.fail(f"memtrace -p: no events of {target.pid} within 60 s:"
+                        f" {mt.communicate(timeout=30)[1]}")
+        target.send_signal(signal.SIGUSR1)
+        rest = target.stderr.read()
+        assert target.wait(timeout=30) == 0, rest
+        try:
+            _, err = mt.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            mt.send_signal(signal.SIGINT)
+            _, err = mt.communicate(timeout=30)
+            pytest.fail(f"memtrace -p did not stop when its process exited\n{err}")
+        assert mt.returncode == 0, err
+    finally:
+        for p in (target, mt):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+    import tracer
+    t = tracer.load(out)
+    ev = t.events
+    _no_loss(t.meta)
+    pid = target.pid
+    addr, length = map_line(rest)
+    assert length == 1 << 20
+
+    # the state at attach: /proc/PID/maps as `map` rows, cause `attach`
+    maps = of_kind(ev, "map")
+    maps = maps[(maps["pid"] == pid) & (maps["cause"].astype(str) == "attach")]
+    assert len(maps) >= 5, f"{len(maps)} map rows at attach"
+    assert maps["ts"].nunique() == 1, "one reading at attach: one ts"
+    starts, ends = maps["addr"].astype("uint64"), maps["addr"].astype("uint64") + maps["len"].astype("uint64")
+    paths = maps["path"].astype(str)
+    assert paths.str.endswith("/attachme").any(), list(paths)
+    assert (paths == "/etc/passwd").any(), list(paths)
+    assert ((starts <= pre) & (pre < ends)).any(), f"no map row for the 64 KiB region {pre:#x}"
+    assert not ((starts <= addr) & (addr < ends)).any(), "the 1 MiB mapping existed at attach?"
+
+    # after the signal: the mmap and its 256 faults
+    mm = of_kind(ev, "mmap")
+    mm = mm[(mm["pid"] == pid) & (mm["len"] == length)]
+    assert ints(mm["ret"]) == [addr]
+    f = faults_of(ev, pid)
+    a = f["addr"].astype("uint64")
+    f = f[(a >= addr) & (a < addr + length)]
+    assert len(f) == 256, f"{len(f)} faults in the 1 MiB mapping"
+    assert sorted((x - addr) // PAGE for x in ints(f["addr"])) == list(range(256))
+    assert not f["major"].astype(bool).any()
+    assert (f["ts"] > int(mm["ts"].iloc[0])).all()
+
+
+# ---- e. a ring too small: losses are counted, and add up ----
+
+def test_tiny_ring_counts_its_losses(workloads, tmp_path):
+    proc, t = run_memtrace(["--ring-pages", "16", "--", workloads["faults"], 256, 2], tmp_path)
+    ev, meta = t.events, t.meta
+    pid = exec_pid(ev, "faults")
+    lost = counter(meta, "lost_fault", "lost_faults")
+    assert lost is not None, f"no lost_fault counter: {meta.get('counters')}"
+    assert lost > 0, "a 16-page fault ring should overflow with 131072 faults"
+    assert int(meta.get("lost", 0)) >= lost, (meta.get("lost"), lost)
+    captured = len(faults_of(ev, pid))
+    k = _kernel(meta, pid)
+    gup = int(k["minflt"]) + int(k["majflt"]) - _pre_exec(meta) - (captured + lost)
+    assert 0 <= gup <= GUP_MAX, (
+        f"kernel {k}, captured {captured} + lost {lost}, pre-exec {_pre_exec(meta)}:"
+        f" {gup} unexplained (expected 0..{GUP_MAX}: GUP faults)")
+
+
+# ---- f. errors: one line, non-zero, before tracing ----
+
+def _fails_fast(args: list, *, prefix: list | None = None, timeout: float = 5.0) -> str:
+    cmd = (prefix or []) + memtrace_cmd(*args)
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0, f"{cmd}: exit 0\n{r.stderr}"
+    assert "Traceback" not in r.stderr, f"{cmd}: a traceback:\n{r.stderr}"
+    assert len(lines) == 1, f"{cmd}: stderr is {len(lines)} lines, expected one:\n{r.stderr}"
+    assert took < timeout, f"{cmd}: took {took:.1f} s to fail (more than {timeout} s)"
+    return lines[0]
+
+
+def test_error_not_root(tmp_path):
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    out = tmp_path / "x.parquet"
+    line = _fails_fast(["-o", out, "--", "true"],
+                       prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    assert "root" in line.lower(), line
+    assert not out.exists()
+
+
+def test_error_unknown_pid(tmp_path):
+    pid = 999_999
+    assert not Path(f"/proc/{pid}").exists()
+    out = tmp_path / "x.parquet"
+    line = _fails_fast(["-o", out, "-p", pid])
+    assert str(pid) in line, line
+    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+def test_error_command_not_found(tmp_path):
+    out = tmp_path / "x.parquet"
+    line = _fails_fast(["-o", out, "--", "/nonexistent/memtrace-no-such-cmd"])
+    assert "memtrace-no-such-cmd" in line, line
+
+
+@pytest.mark.parametrize("where", ["/proc/memtrace-test.parquet",
+                                   "/nonexistent-dir/memtrace-test.parquet"])
+def test_error_unwritable_output(where):
+    line = _fails_fast(["-o", where, "--", "true"])
+    assert where in line or Path(where).parent.as_posix() in line, line
+
+
+def test_error_pid_not_a_number(tmp_path):
+    line = _fails_fast(["-o", tmp_path / "x.parquet", "-p", "abc"])
+    assert "abc" in line, line
+
+
+# ---- g. Ctrl-C ----
+
+def test_ctrl_c_keeps_the_trace(workloads, tmp_path):
+    out = tmp_path / "intr.parquet"
+    # its own session, so the SIGINT goes to memtrace and CMD as a terminal's would
+    mt = subprocess.Popen(memtrace_cmd("-o", out, "--", workloads["faults"], 64, 1_000_000),
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+    try:
+        if not wait_for_trace(out, lambda ev: len(faults_of(ev)) > 0, mt):
+            os.killpg(mt.pid, signal.SIGKILL)
+            pytest.fail(f"memtrace recorded no fault within 60 s: {mt.communicate()[1]}")
+        time.sleep(1)
+        os.killpg(mt.pid, signal.SIGINT)
+        try:
+            _, err = mt.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("memtrace did not exit within 60 s of SIGINT")
+    finally:
+        if mt.poll() is None:
+            os.killpg(mt.pid, signal.SIGKILL)
+            mt.wait()
+    assert "Traceback" not in err, err
+    assert out.exists(), f"no trace after SIGINT (rc {mt.returncode}):\n{err}"
+    import tracer
+    t = tracer.load(out)
+    ev = t.events
+    pid = exec_pid(ev, "faults")
+    assert len(faults_of(ev, pid)) > 10_000, "over a second of the faults workload"
+    assert (kinds(ev) == "mmap").any()

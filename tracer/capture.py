@@ -1,0 +1,416 @@
+"""The capture loop: start or attach to the processes, drain the rings in
+batches, stream them to the spill, stop when everything traced has exited
+(or on a signal / the duration), and reconcile with the kernel's counters.
+
+What it guarantees however the run ends (README "Guarantees"):
+- a process BPF stopped at its exec (SIGSTOP, until its maps are read) is
+  always continued: normal end, signal or exception (not SIGKILL of memtrace);
+- the spill holds everything up to the last flush (`flush_interval`);
+- a run that fails before tracing starts leaves no file behind, and a stale
+  trace at PATH is removed before (so PATH never shows an older run as if it
+  were this one);
+- a traced process whose exit event was lost cannot keep memtrace waiting:
+  BPF drops it from `traced` at its exit, which the loop checks every flush.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from tracer import _procfs, writer
+from tracer.errors import NoSuchProcess, OutputError, UsageError
+from tracer.layout import C
+from tracer.probes import Probes
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    command: list[str] | None
+    pids: list[int]
+    follow: bool
+    duration: float | None
+    output: Path
+    fmt: str
+    fault_ring_pages: int | None = None
+    stop_at_exec: bool = True
+    poll_interval: float = 0.1
+    flush_interval: float = 1.0
+    run_as: tuple[int, int, list[int]] | None = None   # CMD's uid, gid, groups (None: ours)
+    owner: tuple[int, int] | None = None               # chown the output files to uid, gid
+
+
+@dataclass
+class Result:
+    """What the run captured, for the summary and the metadata."""
+    start_ts: int = 0
+    end_ts: int = 0
+    startup: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)       # rows by kind
+    faults: dict = field(default_factory=dict)       # pid -> [minor, major]
+    bytes_mapped: int = 0
+    bytes_unmapped: int = 0
+    processes: dict = field(default_factory=dict)    # pid -> comm
+    threads: int = 0
+    counters: dict = field(default_factory=dict)
+    kernel: dict = field(default_factory=dict)       # pid -> {minflt, majflt, source}
+    kernel_total: dict | None = None                 # wait4 of CMD: whole tree
+    baseline: dict = field(default_factory=dict)     # -p: counters at attach
+    exit_status: int | None = None
+    interrupted: str | None = None
+    rows: int = 0
+    exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
+
+
+# Signals that end tracing normally (the files are finished). SIGHUP: the
+# terminal went away, which must not lose the trace either.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.reason = signal.Signals(signum).name
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Before tracing starts (the BPF compile), SIGTERM and SIGHUP interrupt
+    like Ctrl-C: the clean-up below runs and nothing is left behind."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -> Result:
+    res = Result()
+    old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:]}
+    try:
+        spill = writer.Spill(opts.output)       # fails early if the output is not writable
+    except BaseException:
+        _restore(old)
+        raise
+    chown(spill.path, opts.owner, say)
+    try:
+        _remove_stale(opts.output)
+        probes = Probes(opts.fault_ring_pages)
+    except BaseException:
+        _restore(old)
+        _discard(spill)
+        raise
+    res.startup = dict(probes.startup)
+    comms = writer.CommTable()
+    stop = _Stop()
+    pending: list[pa.RecordBatch] = []
+    live_pids: set[int] = set()
+    held: set[int] = set()        # stopped by BPF at exec, not yet continued
+    child: subprocess.Popen | None = None
+    started = False
+    try:
+        probes.set_config(C["MT_CFG_FOLLOW"], int(opts.follow))
+        probes.set_config(C["MT_CFG_STOP_AT_EXEC"], int(opts.stop_at_exec))
+        res.start_ts = time.monotonic_ns()
+        if opts.command:
+            probes.set_config(C["MT_CFG_SPAWNER_TID"], threading.get_native_id())
+            try:
+                child = subprocess.Popen(opts.command, **_user_args(opts.run_as))
+            except OSError as e:
+                raise UsageError(f"cannot run {opts.command[0]}"
+                                 f"{_as_whom(opts.run_as)}: {e.strerror or e}") from None
+            finally:
+                probes.set_config(C["MT_CFG_SPAWNER_TID"], 0)
+            live_pids.add(child.pid)
+            res.processes[child.pid] = Path(opts.command[0]).name[:15]
+        for pid in opts.pids:
+            probes.trace_pid(pid)
+            live_pids.add(pid)
+            pending.extend(_attach_snapshot(pid, res, comms))
+        started = True
+        for s in STOP_SIGNALS:
+            old.setdefault(s, signal.getsignal(s))
+            signal.signal(s, stop)
+        res.startup["first_event"] = (time.monotonic_ns() - res.start_ts) / 1e9
+        poller = select.epoll()
+        for fd in probes.ring_fds():
+            poller.register(fd, select.EPOLLIN)
+        deadline = time.monotonic() + opts.duration if opts.duration else None
+        last_flush = time.monotonic()
+        while True:
+            poller.poll(opts.poll_interval)
+            pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+            if child is not None and res.exit_status is None:
+                _reap(child.pid, res)
+            now = time.monotonic()
+            if now - last_flush >= opts.flush_interval:
+                spill.write(pending)
+                pending = []
+                last_flush = now
+                if live_pids:  # exited, though its exit event was lost
+                    live_pids &= probes.traced_pids().keys()
+            if live is not None:
+                live(res)
+            if stop.reason:
+                res.interrupted = stop.reason
+                break
+            if deadline and now >= deadline:
+                res.interrupted = "duration"
+                break
+            if not live_pids and (child is None or res.exit_status is not None):
+                break
+        # the events of a process that has exited are all committed: drain
+        probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
+        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+        if child is not None and res.exit_status is None and stop.reason in ("SIGINT", "SIGTERM"):
+            # Ctrl-C reached CMD too (same process group); SIGTERM is passed
+            # on to the CMD memtrace started, as strace does: give it a moment
+            if stop.reason == "SIGTERM":
+                _signal(child.pid, signal.SIGTERM)
+            for _ in range(20):
+                if _reap(child.pid, res):
+                    break
+                time.sleep(0.05)
+        if live_pids:
+            # Stopped while processes still run: untrace them all in BPF
+            # first, so the last drain is a clean cut (else a child forked
+            # between the reads of the event and fault rings would show its
+            # faults without its fork row).
+            _untrace_all(probes)
+        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+        res.end_ts = time.monotonic_ns()
+        res.counters = probes.counters()
+        for pid in list(live_pids) + list(res.baseline):
+            _read_kernel_counts(pid, res)
+        spill.write(pending)
+        res.rows = spill.rows
+        return res
+    except BaseException:
+        if not started:  # nothing traced yet: leave nothing behind
+            _discard(spill)
+        raise
+    finally:
+        _restore(old)
+        _release(probes, held, opts.stop_at_exec)
+        probes.close()
+        res.spill = spill  # type: ignore[attr-defined]
+
+
+def _untrace_all(probes: Probes) -> None:
+    try:
+        traced = probes.table("traced")
+        for key in list(traced.keys()):
+            traced.delete(key)
+    except Exception:  # the cut is then only less clean
+        return
+    time.sleep(0.01)   # BPF programs that read the map before: done
+
+
+def _restore(old: dict) -> None:
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _discard(spill: writer.Spill) -> None:
+    try:
+        spill.close()
+    except Exception:
+        pass
+    try:
+        os.unlink(spill.path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_stale(output: Path) -> None:
+    """A trace left at PATH by an earlier run would be taken for this run's
+    if this one is cut short (tracer.load prefers PATH to PATH.partial)."""
+    for p in (output, Path(str(output) + ".meta.json")):
+        try:
+            if p.is_file():
+                p.unlink()
+        except OSError as e:
+            raise OutputError(f"cannot replace {p}: {e.strerror or e}") from None
+
+
+def chown(path: Path, owner: tuple[int, int] | None, say: Say) -> None:
+    """Gives an output file to `owner` (uid, gid): the user who ran sudo."""
+    if owner is None:
+        return
+    try:
+        os.chown(path, *owner)
+    except OSError as e:
+        say(f"cannot give {path} to uid {owner[0]}: {e.strerror or e}")
+
+
+def _user_args(run_as: tuple[int, int, list[int]] | None) -> dict:
+    if run_as is None:
+        return {}
+    uid, gid, groups = run_as
+    return {"user": uid, "group": gid, "extra_groups": groups}
+
+
+def _as_whom(run_as: tuple[int, int, list[int]] | None) -> str:
+    return "" if run_as is None else f" as uid {run_as[0]}"
+
+
+def _release(probes: Probes, held: set[int], stop_at_exec: bool) -> None:
+    """Continues every process BPF stopped at exec that was not continued
+    yet: those seen (`held`), and those whose exec record is still in the
+    ring. Runs however the capture ends; only a SIGKILL of memtrace skips it."""
+    if stop_at_exec:
+        try:
+            probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
+            time.sleep(0.02)  # an exec's BPF program in flight has sent its SIGSTOP
+            late = probes.rings["execs"].read()
+            if "kind" in (late.dtype.names or ()):
+                late = late[late["kind"] == C["MT_EV_EXEC"]]
+            held.update(late["pid"].tolist())
+        except Exception:
+            pass
+    for pid in sorted(held):
+        _continue(pid)
+    held.clear()
+
+
+def _attach_snapshot(pid: int, res: Result, comms: writer.CommTable) -> list[pa.RecordBatch]:
+    st = _procfs.read_stat(pid)
+    res.baseline[pid] = {"minflt": st.minflt, "majflt": st.majflt}
+    res.processes[pid] = st.comm
+    for tid in _procfs.list_tids(pid):
+        try:
+            comms.update([tid], [_procfs.read_comm(pid, tid)])
+        except NoSuchProcess:
+            pass
+    return [_maps_rows(pid, st.comm, "attach")]
+
+
+def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
+    ts = time.monotonic_ns()
+    return writer.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
+
+
+def _drain(probes: Probes, res: Result, comms: writer.CommTable,
+           live_pids: set[int], held: set[int] | None) -> list[pa.RecordBatch]:
+    """Reads the three rings; `held` (None if BPF does not stop processes at
+    exec) gets the pids of the execs read, and loses each once continued."""
+    out: list[pa.RecordBatch] = []
+    paths = probes.rings["execs"].read()
+    execs = paths[paths["kind"] == C["MT_EV_EXEC"]]
+    if held is not None and len(execs):
+        held.update(execs["pid"].tolist())  # continued below, or by _release
+    events = probes.rings["events"].read()
+    faults = probes.rings["faults"].read()
+    if len(execs):
+        res.counts["exec"] = res.counts.get("exec", 0) + len(execs)
+        for pid, comm in zip(execs["pid"].tolist(), execs["comm"].tolist()):
+            res.processes[pid] = comm.decode("utf-8", "replace")
+            try:  # the kernel-made mappings: binary, loader, stack, vdso
+                out.append(_maps_rows(pid, res.processes[pid], "exec"))
+                res.exe[pid] = os.readlink(f"/proc/{pid}/exe")
+            except (NoSuchProcess, OSError):
+                pass
+            finally:
+                if held is not None:  # BPF stopped it at exec: let it run
+                    _continue(pid)
+                    held.discard(pid)
+    if len(paths):
+        # name opened files as /proc/PID/maps will, while the process is here
+        names = [_procfs.resolve_path(pid, f.decode("utf-8", "backslashreplace"),
+                                      res.exe.get(pid))
+                 if k == C["MT_EV_OPEN"] else f.decode("utf-8", "backslashreplace")
+                 for pid, k, f in zip(paths["pid"].tolist(), paths["kind"].tolist(),
+                                      paths["filename"].tolist())]
+        out.append(writer.exec_batch(paths, comms, names))
+        res.counts["open"] = res.counts.get("open", 0) + len(paths) - len(execs)
+    if len(events):
+        out.append(writer.event_batch(events, comms))
+        _account_events(events, res, live_pids)
+    if len(faults):
+        out.append(writer.fault_batch(faults, comms))
+        _account_faults(faults, res)
+    return out
+
+
+def _continue(pid: int) -> None:
+    _signal(pid, signal.SIGCONT)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _account_events(ev: np.ndarray, res: Result, live_pids: set[int]) -> None:
+    kinds, counts = np.unique(ev["kind"], return_counts=True)
+    from tracer.layout import KIND_NAMES
+    for k, n in zip(kinds.tolist(), counts.tolist()):
+        name = KIND_NAMES[k]
+        res.counts[name] = res.counts.get(name, 0) + n
+    ok = ev["ret"] >= 0
+    mmap_ = (ev["kind"] == C["MT_EV_MMAP"]) & ok
+    res.bytes_mapped += int(ev["args"][mmap_, 1].sum())
+    munmap = (ev["kind"] == C["MT_EV_MUNMAP"]) & ok
+    res.bytes_unmapped += int(ev["args"][munmap, 1].sum())
+    for e in ev[ev["kind"] == C["MT_EV_FORK"]]:
+        live_pids.add(int(e["aux"]))
+        res.processes[int(e["aux"])] = e["comm"].decode("utf-8", "replace")
+    res.threads += int((ev["kind"] == C["MT_EV_THREAD"]).sum())
+    dead = (ev["kind"] == C["MT_EV_EXIT"]) & ((ev["flags"] & C["MT_EXIT_GROUP_DEAD"]) != 0)
+    for pid in ev["pid"][dead].tolist():
+        # read the zombie's own counters before its parent reaps it
+        _read_kernel_counts(pid, res)
+        live_pids.discard(pid)
+
+
+def _account_faults(f: np.ndarray, res: Result) -> None:
+    res.counts["fault"] = res.counts.get("fault", 0) + len(f)
+    major = (f["flags"] & C["MT_FAULT_MAJOR"]) != 0
+    pids, inv = np.unique(f["pid"], return_inverse=True)
+    minor_n = np.bincount(inv, weights=~major, minlength=len(pids))
+    major_n = np.bincount(inv, weights=major, minlength=len(pids))
+    for pid, mi, ma in zip(pids.tolist(), minor_n.tolist(), major_n.tolist()):
+        acc = res.faults.setdefault(pid, [0, 0])
+        acc[0] += int(mi)
+        acc[1] += int(ma)
+
+
+def _read_kernel_counts(pid: int, res: Result) -> None:
+    if pid in res.kernel and res.kernel[pid]["source"] != "/proc/PID/stat (running)":
+        return
+    try:
+        st = _procfs.read_stat(pid)
+    except NoSuchProcess:
+        return
+    if st.state == "X":
+        return
+    source = "/proc/PID/stat (exited)" if st.state == "Z" else "/proc/PID/stat (running)"
+    res.kernel[pid] = {"minflt": st.minflt, "majflt": st.majflt, "source": source}
+
+
+def _reap(pid: int, res: Result) -> bool:
+    """Reaps CMD if it has exited, reading its own counters first."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    if info is None:
+        return False
+    _read_kernel_counts(pid, res)
+    _, status, ru = os.wait4(pid, 0)
+    res.exit_status = os.waitstatus_to_exitcode(status)
+    if res.exit_status < 0:  # killed by a signal: report it as a shell does
+        res.exit_status = 128 - res.exit_status
+    res.kernel_total = {"minflt": ru.ru_minflt, "majflt": ru.ru_majflt,
+                        "source": "wait4 (CMD and the children it waited for)"}
+    return True

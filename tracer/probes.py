@@ -1,0 +1,193 @@
+"""The kernel side: bpf/memtrace.bpf.c compiled by bcc, its tracepoints and
+perf-event programs attached, and the maps memtrace sets (traced processes,
+configuration) and reads (counters, ring buffers).
+
+The compiled programs are cached (tracer/bpfcache.py): a start with a warm
+cache runs no compiler. Either way the programs reach the kernel through
+bpfcache.load; if that fails, bcc's own loader (bcc.BPF) is the last resort.
+How it went is in `startup` (seconds by phase, `cache` 1 for a hit) and
+`cache_status` (a sentence)."""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+
+from tracer import bpfcache, layout
+from tracer.layout import BPF_DIR, C
+from tracer.ringbuf import RingReader
+
+SOURCE = BPF_DIR / "memtrace.bpf.c"
+
+# perf_event_open types and configs (include/uapi/linux/perf_event.h)
+PERF_TYPE_SOFTWARE = 1
+PERF_COUNT_SW_PAGE_FAULTS_MIN = 5
+PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
+
+# the perf-event programs: function -> [(type, config, sample period)], on every online CPU
+PERF_EVENTS = {
+    "on_fault_min": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS_MIN, 1)],
+    "on_fault_maj": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS_MAJ, 1)],
+}
+RINGS = {"faults": layout.FAULT, "events": layout.EVENT, "execs": layout.EXEC}
+
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+
+
+class Probes:
+    """Loaded and attached BPF programs, and their maps.
+
+    `cache`: None (the default place, or $MEMTRACE_BPF_CACHE), False (no
+    cache), a directory, or "bcc" (bcc's own loader, no cache: the way
+    memtrace loaded before the cache, kept as the last resort)."""
+
+    def __init__(self, fault_ring_pages: int | None = None, cache=None) -> None:
+        cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
+        if fault_ring_pages:
+            cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
+        self.fault_ring_pages = fault_ring_pages or C["MT_FAULT_RING_PAGES"]
+        self.bpf = None               # bcc.BPF, on the last-resort path only
+        self.cache_key: str | None = None
+        self.cache_status = ""
+        self.startup: dict[str, float] = {"import": 0.0, "compile": 0.0, "load": 0.0,
+                                          "attach": 0.0, "cache": 0.0}
+        self._loaded = self._load(cflags, cache)
+        self._maps = self._loaded.maps
+        self.rings: dict[str, RingReader] = {}
+        self._closed = False
+        page = mmap.PAGESIZE
+        sizes = {"faults": self.fault_ring_pages, "events": C["MT_EVENT_RING_PAGES"],
+                 "execs": C["MT_EXEC_RING_PAGES"]}
+        try:
+            for name, dtype in RINGS.items():
+                self.rings[name] = RingReader(self._maps[name].fd, sizes[name] * page, dtype)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- loading ----
+
+    def _load(self, cflags: list[str], cache) -> bpfcache.Loaded:
+        t0 = time.monotonic()
+        setting = os.environ.get(bpfcache.ENV) if cache is None else str(cache or "off")
+        if setting == "bcc":
+            return self._bcc(cflags, f"{bpfcache.ENV}=bcc")
+        store = bpfcache.Cache(None if cache is None else (cache or "off"))
+        key = bpfcache.cache_key(BPF_DIR, cflags, repr(sorted(PERF_EVENTS.items())))
+        self.cache_key = key
+        why = store.uncacheable(key)
+        if why is not None:      # known: our loader cannot; do not compile twice
+            return self._bcc(cflags, f"not cacheable ({why})")
+        try:
+            spec = store.get(key)
+            loaded = bpfcache.load(spec)
+        except (bpfcache.CacheError, OSError) as e:
+            miss = str(e)
+        else:
+            self.startup.update(loaded.timing, cache=1.0, lookup=0.0)
+            self.startup["lookup"] = time.monotonic() - t0 - sum(loaded.timing.values())
+            self.cache_status = f"hit {store.path(key)}"
+            return loaded
+        # compile: bcc, then the same loader
+        t1 = time.monotonic()
+        try:
+            spec = bpfcache.compile_spec(SOURCE, cflags, PERF_EVENTS)
+        except bpfcache.NotCacheable as e:
+            store.mark_uncacheable(key, str(e))
+            return self._bcc(cflags, f"miss ({miss}); not cacheable: {e}")
+        self.startup["compile"] = time.monotonic() - t1
+        try:
+            loaded = bpfcache.load(spec)
+        except (bpfcache.CacheError, OSError) as e:
+            out = self._bcc(cflags, f"miss ({miss}); the fresh compile did not load: {e}")
+            # bcc's loader managed where ours did not: do not try ours again
+            store.mark_uncacheable(key, str(e))
+            return out
+        self.startup.update(loaded.timing)
+        not_stored = store.put(key, spec)
+        self.cache_status = (f"miss ({miss}); compiled, "
+                             + (f"not stored: {not_stored}" if not_stored else
+                                f"stored {store.path(key)}"))
+        return loaded
+
+    def _bcc(self, cflags: list[str], why: str) -> bpfcache.Loaded:
+        """bcc's own loader, as memtrace loaded before the cache."""
+        t0 = time.monotonic()
+        from bcc import BPF  # import late: bcc is slow and needs root
+        t1 = time.monotonic()
+        self.bpf = b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        t2 = time.monotonic()
+        for fn, events in PERF_EVENTS.items():
+            for ev_type, ev_config, period in events:
+                b.attach_perf_event(ev_type=ev_type, ev_config=ev_config,
+                                    fn_name=fn.encode(), sample_period=period)
+        t3 = time.monotonic()
+        out = bpfcache.Loaded()
+        for name, fd in bpfcache.module_tables(b.module):
+            d, mid = bpfcache.map_info(fd, name)
+            out.maps[name] = bpfcache.Map(fd, d)
+            out.map_ids.append(mid)
+        out.links = [*b.tracepoint_fds.values(), *b.raw_tracepoint_fds.values(),
+                     *(fd for per_cpu in b.open_perf_events.values() for fd in per_cpu.values())]
+        out.progs = {name.decode(): fn.fd for name, fn in b.funcs.items()}
+        out.prog_ids = [bpfcache.prog_info(fd)["id"] for fd in out.progs.values()]
+        self.startup.update({"import": t1 - t0, "compile": t2 - t1, "attach": t3 - t2})
+        self.cache_status = why + "; loaded by bcc"
+        return out
+
+    # ---- maps ----
+
+    def table(self, name: str) -> bpfcache.Map:
+        """A map of the BPF program by name (keys and values as bytes)."""
+        return self._maps[name]
+
+    def set_config(self, index: int, value: int) -> None:
+        self._maps["config"].update(_I32.pack(index), _U64.pack(value))
+
+    def trace_pid(self, pid: int, state: int = C["MT_STATE_TRACED"]) -> None:
+        self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
+
+    def traced_pids(self) -> dict[int, int]:
+        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] for k, v in self._maps["traced"].items()}
+
+    def counters(self) -> dict[str, int]:
+        table = self._maps["counters"]
+        return {name: sum(_U64.unpack(v)[0] for v in table.percpu_values(_I32.pack(i)))
+                for i, name in layout.COUNTER_NAMES.items()}
+
+    def ring_fds(self) -> list[int]:
+        return [self._maps[name].fd for name in self.rings]
+
+    def ids(self) -> dict[str, list[int]]:
+        """The kernel ids of the programs and maps (to check they are gone)."""
+        return {"prog": list(self._loaded.prog_ids), "map": list(self._loaded.map_ids)}
+
+    # ---- the end ----
+
+    def close(self, background: bool = True) -> None:
+        """Unmaps the rings, quiets the programs (no process traced, no stop
+        at exec), and releases everything; with `background` the kernel's
+        slow detach runs in a helper process (bpfcache.release) and this
+        returns at once."""
+        if self._closed:
+            return
+        self._closed = True
+        for r in self.rings.values():
+            r.close()
+        try:
+            for i in range(C["MT_NR_CONFIG"]):
+                self.set_config(i, 0)
+            traced = self._maps["traced"]
+            for k in list(traced.keys()):
+                traced.delete(k)
+        except OSError:
+            pass
+        if self.bpf is not None:
+            # the helper takes copies of bcc's descriptors; bcc closes its own
+            bpf, self.bpf = self.bpf, None
+            bpfcache.release(self._loaded.links, background, close_own=bpf.cleanup)
+            return
+        bpfcache.release(self._loaded.fds(), background)

@@ -1,0 +1,232 @@
+"""`memtrace [-p PID | -- CMD]`: trace, write the trace, print the summary.
+
+Run through sudo (SUDO_UID/SUDO_GID set), CMD runs as the invoking user, as
+any program that user runs would (the environment as sudo left it), unless
+`--user NAME` or `--as-root`; the output files are given to the invoking
+user either way."""
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tracer import _procfs, capture, preflight, summary
+from tracer.errors import NoSuchProcess, OutputError, UsageError
+from tracer.layout import C
+
+# Exit status with --fail-on-loss when events were lost (README "Exit codes").
+LOST_EXIT = 7
+
+EPILOG = """examples:
+  sudo memtrace -- ./myprog arg       # trace myprog and its children
+  sudo memtrace -o run.parquet -- make
+  sudo memtrace -p 1234 -d 10         # attach to PID 1234 for 10 s
+  sudo memtrace -p 1234,1240 --no-follow -o run.csv
+  memtrace report run.parquet         # summarise a trace
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UsageError(f"{message} (see memtrace --help)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="memtrace", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Trace every memory syscall and page fault of a process tree.")
+    p.add_argument("-p", "--pid", type=_pid_list, action="extend", default=[],
+                   metavar="PID[,PID...]",
+                   help="attach to running processes (all their threads); may be repeated")
+    p.add_argument("-o", "--output", type=Path, metavar="PATH",
+                   help="trace file, .parquet or .csv (default: memtrace-COMM-TIME.parquet)")
+    p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
+                   help="stop after this long")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--no-follow", dest="follow", action="store_false",
+                   help="with -p: do not trace children forked after attach")
+    p.add_argument("--no-exec-stop", dest="stop_at_exec", action="store_false",
+                   help="do not hold a process at exec while its maps are read "
+                   "(the exec snapshot is then read late)")
+    p.add_argument("--ring-pages", type=_power_of_two, metavar="N",
+                   help="size of the fault ring buffer in pages (default %d)"
+                   % C["MT_FAULT_RING_PAGES"])
+    p.add_argument("--fail-on-loss", action="store_true",
+                   help=f"exit with status {LOST_EXIT} if any event was lost "
+                   "(default: CMD's status; the loss is reported either way)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--user", metavar="NAME",
+                     help="run CMD as this user (name or uid; default: the user who ran "
+                     "sudo, else root)")
+    who.add_argument("--as-root", action="store_true",
+                     help="run CMD as root even when memtrace is run through sudo")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                   help="command to start and trace")
+    return p
+
+
+def _pid_list(text: str) -> list[int]:
+    pids = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) <= 0:
+            raise argparse.ArgumentTypeError(f"not a process id: {part!r}")
+        pids.append(int(part))
+    return pids
+
+
+def _check_pids(pids: list[int]) -> None:
+    """Each PID once, a process (not a thread of one), with user memory."""
+    seen: set[int] = set()
+    for pid in pids:
+        if pid in seen:
+            raise UsageError(f"process {pid} is listed twice")
+        seen.add(pid)
+    for pid in pids:
+        if pid == os.getpid():
+            raise UsageError(f"{pid} is memtrace itself")
+        if not _procfs.exists(pid):
+            tgid = _thread_group(pid)
+            if tgid is not None:
+                raise UsageError(f"{pid} is a thread of process {tgid}: give -p {tgid}"
+                                 " (memtrace traces whole processes)")
+            raise NoSuchProcess(pid)
+        if _procfs.is_kernel_thread(pid):
+            raise UsageError(f"process {pid} is a kernel thread: it has no user memory to trace")
+
+
+def _thread_group(tid: int) -> int | None:
+    """The process a thread id belongs to, None if there is no such task."""
+    try:
+        tgid = _procfs.read_status(tid).get("Tgid")
+    except (NoSuchProcess, OSError):
+        return None
+    return tgid if isinstance(tgid, int) and tgid != tid else None
+
+
+def _sudo_user() -> tuple[int, int] | None:
+    """(uid, gid) of the user who ran memtrace through sudo, if that is how
+    it runs (as root, SUDO_UID and SUDO_GID set, not root itself)."""
+    if os.geteuid() != 0 or "SUDO_UID" not in os.environ:
+        return None
+    try:
+        uid, gid = int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", ""))
+    except ValueError:
+        raise UsageError("SUDO_UID/SUDO_GID are not numbers: unset them, or give"
+                         " --user NAME or --as-root") from None
+    return None if uid == 0 else (uid, gid)
+
+
+def _user(spec: str) -> tuple[int, int, list[int]]:
+    """--user NAME (or a numeric uid): (uid, gid, supplementary groups)."""
+    try:
+        pw = pwd.getpwuid(int(spec)) if spec.isdigit() else pwd.getpwnam(spec)
+    except KeyError:
+        raise UsageError(f"no such user: {spec}") from None
+    return pw.pw_uid, pw.pw_gid, _groups(pw.pw_name, pw.pw_gid)
+
+
+def _invoker(uid: int, gid: int) -> tuple[int, int, list[int]]:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry: its primary group only
+        return uid, gid, [gid]
+    return uid, gid, _groups(name, gid)
+
+
+def _groups(name: str, gid: int) -> list[int]:
+    try:
+        return sorted(set(os.getgrouplist(name, gid)))
+    except OSError:
+        return [gid]
+
+
+def _run_as(args: argparse.Namespace, sudo: tuple[int, int] | None
+            ) -> tuple[int, int, list[int]] | None:
+    if args.as_root:
+        return None
+    if args.user is not None:
+        return _user(args.user)
+    return _invoker(*sudo) if sudo else None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def _power_of_two(text: str) -> int:
+    if not text.isdigit() or int(text) < 1 or int(text) & (int(text) - 1):
+        raise argparse.ArgumentTypeError(f"not a power of two: {text!r}")
+    return int(text)
+
+
+def main(argv: list[str]) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if bool(command) == bool(args.pid):
+        raise UsageError("give either -p PID or -- CMD (see memtrace --help)")
+    if args.pid and (args.user is not None or args.as_root):
+        raise UsageError("--user and --as-root choose who runs CMD: not with -p")
+    say = (lambda s: None) if args.quiet else (lambda s: print(f"memtrace: {s}", file=sys.stderr))
+
+    # everything that can be checked is checked before tracing starts
+    preflight.check_all(say)
+    if command:
+        exe = shutil.which(command[0])
+        if exe is None:
+            raise UsageError(f"command not found: {command[0]}")
+    _check_pids(args.pid)
+    sudo = _sudo_user()
+    run_as = _run_as(args, sudo) if command else None
+    name = Path(command[0]).name if command else _procfs.read_stat(args.pid[0]).comm
+    output = args.output or Path(f"memtrace-{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.parquet")
+    fmt = _format_of(output)
+    if output.is_dir():
+        raise OutputError(f"{output} is a directory: name a .parquet or .csv file")
+    if not output.parent.is_dir():
+        raise OutputError(f"cannot write {output}: no directory {output.parent}")
+
+    opts = capture.Options(command=command or None, pids=args.pid, follow=args.follow,
+                           duration=args.duration, output=output, fmt=fmt,
+                           fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
+                           run_as=run_as, owner=sudo)
+    res = capture.run(opts, say)
+    meta = summary.metadata(res, opts, argv)
+    size = res.spill.finish(fmt, meta)  # type: ignore[attr-defined]
+    if sudo:
+        for p in (output, Path(str(output) + ".meta.json") if fmt == "csv" else None):
+            if p is not None:
+                capture.chown(p, sudo, say)
+    if not args.quiet:
+        print(summary.render(res, meta, output, size), file=sys.stderr)
+    if meta["lost"]:
+        print(f"memtrace: {meta['lost']:,} events LOST: the trace is incomplete "
+              "(see the summary)", file=sys.stderr)
+        if args.fail_on_loss:
+            return LOST_EXIT
+    if res.exit_status is not None:
+        return res.exit_status
+    return 0
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "trace"
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise UsageError(f"{path}: the output name must end in .parquet or .csv")

@@ -1,0 +1,123 @@
+"""Batch reader of a BPF ring buffer of fixed-size records, without a
+Python call per record.
+
+The kernel lets user space mmap a ring buffer map (kernel/bpf/ringbuf.c;
+libbpf's ring_buffer__add does the same): page 0 is the consumer position
+(read-write), page 1 the producer position, then the data pages mapped twice
+in a row, so a record that wraps is still contiguous. Each record is an
+8-byte header (u32 length with BUSY 1<<31 and DISCARD 1<<30 bits, u32 page
+offset) and the data, rounded up to 8 bytes. memtrace's records all have one
+size per ring, so a ring's unread span is an array of equal strides that
+numpy can view and copy in one go.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+
+import numpy as np
+
+BUSY = 1 << 31
+DISCARD = 1 << 30
+HDR = 8
+_LEN_MASK = np.uint32(~(BUSY | DISCARD) & 0xFFFFFFFF)
+_POS = struct.Struct("<Q")
+
+
+def record_dtype(dtype: np.dtype) -> np.dtype:
+    """One ring slot: the kernel's header, the record, padding to 8 bytes."""
+    stride = HDR + ((dtype.itemsize + 7) & ~7)
+    fields = [("hdr_len", "<u4"), ("hdr_pgoff", "<u4"), ("rec", dtype)]
+    if stride - HDR - dtype.itemsize:
+        fields.append(("_pad", "V%d" % (stride - HDR - dtype.itemsize)))
+    return np.dtype(fields)
+
+
+def decode(data: np.ndarray, start: int, avail: int, slot: np.dtype,
+           limit: int | None = None) -> tuple[np.ndarray, int]:
+    """Copies the committed records from `data[start:start+avail]`.
+
+    Returns (records, bytes consumed). Stops before the first record still
+    being written (BUSY); drops discarded ones."""
+    n = avail // slot.itemsize
+    if limit is not None:
+        n = min(n, limit)
+    rec_type = slot.fields["rec"][0]
+    if n <= 0:
+        return np.empty(0, rec_type), 0
+    view = data[start:start + n * slot.itemsize].view(slot)
+    lens = view["hdr_len"]
+    if not (lens != np.uint32(rec_type.itemsize)).any():     # all committed, none discarded
+        return _records(data, start, n, slot, rec_type), n * slot.itemsize
+    busy = np.flatnonzero(lens & np.uint32(BUSY))
+    if busy.size:
+        n = int(busy[0])
+        view, lens = view[:n], lens[:n]
+    bad = (lens & _LEN_MASK) != rec_type.itemsize
+    if bad.any():
+        raise RuntimeError(f"ring buffer record of unexpected size {int(lens[bad][0] & _LEN_MASK)}")
+    out = _records(data, start, n, slot, rec_type)
+    discarded = (lens & np.uint32(DISCARD)) != 0
+    if discarded.any():
+        out = out[~discarded]
+    return out, n * slot.itemsize
+
+
+def _records(data: np.ndarray, start: int, n: int, slot: np.dtype, rec_type: np.dtype) -> np.ndarray:
+    """The n records after their headers, copied as bytes (numpy copies a
+    structured field slot by slot, several times slower), their C strings
+    cut at the first NUL."""
+    raw = data[start:start + n * slot.itemsize].reshape(n, slot.itemsize)
+    body = raw[:, HDR:HDR + rec_type.itemsize].copy()
+    for off, size in _string_fields(rec_type):
+        # BPF's *_read_str stops at the NUL and leaves the rest of the
+        # reserved record as it was: bytes of an older record once the ring
+        # has wrapped. numpy strips trailing NULs only.
+        s = body[:, off:off + size]
+        s[np.logical_or.accumulate(s == 0, axis=1)] = 0
+    return body.view(rec_type).reshape(n)
+
+
+def _string_fields(dtype: np.dtype) -> list[tuple[int, int]]:
+    """(offset, size) of the char-array fields of a record type."""
+    return [(off, f.itemsize) for f, off, *_ in dtype.fields.values()
+            if f.kind == "S" and f.itemsize > 1]
+
+
+class RingReader:
+    """Reads whole batches of `dtype` records from ring buffer map `fd`."""
+
+    def __init__(self, fd: int, data_size: int, dtype: np.dtype) -> None:
+        page = mmap.PAGESIZE
+        self.size = data_size
+        self.mask = data_size - 1
+        self.slot = record_dtype(dtype)
+        self.dtype = dtype
+        self._cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._prod = mmap.mmap(fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._data: np.ndarray | None = np.frombuffer(self._prod, dtype=np.uint8, offset=page)
+        self.records = 0
+
+    def _pos(self) -> tuple[int, int]:
+        return _POS.unpack_from(self._cons, 0)[0], _POS.unpack_from(self._prod, 0)[0]
+
+    def read(self, limit: int | None = None) -> np.ndarray:
+        """Copies out every committed record (at most `limit`) and frees their space."""
+        cons, prod = self._pos()
+        out, used = decode(self._data, cons & self.mask, prod - cons, self.slot, limit)
+        if used:
+            _POS.pack_into(self._cons, 0, cons + used)
+        self.records += len(out)
+        return out
+
+    def pending(self) -> int:
+        cons, prod = self._pos()
+        return (prod - cons) // self.slot.itemsize
+
+    def close(self) -> None:
+        self._data = None
+        self._cons.close()
+        try:
+            self._prod.close()
+        except BufferError:  # a caller still holds a view: the GC unmaps it
+            pass

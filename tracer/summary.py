@@ -1,0 +1,154 @@
+"""The end-of-run metadata and the summary printed on stderr: what was
+captured next to the kernel's own counts, and what was lost."""
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import tracer
+from tracer.capture import Options, Result
+from tracer.layout import C, SYSCALL_KINDS
+
+LOST_COUNTERS = ("lost_fault", "lost_event", "lost_exec", "lost_rss", "map_full")
+
+
+def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
+    lost = sum(res.counters.get(k, 0) for k in LOST_COUNTERS)
+    return {
+        "format_version": C["MT_FORMAT_VERSION"],
+        "tool_version": tracer.__version__,
+        "kernel_release": platform.release(),
+        "page_size": mmap.PAGESIZE,
+        "clock_offset_ns": time.time_ns() - time.monotonic_ns(),
+        "command": opts.command,
+        "argv": ["memtrace", *argv],
+        "pids": sorted(res.processes),
+        "processes": {str(k): v for k, v in sorted(res.processes.items())},
+        "start_ts": res.start_ts,
+        "end_ts": res.end_ts,
+        "complete": res.interrupted in (None, "duration", "SIGINT", "SIGTERM"),
+        "interrupted": res.interrupted,
+        "startup_s": {k: round(v, 4) for k, v in res.startup.items()},
+        "counters": res.counters,
+        "lost": lost,
+        "kernel": kernel_check(res),
+        "exit_status": res.exit_status,
+        "rows": res.rows,
+    }
+
+
+def kernel_check(res: Result) -> dict:
+    """Captured faults per process next to the kernel's counters.
+
+    The kernel counts in rusage some faults no tracer can see: those it takes
+    for the process with no user context (get_user_pages, e.g. copying exec
+    arguments; mm_account_fault skips the perf event when regs is NULL), and,
+    for `-- CMD`, the faults of memtrace's own child before its exec, which
+    BPF counts apart (`pre_exec_fault`)."""
+    per_pid = {}
+    for pid, k in res.kernel.items():
+        base = res.baseline.get(pid, {"minflt": 0, "majflt": 0})
+        cap = res.faults.get(pid, [0, 0])
+        per_pid[str(pid)] = {
+            "captured_minor": cap[0], "captured_major": cap[1],
+            "kernel_minor": k["minflt"] - base["minflt"],
+            "kernel_major": k["majflt"] - base["majflt"],
+            "source": k["source"] + (" minus the value at attach" if pid in res.baseline else ""),
+        }
+    out: dict = {"per_pid": per_pid, "pre_exec_faults": res.counters.get("pre_exec_fault", 0)}
+    all_min = sum(v[0] for v in res.faults.values())
+    all_maj = sum(v[1] for v in res.faults.values())
+    if res.kernel_total:
+        # wait4 counts CMD and every descendant it (and they) waited for: the
+        # whole tree even where a parent reaped a child before we read it
+        ker_min, ker_maj = res.kernel_total["minflt"], res.kernel_total["majflt"]
+        cap_min, cap_maj, source, n = all_min, all_maj, res.kernel_total["source"], len(res.processes)
+    else:
+        cap_min = sum(v["captured_minor"] for v in per_pid.values())
+        cap_maj = sum(v["captured_major"] for v in per_pid.values())
+        ker_min = sum(v["kernel_minor"] for v in per_pid.values())
+        ker_maj = sum(v["kernel_major"] for v in per_pid.values())
+        source, n = "/proc/PID/stat", len(per_pid)
+    out["total"] = {
+        "source": source,
+        "processes_with_kernel_counts": n,
+        "processes": len(res.processes),
+        "captured_minor": cap_min, "captured_major": cap_maj,
+        "kernel_minor": ker_min, "kernel_major": ker_maj,
+        "unseen_minor": ker_min - cap_min - out["pre_exec_faults"],
+        "unseen_major": ker_maj - cap_maj,
+    }
+    if res.kernel_total:
+        out["wait4"] = res.kernel_total
+    return out
+
+
+def _n(v: int) -> str:
+    return f"{v:,}"
+
+
+def _bytes(v: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return str(v)
+
+
+def render(res: Result, meta: dict, output: Path, size: int) -> str:
+    counts = res.counts
+    secs = (res.end_ts - res.start_ts) / 1e9
+    nproc = len(res.processes)
+    lines = [f"memtrace: {nproc} process{'es' if nproc != 1 else ''}, "
+             f"{res.threads} thread{'s' if res.threads != 1 else ''} created, "
+             f"{secs:.2f} s" + (f" (stopped by {res.interrupted})" if res.interrupted else "")]
+    faults = counts.get("fault", 0)
+    minor = sum(v[0] for v in res.faults.values())
+    major = sum(v[1] for v in res.faults.values())
+    lines.append(f"  faults    {_n(faults)}: {_n(minor)} minor, {_n(major)} major")
+    k = meta["kernel"]["total"]
+    if k["processes_with_kernel_counts"]:
+        lines.append(f"  kernel    {_n(k['kernel_minor'])} minor, {_n(k['kernel_major'])} major"
+                     f" ({k['source'].split(' ')[0]}, {k['processes_with_kernel_counts']} of "
+                     f"{k['processes']} processes)")
+        pre = meta["kernel"]["pre_exec_faults"]
+        if pre:
+            lines.append(f"            of which {_n(pre)} minor before exec (memtrace's own child)")
+        un_min, un_maj = k["unseen_minor"], k["unseen_major"]
+        if un_min or un_maj:
+            lines.append(f"            {_n(un_min)} minor, {_n(un_maj)} major not seen: faults the"
+                         " kernel took with")
+            lines.append("            no user context (e.g. copying exec arguments)")
+        else:
+            lines.append("            every fault the kernel counted was captured")
+    sc = [f"{name} {_n(counts[name])}" for name in SYSCALL_KINDS if counts.get(name)]
+    total_sc = sum(counts.get(name, 0) for name in SYSCALL_KINDS)
+    lines.extend(_wrap(f"  syscalls  {_n(total_sc)}: ", sc))
+    lines.append(f"  mapped    {_bytes(res.bytes_mapped)} mapped, "
+                 f"{_bytes(res.bytes_unmapped)} unmapped (successful mmap/munmap)")
+    lost = meta["lost"]
+    if lost:
+        parts = [f"{name[5:] if name.startswith('lost_') else name} {_n(res.counters[name])}"
+                 for name in LOST_COUNTERS if res.counters.get(name)]
+        lines.append(f"  LOST      {_n(lost)} events ({', '.join(parts)}): incomplete trace")
+    else:
+        lines.append("  lost      0 events")
+    per_row = size / res.rows if res.rows else 0
+    lines.append(f"  trace     {output} ({_bytes(size)}, {_n(res.rows)} rows, "
+                 f"{per_row:.1f} B/row)")
+    return "\n".join(lines)
+
+
+def _wrap(head: str, items: list[str], width: int = 79) -> list[str]:
+    out, line = [], head
+    for it in items:
+        if len(line) + len(it) + 2 > width and line.strip():
+            out.append(line.rstrip())
+            line = " " * 12
+        line += it + "  "
+    out.append(line.rstrip())
+    return out
