@@ -28,7 +28,7 @@ struct syscall_entry {
 	u64 ts;
 	u64 args[6];
 	u32 kind;
-	u32 pad;
+	s32 stack_id;      /* --stacks: the caller's user stack, -1 none */
 };
 BPF_HASH(inflight, u32, struct syscall_entry, 65536);
 
@@ -47,6 +47,8 @@ struct fault_slot {
 	u32 error_code;
 	u32 active;        /* a fault of `tid` is in progress */
 	s32 rss[4];        /* pages, by kmem:rss_stat member */
+	u32 alloc;         /* pages allocated (kmem:mm_page_alloc) */
+	u32 pad;
 };
 BPF_PERCPU_ARRAY(fault_slot, struct fault_slot, 1);
 
@@ -62,14 +64,28 @@ BPF_ARRAY(parked_n, s64, 1);
 /* parent tid -> clone flags, from task:task_newtask to sched:sched_process_fork */
 BPF_HASH(clone_flags, u32, u64, 4096);
 
-/* tgid -> last value of each resident-set counter, to turn kmem:rss_stat's
- * absolute sizes into per-fault changes. */
+/* The resident-set counters of one address space, by kmem:rss_stat's mm_id
+ * (a hash of the mm): the last value of each, to turn the tracepoint's
+ * absolute sizes into per-fault changes, and the process whose series they
+ * are. Keyed by mm, not by process, so that the counters a fork gives a
+ * child and the ones an exec's new image starts with (both made with
+ * curr=0, by the parent or by execve before the switch) are known exactly
+ * when the process starts running on them. */
 struct rss_state {
 	s64 last[4];
 	u32 known;         /* bit per member whose last value is known */
-	u32 pad;
+	u32 owner;         /* tgid running on this mm (0: none yet, or gone) */
 };
-BPF_HASH(rss_last, u32, struct rss_state, 65536);
+BPF_HASH(rss_mm, u32, struct rss_state, 65536);
+
+/* tid -> mm_id of the address space the thread is building: the child's
+ * (fork's copy_page_range) or the new image's (execve's argument pages),
+ * taken over at sched_process_fork / sched_process_exec. */
+BPF_HASH(building, u32, u32, 16384);
+
+/* --stacks: user stacks of memory syscalls and of sampled faults. */
+BPF_STACK_TRACE(stacks, 16384);
+BPF_PERCPU_ARRAY(stack_tick, u64, 1);
 
 static __always_inline void count(int idx)
 {
@@ -89,6 +105,29 @@ static __always_inline u32 current_state(u32 tgid)
 {
 	u32 *st = traced.lookup(&tgid);
 	return st ? *st : 0;
+}
+
+/* The user stack of this event in `stacks` (--stacks), or -1: off, not
+ * sampled (faults: one in MT_CFG_STACKS per CPU), or not stored (counted).
+ * bpf_get_stackid walks frame pointers: code built without them (most
+ * distribution libraries) cuts the walk short. */
+static __always_inline s32 user_stack(void *ctx, int sampled)
+{
+	u64 every = cfg(MT_CFG_STACKS);
+	if (!every)
+		return -1;
+	if (sampled && every > 1) {
+		int zero = 0;
+		u64 *tick = stack_tick.lookup(&zero);
+		if (!tick || (++*tick % every) != 0)
+			return -1;
+	}
+	int id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	if (id < 0) {
+		count(MT_CNT_STACK_LOST);
+		return -1;
+	}
+	return id;
 }
 
 /* A fault that never reaches its end (it failed: EFAULT in copy_to_user, a
@@ -161,13 +200,43 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
 /* An mt_event with its header filled (time, ids, kind, the thread's name;
  * everything else zero), or NULL with the loss counted in `lost`. */
-static __always_inline struct mt_event *new_event(u32 kind, u32 tgid, u32 tid, int lost)
+/* A failed reservation is tried once more: on 6.x a ring buffer's lock is
+ * a resilient spinlock whose acquisition can fail with the ring far from
+ * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
+ * A retry that succeeds is counted (reserve_retried); what is still lost is
+ * counted as lost. (One function per ring: bcc rewrites map calls, not
+ * inside macros.) */
+static __always_inline struct mt_fault *reserve_fault(void)
+{
+	struct mt_fault *f = faults.ringbuf_reserve(sizeof(struct mt_fault));
+	if (f)
+		return f;
+	f = faults.ringbuf_reserve(sizeof(struct mt_fault));
+	if (f)
+		count(MT_CNT_RESERVE_RETRIED);
+	else
+		count(MT_CNT_LOST_FAULT);
+	return f;
+}
+
+static __always_inline struct mt_event *reserve_event(int lost)
 {
 	struct mt_event *ev = events.ringbuf_reserve(sizeof(struct mt_event));
-	if (!ev) {
+	if (ev)
+		return ev;
+	ev = events.ringbuf_reserve(sizeof(struct mt_event));
+	if (ev)
+		count(MT_CNT_RESERVE_RETRIED);
+	else
 		count(lost);
+	return ev;
+}
+
+static __always_inline struct mt_event *new_event(u32 kind, u32 tgid, u32 tid, int lost)
+{
+	struct mt_event *ev = reserve_event(lost);
+	if (!ev)
 		return 0;
-	}
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->ts = bpf_ktime_get_ns();
 	ev->pid = tgid;
@@ -199,7 +268,7 @@ static __always_inline struct mt_exec *new_path_record(u32 kind, u32 tgid, u32 t
 
 /* ---- memory syscalls: entry stores the arguments, exit sends one event ---- */
 
-static __always_inline int syscall_enter(u32 kind, u64 a0, u64 a1, u64 a2,
+static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u64 a2,
 					 u64 a3, u64 a4, u64 a5)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -216,6 +285,7 @@ static __always_inline int syscall_enter(u32 kind, u64 a0, u64 a1, u64 a2,
 	e.kind = kind;
 	e.args[0] = a0; e.args[1] = a1; e.args[2] = a2;
 	e.args[3] = a3; e.args[4] = a4; e.args[5] = a5;
+	e.stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
 	if (inflight.update(&tid, &e))
 		count(MT_CNT_MAP_FULL);
 	return 0;
@@ -241,6 +311,7 @@ static __always_inline int syscall_exit(u32 kind, s64 ret)
 	}
 	ev->duration = ev->ts - e->ts;
 	ev->ret = ret;
+	ev->aux = e->stack_id;
 #pragma unroll
 	for (int i = 0; i < 6; i++)
 		ev->args[i] = e->args[i];
@@ -251,40 +322,40 @@ static __always_inline int syscall_exit(u32 kind, s64 ret)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_brk)
 {
-	return syscall_enter(MT_EV_BRK, args->brk, 0, 0, 0, 0, 0);
+	return syscall_enter(args, MT_EV_BRK, args->brk, 0, 0, 0, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_brk) { return syscall_exit(MT_EV_BRK, args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
 {
-	return syscall_enter(MT_EV_MMAP, args->addr, args->len, args->prot,
+	return syscall_enter(args, MT_EV_MMAP, args->addr, args->len, args->prot,
 			     args->flags, args->fd, args->off);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { return syscall_exit(MT_EV_MMAP, args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
 {
-	return syscall_enter(MT_EV_MUNMAP, args->addr, args->len, 0, 0, 0, 0);
+	return syscall_enter(args, MT_EV_MUNMAP, args->addr, args->len, 0, 0, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { return syscall_exit(MT_EV_MUNMAP, args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
 {
-	return syscall_enter(MT_EV_MREMAP, args->addr, args->old_len,
+	return syscall_enter(args, MT_EV_MREMAP, args->addr, args->old_len,
 			     args->new_len, args->flags, args->new_addr, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { return syscall_exit(MT_EV_MREMAP, args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_mprotect)
 {
-	return syscall_enter(MT_EV_MPROTECT, args->start, args->len, args->prot,
+	return syscall_enter(args, MT_EV_MPROTECT, args->start, args->len, args->prot,
 			     0, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_mprotect) { return syscall_exit(MT_EV_MPROTECT, args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
 {
-	return syscall_enter(MT_EV_MADVISE, args->start, args->len_in,
+	return syscall_enter(args, MT_EV_MADVISE, args->start, args->len_in,
 			     args->behavior, 0, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { return syscall_exit(MT_EV_MADVISE, args->ret); }
@@ -323,14 +394,14 @@ static __always_inline int open_exit(s64 ret)
 
 TRACEPOINT_PROBE(syscalls, sys_enter_openat)
 {
-	return syscall_enter(MT_EV_OPEN, args->dfd, (u64)args->filename, args->flags,
+	return syscall_enter(args, MT_EV_OPEN, args->dfd, (u64)args->filename, args->flags,
 			     args->mode, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret); }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_open)
 {
-	return syscall_enter(MT_EV_OPEN, (u64)-100 /* AT_FDCWD */, (u64)args->filename,
+	return syscall_enter(args, MT_EV_OPEN, (u64)-100 /* AT_FDCWD */, (u64)args->filename,
 			     args->flags, args->mode, 0, 0);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
@@ -357,6 +428,7 @@ static __always_inline int fault_enter(u64 addr, u64 error_code)
 	fs->addr = addr;
 	fs->error_code = error_code;
 	fs->rss[0] = fs->rss[1] = fs->rss[2] = fs->rss[3] = 0;
+	fs->alloc = 0;
 	return 0;
 }
 
@@ -390,11 +462,9 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 			count(MT_CNT_PRE_EXEC_FAULT);
 		return 0;
 	}
-	struct mt_fault *f = faults.ringbuf_reserve(sizeof(struct mt_fault));
-	if (!f) {
-		count(MT_CNT_LOST_FAULT);
+	struct mt_fault *f = reserve_fault();
+	if (!f)
 		return 0;
-	}
 	u64 now = bpf_ktime_get_ns();
 	f->ts = now;
 	f->addr = ctx->addr;
@@ -411,13 +481,16 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 		f->rss_anon = fs->rss[1];
 		f->rss_swap = fs->rss[2];
 		f->rss_shmem = fs->rss[3];
+		f->alloc = fs->alloc;
 	} else {
 		count(MT_CNT_FAULT_NO_ENTRY);
 		f->latency = 0;
 		f->error_code = 0;
 		f->flags |= MT_FAULT_NO_ENTRY;
 		f->rss_file = f->rss_anon = f->rss_swap = f->rss_shmem = 0;
+		f->alloc = 0;
 	}
+	f->stack_id = (f->flags & MT_FAULT_KERNEL_MODE) ? -1 : user_stack(ctx, 1);
 	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 	return 0;
 }
@@ -427,64 +500,165 @@ int on_fault_maj(struct bpf_perf_event_data *ctx) { return fault_end(ctx, 1); }
 
 /* ---- resident-set changes ---- */
 
+/* An rss event of process `pid` (baseline: an absolute value; otherwise a
+ * change), attributed to the memory syscall `tid` has in progress if any. */
+static __always_inline void rss_event(u32 pid, u32 tid, u32 member, s64 size,
+				      s64 delta, u16 flags)
+{
+	count(MT_CNT_RSS);
+	u32 cause = 0;
+	if (!(flags & (MT_RSS_BASELINE | MT_RSS_OTHER_TASK))) {
+		struct syscall_entry *sc = inflight.lookup(&tid);
+		cause = sc ? sc->kind : 0;
+	}
+	struct mt_event *ev = new_event(MT_EV_RSS, pid, tid, MT_CNT_LOST_RSS);
+	if (!ev)
+		return;
+	ev->flags = flags;
+	ev->aux = member;
+	ev->args[0] = size;
+	ev->args[1] = delta;
+	ev->args[2] = cause;
+	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+}
+
+/* Process `tgid` now runs on this mm (a forked child, the new image of an
+ * exec, a vfork child): its series starts again from the mm's values. */
+static __always_inline void adopt(struct rss_state *rs, u32 tgid, u32 tid)
+{
+	rs->owner = tgid;
+#pragma unroll
+	for (int m = 0; m < 4; m++)
+		if (rs->known & (1u << m))
+			rss_event(tgid, tid, m, rs->last[m], 0,
+				  MT_RSS_BASELINE | MT_RSS_NEW_MM);
+}
+
+/* A change of an mm that is not the current task's (curr=0): one a traced
+ * task is building (fork's child, execve's new image: a new mm, counters
+ * from 0), the old image or the exited process's being torn down by its own
+ * task (dropped: the process has left it), or a traced process's changed by
+ * another task (reclaim, a write into it from outside). */
+static __always_inline int rss_other_mm(u32 mm, u32 member, s64 size, u32 tgid, u32 tid)
+{
+	struct rss_state *rs = rss_mm.lookup(&mm);
+	if (!rs) {
+		if (!current_state(tgid))
+			return 0;
+		/* an exec tears its old mm down after building the new one:
+		 * while the new one is pending, an unknown mm is the old one */
+		u32 *b = building.lookup(&tid);
+		if (b && rss_mm.lookup(b))
+			return 0;
+		struct rss_state n = {};
+		n.known = 0xf;
+		if (rss_mm.update(&mm, &n) || building.update(&tid, &mm)) {
+			count(MT_CNT_MAP_FULL);
+			return 0;
+		}
+		rs = rss_mm.lookup(&mm);
+		if (!rs)
+			return 0;
+	}
+	u32 bit = 1u << member;
+	s64 delta = (rs->known & bit) ? size - rs->last[member] : 0;
+	u16 flags = (rs->known & bit) ? MT_RSS_OTHER_TASK : MT_RSS_OTHER_TASK | MT_RSS_BASELINE;
+	rs->known |= bit;
+	rs->last[member] = size;
+	u32 owner = rs->owner;
+	if (owner == tgid)
+		rs->owner = owner = 0;
+	else if (owner && current_state(owner) == MT_STATE_TRACED)
+		rss_event(owner, tid, member, size, delta, flags);
+	if (!owner && !(rs->last[0] | rs->last[1] | rs->last[2] | rs->last[3]))
+		rss_mm.delete(&mm);
+	return 0;
+}
+
 TRACEPOINT_PROBE(kmem, rss_stat)
 {
-	/* curr: the counter belongs to the current task's mm; the others
-	 * (another process's mm, e.g. at fork) cannot be told apart here. */
-	if (!args->curr)
+	u32 member = args->member;
+	if (member > 3)
 		return 0;
+	u32 mm = args->mm_id;
+	s64 size = args->size;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
+	if (!args->curr)
+		return rss_other_mm(mm, member, size, tgid, tid);
 	struct fault_slot *fs = my_slot(tid);
 	if (!fs)
 		return 0;
 	int in_fault = fs->tid == tid && fs->active;
 	u32 st = in_fault ? fs->state : current_state(tgid);
-	if (st != MT_STATE_TRACED)
+	if (!st)
 		return 0;
-	u32 member = args->member;
-	if (member > 3)
-		return 0;
-	s64 size = args->size;
-
-	struct rss_state *rs = rss_last.lookup(&tgid);
+	struct rss_state *rs = rss_mm.lookup(&mm);
 	if (!rs) {
+		if (st != MT_STATE_TRACED)
+			return 0;
 		struct rss_state n = {};
-		rss_last.update(&tgid, &n);
-		rs = rss_last.lookup(&tgid);
+		n.owner = tgid;          /* attached: values unknown until seen */
+		rss_mm.update(&mm, &n);
+		rs = rss_mm.lookup(&mm);
 		if (!rs) {
 			count(MT_CNT_MAP_FULL);
 			return 0;
 		}
 	}
-	s64 delta = 0;
-	u16 flags = 0;
-	if (rs->known & (1u << member)) {
-		delta = size - rs->last[member];
-	} else {
-		rs->known |= 1u << member;
-		flags = MT_RSS_BASELINE;
+	u32 bit = 1u << member;
+	if (st != MT_STATE_TRACED) {
+		/* memtrace's child inside its exec: the new image, sent at exec */
+		rs->known |= bit;
+		rs->last[member] = size;
+		return 0;
 	}
+	if (rs->owner != tgid)
+		adopt(rs, tgid, tid);
+	if (!(rs->known & bit)) {
+		rs->known |= bit;
+		rs->last[member] = size;
+		rss_event(tgid, tid, member, size, 0, MT_RSS_BASELINE);
+		return 0;
+	}
+	s64 delta = size - rs->last[member];
 	rs->last[member] = size;
-
-	if (in_fault && !flags) {
+	if (in_fault) {
 		fs->rss[member] += delta >> 12;
 		return 0;
 	}
-	/* Outside a fault (or the first value seen): an event of its own,
-	 * attributed to the memory syscall in progress, if any. */
-	count(MT_CNT_RSS);
-	struct syscall_entry *sc = inflight.lookup(&tid);
-	struct mt_event *ev = new_event(MT_EV_RSS, tgid, tid, MT_CNT_LOST_RSS);
-	if (!ev)
-		return 0;
-	ev->flags = flags;
-	ev->aux = member;
-	ev->args[0] = size;
-	ev->args[1] = delta;
-	ev->args[2] = sc ? sc->kind : 0;
-	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	/* outside a fault: an event of its own */
+	rss_event(tgid, tid, member, size, delta, 0);
 	return 0;
+}
+
+/* Pages allocated inside a traced fault: user and page-cache memory only
+ * (__GFP_MOVABLE), not page tables or slab. TP_PROTO(struct page *page,
+ * unsigned int order, gfp_t gfp_flags, int migratetype)
+ * (include/trace/events/kmem.h): integers only. */
+RAW_TRACEPOINT_PROBE(mm_page_alloc)
+{
+	if (!(ctx->args[2] & MT_GFP_MOVABLE))
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct fault_slot *fs = my_slot(tid);
+	if (!fs || !fs->active || fs->tid != tid || fs->state != MT_STATE_TRACED)
+		return 0;
+	fs->alloc += 1u << (ctx->args[1] & 15);
+	return 0;
+}
+
+/* The mm thread `tid` was building, now run by process `tgid`. */
+static __always_inline void take_built(u32 tid, u32 tgid, u32 new_tid, int traced)
+{
+	u32 *mm = building.lookup(&tid);
+	if (!mm)
+		return;
+	u32 key = *mm;
+	building.delete(&tid);
+	struct rss_state *rs = rss_mm.lookup(&key);
+	if (rs && traced && rs->owner != tgid)
+		adopt(rs, tgid, new_tid);
 }
 
 /* ---- process events ---- */
@@ -540,11 +714,14 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 			count(MT_CNT_MAP_FULL);
 		return 0;
 	}
-	if (st != MT_STATE_TRACED || !cfg(MT_CFG_FOLLOW))
-		return 0;
-	if (traced.update(&child, &st))
-		count(MT_CNT_MAP_FULL);
-	proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
+	int follow = st == MT_STATE_TRACED && cfg(MT_CFG_FOLLOW);
+	if (follow) {
+		if (traced.update(&child, &st))
+			count(MT_CNT_MAP_FULL);
+		proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
+	}
+	/* the counters the fork gave the child (copy_page_range, curr=0) */
+	take_built(tid, child, child, follow);
 	return 0;
 }
 
@@ -557,9 +734,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 		return 0;
 	if (*st == MT_STATE_PRE_EXEC)
 		*st = MT_STATE_TRACED;
-	/* a new mm: its counters start again */
-	rss_last.delete(&tgid);
 	u32 old = args->old_pid;
+	/* the new image's counters (its argument pages, the loader's faults) */
+	take_built(old, tgid, tid, 1);
 	if (old != tid)
 		inflight.delete(&old);
 	struct mt_exec *ev = new_path_record(MT_EV_EXEC, tgid, tid, old);
@@ -587,12 +764,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 	inflight.delete(&tid);
 	clone_flags.delete(&tid);
+	building.delete(&tid);
 	unpark(tid);
 	u16 dead = args->group_dead ? MT_EXIT_GROUP_DEAD : 0;
-	if (dead) {
-		traced.delete(&tgid);
-		rss_last.delete(&tgid);
-	}
+	if (dead)
+		traced.delete(&tgid);   /* its mm's state goes with the teardown */
 	if (st == MT_STATE_TRACED)
 		proc_event(MT_EV_EXIT, tgid, tid, 0, 0, dead,
 			   dead ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);

@@ -45,7 +45,16 @@
 
 /* mt_event.flags */
 #define MT_EXIT_GROUP_DEAD 1
-#define MT_RSS_BASELINE 2
+#define MT_RSS_BASELINE 2     /* rss: an absolute value, no change (args[1] 0) */
+#define MT_RSS_NEW_MM 4       /* rss baseline: the process now runs on another mm
+				 (fork's child, exec's new image, vfork) */
+#define MT_RSS_OTHER_TASK 8   /* rss: made by another task (reclaim, a foreign
+				 write), not by the process itself */
+
+/* Page allocations counted in mt_fault.alloc: gfp flags with __GFP_MOVABLE
+ * (user and page-cache memory; page tables and slab have it clear). Bit 3
+ * since ___GFP_MOVABLE became a bit number (include/linux/gfp_types.h). */
+#define MT_GFP_MOVABLE 8
 
 /* x86 page fault error code bits (arch/x86/include/asm/trap_pf.h). */
 #define MT_PF_PROT 1
@@ -67,14 +76,18 @@
 #define MT_CNT_LOST_RSS 11
 #define MT_CNT_FAULT_UNFINISHED 12
 #define MT_CNT_RSS_STRANDED 13
-#define MT_NR_COUNTERS 16
+#define MT_CNT_STACK_LOST 14  /* --stacks: a stack not stored (map full, collision) */
+#define MT_CNT_RESERVE_RETRIED 15  /* a ring reservation failed once, then succeeded */
+#define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */
 #define MT_CFG_FOLLOW 0
 #define MT_CFG_SPAWNER_TID 1
 #define MT_CFG_FAULT_MODE 2
 #define MT_CFG_STOP_AT_EXEC 3
-#define MT_NR_CONFIG 4
+#define MT_CFG_STACKS 4         /* 0 off; else record user stacks of memory syscalls
+				   and of one fault in this many per CPU */
+#define MT_NR_CONFIG 8
 
 #define MT_FAULT_MODE_EVENTS 0
 #define MT_FAULT_MODE_SUMMARY 1
@@ -98,6 +111,10 @@ struct mt_fault {
 	__s16 rss_file;
 	__s16 rss_shmem;
 	__s16 rss_swap;
+	__u32 alloc;       /* pages the kernel allocated inside the fault for user or
+			      page-cache memory (a copy-on-write copy, a zeroed page,
+			      read-ahead), from kmem:mm_page_alloc */
+	__s32 stack_id;    /* user stack in the `stacks` map (--stacks), -1 none */
 };
 
 /* A memory syscall (entry and exit joined), or a process event. */
@@ -108,7 +125,8 @@ struct mt_event {
 	__u32 tid;
 	__u16 kind;        /* MT_EV_* */
 	__u16 flags;       /* MT_EXIT_*, MT_RSS_* */
-	__s32 aux;         /* fork/thread: child pid/tid; rss: member */
+	__s32 aux;         /* fork/thread: child pid/tid; rss: member;
+			      syscalls: user stack id (--stacks), -1 none */
 	__s64 ret;         /* syscall return value (negative errno on error) */
 	__u64 args[6];     /* syscall arguments; fork: clone flags; rss: new size, delta, cause */
 	char comm[MT_COMM_LEN];

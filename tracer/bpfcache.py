@@ -574,10 +574,11 @@ class Loaded:
         return self.links + list(self.progs.values()) + [m.fd for m in self.maps.values()]
 
 
-def load(spec: Spec, check_tags: bool = True, attach: bool = True) -> Loaded:
+def load(spec: Spec, check_tags: bool = True, attach: bool = True,
+         skip: frozenset[str] = frozenset()) -> Loaded:
     """Creates the maps, loads and (with `attach`) attaches the programs of
-    `spec`. On any failure everything made so far is released and LoadError
-    or CacheError raised."""
+    `spec`, but those named in `skip` (loaded, not attached). On any failure
+    everything made so far is released and LoadError or CacheError raised."""
     stale = [tp for tp, h in spec.formats.items() if format_hash(tp) != h]
     if stale:
         raise CacheError(f"tracepoint format changed: {', '.join(sorted(stale))}")
@@ -602,6 +603,8 @@ def load(spec: Spec, check_tags: bool = True, attach: bool = True) -> Loaded:
         lib = _attach_lib()
         cpus = online_cpus()
         for p in spec.progs if attach else []:
+            if p.name in skip:
+                continue
             fd = out.progs[p.name]
             for a in p.attach:
                 if a.kind == "tracepoint":

@@ -49,6 +49,8 @@ class Options:
     flush_interval: float = 1.0
     run_as: tuple[int, int, list[int]] | None = None   # CMD's uid, gid, groups (None: ours)
     owner: tuple[int, int] | None = None               # chown the output files to uid, gid
+    residency: bool = True       # kmem:rss_stat and kmem:mm_page_alloc attached
+    stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Result:
     interrupted: str | None = None
     rows: int = 0
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
+    stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
 
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
@@ -103,7 +106,7 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
     chown(spill.path, opts.owner, say)
     try:
         _remove_stale(opts.output)
-        probes = Probes(opts.fault_ring_pages)
+        probes = Probes(opts.fault_ring_pages, residency=opts.residency)
     except BaseException:
         _restore(old)
         _discard(spill)
@@ -119,6 +122,7 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
     try:
         probes.set_config(C["MT_CFG_FOLLOW"], int(opts.follow))
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], int(opts.stop_at_exec))
+        probes.set_config(C["MT_CFG_STACKS"], opts.stacks)
         res.start_ts = time.monotonic_ns()
         if opts.command:
             probes.set_config(C["MT_CFG_SPAWNER_TID"], threading.get_native_id())
@@ -147,7 +151,8 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
         last_flush = time.monotonic()
         while True:
             poller.poll(opts.poll_interval)
-            pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+            pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
+                                  opts.residency))
             if child is not None and res.exit_status is None:
                 _reap(child.pid, res)
             now = time.monotonic()
@@ -169,7 +174,8 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
                 break
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
-        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
+                                  opts.residency))
         if child is not None and res.exit_status is None and stop.reason in ("SIGINT", "SIGTERM"):
             # Ctrl-C reached CMD too (same process group); SIGTERM is passed
             # on to the CMD memtrace started, as strace does: give it a moment
@@ -185,9 +191,12 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
             # between the reads of the event and fault rings would show its
             # faults without its fork row).
             _untrace_all(probes)
-        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None))
+        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
+                                  opts.residency))
         res.end_ts = time.monotonic_ns()
         res.counters = probes.counters()
+        if opts.stacks:
+            res.stacks = probes.stacks()
         for pid in list(live_pids) + list(res.baseline):
             _read_kernel_counts(pid, res)
         spill.write(pending)
@@ -299,7 +308,8 @@ def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
 
 
 def _drain(probes: Probes, res: Result, comms: writer.CommTable,
-           live_pids: set[int], held: set[int] | None) -> list[pa.RecordBatch]:
+           live_pids: set[int], held: set[int] | None,
+           residency: bool = True) -> list[pa.RecordBatch]:
     """Reads the three rings; `held` (None if BPF does not stop processes at
     exec) gets the pids of the execs read, and loses each once continued."""
     out: list[pa.RecordBatch] = []
@@ -335,7 +345,7 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
         out.append(writer.event_batch(events, comms))
         _account_events(events, res, live_pids)
     if len(faults):
-        out.append(writer.fault_batch(faults, comms))
+        out.append(writer.fault_batch(faults, comms, residency))
         _account_faults(faults, res)
     return out
 

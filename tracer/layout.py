@@ -27,10 +27,10 @@ _FIELD = re.compile(r"^\s*(\w+)\s+(\w+)(?:\[(\w+)\])?\s*;", re.M)
 
 @lru_cache(maxsize=None)
 def _parse(text: str) -> tuple[dict[str, int], dict[str, np.dtype]]:
+    body_text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)   # comments may follow a value
     consts: dict[str, int] = {}
-    for name, value in _DEFINE.findall(text):
+    for name, value in _DEFINE.findall(body_text):
         consts[name] = int(value, 0) if value[0].isdigit() else consts[value]
-    body_text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     structs: dict[str, np.dtype] = {}
     for name, body in _STRUCT.findall(body_text):
         fields = []

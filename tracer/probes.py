@@ -31,6 +31,11 @@ PERF_EVENTS = {
     "on_fault_maj": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS_MAJ, 1)],
 }
 RINGS = {"faults": layout.FAULT, "events": layout.EVENT, "execs": layout.EXEC}
+# residency (--no-rss turns it off): the programs not attached then, as
+# (bcc's function name, how bcc's own loader names the attachment)
+RESIDENCY = {"tracepoint__kmem__rss_stat": ("tracepoint", b"kmem:rss_stat"),
+             "raw_tracepoint__mm_page_alloc": ("raw_tracepoint", b"mm_page_alloc")}
+STACK_DEPTH = 127        # bcc's BPF_STACK_TRACE value: u64 ips[127]
 
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
@@ -44,12 +49,14 @@ class Probes:
     cache), a directory, or "bcc" (bcc's own loader, no cache: the way
     memtrace loaded before the cache, kept as the last resort)."""
 
-    def __init__(self, fault_ring_pages: int | None = None, cache=None) -> None:
+    def __init__(self, fault_ring_pages: int | None = None, cache=None,
+                 residency: bool = True) -> None:
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
         if fault_ring_pages:
             cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
         self.fault_ring_pages = fault_ring_pages or C["MT_FAULT_RING_PAGES"]
         self.bpf = None               # bcc.BPF, on the last-resort path only
+        self._skip = frozenset() if residency else frozenset(RESIDENCY)
         self.cache_key: str | None = None
         self.cache_status = ""
         self.startup: dict[str, float] = {"import": 0.0, "compile": 0.0, "load": 0.0,
@@ -83,7 +90,7 @@ class Probes:
             return self._bcc(cflags, f"not cacheable ({why})")
         try:
             spec = store.get(key)
-            loaded = bpfcache.load(spec)
+            loaded = bpfcache.load(spec, skip=self._skip)
         except (bpfcache.CacheError, OSError) as e:
             miss = str(e)
         else:
@@ -100,7 +107,7 @@ class Probes:
             return self._bcc(cflags, f"miss ({miss}); not cacheable: {e}")
         self.startup["compile"] = time.monotonic() - t1
         try:
-            loaded = bpfcache.load(spec)
+            loaded = bpfcache.load(spec, skip=self._skip)
         except (bpfcache.CacheError, OSError) as e:
             out = self._bcc(cflags, f"miss ({miss}); the fresh compile did not load: {e}")
             # bcc's loader managed where ours did not: do not try ours again
@@ -119,6 +126,12 @@ class Probes:
         from bcc import BPF  # import late: bcc is slow and needs root
         t1 = time.monotonic()
         self.bpf = b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+        for fn in self._skip:        # bcc attached every tracepoint program
+            kind, target = RESIDENCY[fn]
+            if kind == "tracepoint":
+                b.detach_tracepoint(target)
+            else:
+                b.detach_raw_tracepoint(target)
         t2 = time.monotonic()
         for fn, events in PERF_EVENTS.items():
             for ev_type, ev_config, period in events:
@@ -157,6 +170,16 @@ class Probes:
         table = self._maps["counters"]
         return {name: sum(_U64.unpack(v)[0] for v in table.percpu_values(_I32.pack(i)))
                 for i, name in layout.COUNTER_NAMES.items()}
+
+    def stacks(self) -> dict[int, list[int]]:
+        """--stacks: every stored user stack, id -> instruction pointers
+        (innermost first)."""
+        out = {}
+        for k, v in self._maps["stacks"].items():
+            ips = struct.unpack(f"<{len(v) // 8}Q", v)
+            n = ips.index(0) if 0 in ips else len(ips)
+            out[_U32.unpack(k)[0]] = list(ips[:n])
+        return out
 
     def ring_fds(self) -> list[int]:
         return [self._maps[name].fd for name in self.rings]

@@ -58,6 +58,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on-loss", action="store_true",
                    help=f"exit with status {LOST_EXIT} if any event was lost "
                    "(default: CMD's status; the loss is reported either way)")
+    p.add_argument("--no-rss", dest="residency", action="store_false",
+                   help="no residency: faults without the resident pages they added "
+                   "or allocated, no rss rows (kmem:rss_stat and kmem:mm_page_alloc "
+                   "not attached)")
+    p.add_argument("--stacks", nargs="?", type=_positive_int, const=STACK_SAMPLE, default=0,
+                   metavar="N", help="record user stacks of the memory syscalls and of one "
+                   f"fault in N per CPU (default {STACK_SAMPLE}; 1: every fault); walked by "
+                   "frame pointers")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--user", metavar="NAME",
                      help="run CMD as this user (name or uid; default: the user who ran "
@@ -67,6 +75,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                    help="command to start and trace")
     return p
+
+
+STACK_SAMPLE = 64
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
 
 
 def _pid_list(text: str) -> list[int]:
@@ -199,7 +216,8 @@ def main(argv: list[str]) -> int:
     opts = capture.Options(command=command or None, pids=args.pid, follow=args.follow,
                            duration=args.duration, output=output, fmt=fmt,
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
-                           run_as=run_as, owner=sudo)
+                           run_as=run_as, owner=sudo, residency=args.residency,
+                           stacks=args.stacks)
     res = capture.run(opts, say)
     meta = summary.metadata(res, opts, argv)
     size = res.spill.finish(fmt, meta)  # type: ignore[attr-defined]

@@ -5,28 +5,25 @@
     >>> rss.check(t.events)   # does every change add up? (acceptance: nothing unexplained)
 
 Where the values come from (docs/format.md):
-- an `rss` row with a null `rss_delta` is the first value of a counter seen
-  (BASELINE, the BPF side's first kmem:rss_stat of that process and member
-  since its exec or since tracing began): the counter's absolute value;
+- an `rss` row with a null `rss_delta` is an absolute value: cause
+  `new_mm` when the process starts running on an address space whose
+  counters the BPF side knows from their start (a forked child: the values
+  the fork copied; an exec's new image: its argument pages and the loader's
+  faults; rows at or before the `exec` row), else `baseline` (the first
+  value of a counter seen, e.g. of a process attached with -p);
 - a `fault` row's `rss_anon`, `rss_file`, `rss_shmem`, `rss_swap` are the
   pages the kernel added (or removed) inside that fault;
 - any other `rss` row is a change outside a fault, `rss_delta` bytes,
-  during the memory syscall `cause` or, if null, the kernel's own.
+  during the memory syscall `cause`, made by another task (`other_task`:
+  reclaim, a write into the process from outside) or, if null, the
+  kernel's own.
 
-A running value is its baseline plus every change after it; before a
-counter's baseline its value is unknown (<NA>), with two facts of the kernel
-taken as known:
-- exec: the new image's mm starts with every counter at zero (mm_init), and
-  nothing between the switch to it and the exec tracepoint maps shared
-  memory or makes swap entries, so at the `exec` row shmem and swap are 0;
-  anon and file are unknown again until their next baseline (the loader's
-  and the argument pages' are not seen: they come before tracing, or in
-  another mm's context);
-- exit: when the last thread has gone (`exit` row, flags 1) the mm is torn
-  down: every counter is 0. (The teardown's own kmem:rss_stat events run
-  with `current->mm` already cleared: the BPF side does not see them.)
-These two kinds of rows have cause `exec` and `exit`; a baseline row has
-cause `baseline`.
+A running value is its last absolute value plus every change after it;
+before the first one it is unknown (<NA>). One fact of the kernel is taken
+as known: when the last thread has gone (`exit` row, flags 1) the mm is
+torn down: every counter is 0 (the teardown's own kmem:rss_stat events are
+the process's own task changing an mm it no longer runs on: dropped). Such
+rows have cause `exit`; `exec` rows (cause `exec`) change nothing.
 
 One attribution is made here rather than by the BPF side: a fault that began
 on one CPU and ended on another (it slept, e.g. reading a file, and moved)
@@ -48,6 +45,7 @@ RESIDENT = ("anon", "file", "shmem")                        # VmRSS = their sum
 _FAULT_COL = {k: "rss_" + k for k in KINDS}
 COLUMNS = ["ts", "pid", *KINDS, "cause"]
 INFERRED = ("exec", "exit")                                 # causes not from a counter
+BASELINES = ("baseline", "new_mm")                          # causes of absolute values
 
 
 def _empty() -> pd.DataFrame:
@@ -102,7 +100,6 @@ def _changes(events: pd.DataFrame, page_size: int) -> pd.DataFrame:
                                  np.where(rss & m & ~base, np.nan_to_num(delta), 0.0))
         reset = np.full(n, np.inf)                       # inf: no reset here
         reset = np.where(rss & m & base, size, reset)
-        reset = np.where(ex, 0.0 if k in ("shmem", "swap") else np.nan, reset)
         reset = np.where(ext, 0.0, reset)
         out["r_" + k] = reset
     cause = ev["cause"].astype(object).to_numpy() if "cause" in ev else np.full(n, None, object)
@@ -111,7 +108,7 @@ def _changes(events: pd.DataFrame, page_size: int) -> pd.DataFrame:
     if (rss & null & ~base).any():
         cause = np.where(_inside_unjoined_fault(events, idx[rss & null & ~base])[idx],
                          "fault", cause)
-    cause = np.where(base, "baseline", cause)
+    cause = np.where(base & (cause != "new_mm"), "baseline", cause)
     cause = np.where(fault, "fault", cause)
     cause = np.where(ex, "exec", np.where(ext, "exit", cause))
     out["cause"] = cause
@@ -309,7 +306,7 @@ def check(events: pd.DataFrame, page_size: int = 4096) -> pd.DataFrame:
         df = pd.DataFrame({"pid": pid, "seg": seg, "reset": is_reset, "known": known,
                            "size": size, "val": val, "d": d, "fault": fault,
                            "ts": ch["ts"].to_numpy(np.uint64),
-                           "base": ch["cause"].to_numpy() == "baseline"})
+                           "base": np.isin(ch["cause"].to_numpy(), BASELINES)})
         for (p, s), g in df.groupby(["pid", "seg"], sort=True):
             if s == 0 or not g["base"].iloc[0]:
                 continue                  # no baseline: nothing the kernel stated

@@ -38,6 +38,8 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "kernel": kernel_check(res),
         "exit_status": res.exit_status,
         "rows": res.rows,
+        "residency": opts.residency,
+        "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
     }
 
 

@@ -57,9 +57,13 @@ class Trace:
     @cached_property
     def rss(self) -> pd.DataFrame:
         """Resident bytes over time per process, from the kernel's counters
-        (tracer.rss.frame): one row per event that changed them."""
+        (tracer.rss.frame): one row per event that changed them; empty for
+        a trace recorded with --no-rss."""
         from tracer import rss
-        return rss.frame(self.events, page_size=int(self.meta.get("page_size", 4096)))
+        events = self.events
+        if self.meta.get("residency") is False:
+            events = events.iloc[:0]
+        return rss.frame(events, page_size=int(self.meta.get("page_size", 4096)))
 
     def timeline(self, pid: int) -> pd.DataFrame:
         """The model's timeline of pid with resident bytes beside the virtual

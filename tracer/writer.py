@@ -83,12 +83,17 @@ SCHEMA = pa.schema([
     ("child", pa.int32()), ("path", _STR_DICT),
     ("member", pa.int8()), ("rss_size", pa.int64()), ("rss_delta", pa.int64()),
     ("cause", _STR_DICT), ("inode", pa.uint64()),
+    ("alloc", pa.uint32()), ("stack_id", pa.int32()),
 ])
 META_KEY = b"memtrace"
 PARTIAL_SUFFIX = ".partial"
 
 _C = layout.C
 _SYSCALL_CODES = {_C["MT_EV_" + k.upper()]: k for k in layout.SYSCALL_KINDS}
+# rss rows' causes beyond the syscalls: the counters of a process's new mm
+# (fork, exec, vfork: flags MT_RSS_NEW_MM), a change made by another task
+_NEW_MM, _OTHER_TASK = 1 << 20, (1 << 20) + 1
+_CAUSE_CODES = {**_SYSCALL_CODES, _NEW_MM: "new_mm", _OTHER_TASK: "other_task"}
 
 
 # The final file: row groups of this many rows (the conversion holds one in
@@ -98,7 +103,7 @@ ROW_GROUP = 1 << 17
 SPILL_BATCH = 1 << 16        # rows per IPC batch of the spill (bounds reading it back)
 _PARQUET_DICT = ["pid", "tid", "comm", "kind", "prot", "flags", "fd", "ip", "major",
                  "error_code", "rss_anon", "rss_file", "rss_shmem", "rss_swap",
-                 "child", "path", "member", "cause"]
+                 "child", "path", "member", "cause", "alloc", "stack_id"]
 _PARQUET_ENCODING = {"ts": "DELTA_BINARY_PACKED", "addr": "DELTA_BINARY_PACKED"}
 _PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row groups
 
@@ -204,11 +209,15 @@ def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
     return pa.record_batch(arrays, schema=SCHEMA)
 
 
-def fault_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
-    """Fault records (layout.FAULT) -> rows of kind `fault`."""
+def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
+    """Fault records (layout.FAULT) -> rows of kind `fault`; without
+    `residency` (--no-rss) the resident columns are null."""
     n = len(rec)
     flags = rec["flags"]
     entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
+    res = entry if residency else np.zeros(n, bool)
+    rss_cols = {c: rec[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
+                if residency}                # absent: null
     return _batch(n, {
         "ts": rec["ts"], "pid": rec["pid"].view(np.int32), "tid": rec["tid"].view(np.int32),
         "comm": comms.array(rec["tid"]),
@@ -217,8 +226,9 @@ def fault_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
         "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
         "error_code": (rec["error_code"], entry),
         "latency": rec["latency"],
-        "rss_anon": rec["rss_anon"], "rss_file": rec["rss_file"],
-        "rss_shmem": rec["rss_shmem"], "rss_swap": rec["rss_swap"],
+        **rss_cols,
+        "alloc": (rec["alloc"], res),
+        "stack_id": (rec["stack_id"], rec["stack_id"] >= 0),
     })
 
 
@@ -246,11 +256,15 @@ def event_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
     flags_ok |= is_["exit"]
     rss = is_["rss"]
     baseline = (rec["flags"] & _C["MT_RSS_BASELINE"]) != 0
-    cause_code = args[:, 2]
+    # rss cause: the syscall in progress (by code), or how the value came
+    cause_code = np.where(rss, args[:, 2], 0)
+    cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_NEW_MM"]) != 0), _NEW_MM, cause_code)
+    cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_OTHER_TASK"]) != 0), _OTHER_TASK,
+                          cause_code)
     cause = None
-    if rss.any():   # the syscall in progress, by code: a lookup per distinct code
-        codes, inv = np.unique(np.where(rss, cause_code, 0), return_inverse=True)
-        names = [_SYSCALL_CODES.get(int(c)) for c in codes]
+    if rss.any():   # a lookup per distinct code
+        codes, inv = np.unique(cause_code, return_inverse=True)
+        names = [_CAUSE_CODES.get(int(c)) for c in codes]
         cause = pa.DictionaryArray.from_arrays(
             _array(inv.astype(np.int32), pa.int32(), ~np.array([x is None for x in names])[inv]),
             _str_array([x or "" for x in names]))
@@ -269,6 +283,7 @@ def event_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
         "rss_size": (args[:, 0].view(np.int64), rss),
         "rss_delta": (args[:, 1].view(np.int64), rss & ~baseline),
         "cause": cause,
+        "stack_id": (rec["aux"], syscall & (rec["aux"] >= 0)),
     })
 
 

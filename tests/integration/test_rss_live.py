@@ -22,7 +22,7 @@ KERNEL_SPACE = 0xFFFF800000000000
 
 
 def _describe(rows) -> str:
-    cols = [c for c in ("ts", "pid", "tid", "kind", "addr", "ip", "error_code", "rss_anon",
+    cols = [c for c in ("ts", "pid", "tid", "kind", "addr", "ip", "error_code", "alloc", "rss_anon",
                         "rss_file", "rss_shmem", "member", "rss_size", "rss_delta", "cause")
             if c in rows]
     return rows[cols].to_string()
@@ -64,6 +64,9 @@ def test_seed003_reads_make_nothing_resident_writes_one_page_each(workloads, tmp
     for col in ("rss_anon", "rss_file", "rss_shmem", "rss_swap"):
         assert ints(reads[col]) == [0] * 4, _describe(reads)
     assert ints(writes["rss_anon"]) == [1] * 4, _describe(writes)
+    # the reads map the shared zero page: nothing allocated; each write one new page
+    assert ints(reads["alloc"]) == [0] * 4 and ints(writes["alloc"]) == [1] * 4, \
+        _describe(reads) + "\n" + _describe(writes)
     for col in ("rss_file", "rss_shmem", "rss_swap"):
         assert ints(writes[col]) == [0] * 4, _describe(writes)
 
@@ -182,6 +185,8 @@ def test_cow_faults_in_the_child(workloads, tmp_path):
     assert m and m.group(1) == m.group(2), proc.stderr          # the kernel: no change
     for col in ("rss_anon", "rss_file", "rss_shmem", "rss_swap"):
         assert ints(writes[col]) == [0] * len(writes), _describe(writes)
+    # but each copy is a new page, the child's own (kmem:mm_page_alloc inside the fault)
+    assert ints(writes["alloc"]) == [1] * len(writes), _describe(writes)
     # no resident change in the parent while the child ran
     t0, t1 = marker_ts(ev, child, 3), marker_ts(ev, child, 5)
     pr = t.rss[(t.rss["pid"] == parent) & (t.rss["ts"] >= t0) & (t.rss["ts"] <= t1)]
@@ -197,17 +202,15 @@ def test_cow_faults_in_the_child(workloads, tmp_path):
     f = step[(step["addr"] >= fmap) & (step["addr"] < fmap + PAGE)]
     assert len(f) == 2, _describe(step)
     assert ints(f["error_code"]) == [4, 7] and ints(f["rss_file"]) == [1, -1], _describe(f)
+    # the copy is a new page; the read allocated none unless it read the file from disk
+    assert ints(f["alloc"])[1] == 1 and (f["major"].iloc[0] or ints(f["alloc"])[0] == 0), _describe(f)
     _no_gap(t)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BPF: a forked child's counters are filled by the fork (copy_page_range, in the parent's "
-    "context: kmem:rss_stat curr=0, ignored), so the child's first change of each kind is a "
-    "BASELINE row and the fault that made it shows 0. Here the copy-on-write of the private "
-    "file page adds one anonymous page (anon +1, file -1; RssAnon +4 kB) but the fault says "
-    "rss_anon 0. Fix: key the BPF rss state by mm_id and track curr=0 changes of the mm a "
-    "traced task is building (fork, exec) so the child starts with known values"))
 def test_cow_of_a_file_page_adds_one_anonymous_page_in_the_child(workloads, tmp_path):
+    """The child's counters are known from its fork on (the BPF side follows
+    the mm the parent's fork fills), so its copy of a private file page
+    shows as the kernel counts it: anon +1, file -1."""
     proc, t, parent, child, addr, length, fmap = _cowfork(workloads, tmp_path)
     step = faults_of(between(t.events, child, 4, 5))
     f = step[(step["addr"] >= fmap) & (step["addr"] < fmap + PAGE)]
@@ -247,13 +250,10 @@ def exec_pids_of(t) -> list[int]:
     return sorted(set(int(p) for p in ex["pid"]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BPF: rss_last is keyed by tgid, so when a traced process execs, the new image's first "
-    "changes (the ELF loader's faults inside execve, before sched_process_exec resets the "
-    "state) are computed against the old image's last values: a page-zeroing fault shows "
-    "e.g. rss_anon -23. Fix: keep mm_id in the rss state and start a new baseline when it "
-    "changes"))
 def test_faults_inside_execve_of_a_traced_child(workloads, tmp_path):
+    """The ELF loader's faults inside execve run on the new image's mm: their
+    changes count from its known start (the argument pages), not from the
+    old image's last values."""
     proc, t = run_memtrace(["--", "/bin/sh", "-c", f"{workloads['seed003']}; true"], tmp_path)
     ev = t.events
     child = exec_pid(ev, "seed003")

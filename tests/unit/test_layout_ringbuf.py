@@ -6,7 +6,7 @@ from tracer import layout, ringbuf
 
 
 def test_header_parses_to_fixed_strides():
-    assert layout.FAULT.itemsize == 48
+    assert layout.FAULT.itemsize == 56
     assert layout.EVENT.itemsize % 8 == 0 and layout.EXEC.itemsize % 8 == 0
     assert layout.FAULT.names[:3] == ("ts", "addr", "ip")
     assert layout.EVENT["args"].shape == (6,)
@@ -64,3 +64,10 @@ def test_decode_rejects_wrong_size():
     data.view(slot)["hdr_len"][1] = 40
     with pytest.raises(RuntimeError, match="unexpected size 40"):
         ringbuf.decode(data, 0, len(data), slot)
+
+
+def test_defines_may_carry_comments():
+    c, _ = layout._parse("#define MT_A 4 /* one */\n#define MT_B 8 /* spans\n two lines */\n"
+                         "#define MT_C MT_A\n")
+    assert c == {"MT_A": 4, "MT_B": 8, "MT_C": 4}
+    assert layout.C["MT_RSS_NEW_MM"] == 4 and layout.C["MT_RSS_OTHER_TASK"] == 8

@@ -229,3 +229,19 @@ def test_release_continues_what_is_held(monkeypatch):
     capture._release(SimpleNamespace(), held, stop_at_exec=False)
     assert sorted(sent) == [(11, capture.signal.SIGCONT), (12, capture.signal.SIGCONT)]
     assert held == set()
+
+
+# ---- residency and stacks ----
+
+def test_stacks_and_residency_options():
+    a = _args("--", "true")
+    assert a.stacks == 0 and a.residency is True
+    assert _args("--stacks", "--", "true").stacks == record.STACK_SAMPLE
+    assert _args("--stacks", "1", "--no-rss", "--", "true").stacks == 1
+    assert _args("--no-rss", "--", "true").residency is False
+
+
+@pytest.mark.parametrize("bad", ["0", "x", "1.5"])
+def test_stacks_sample_must_be_a_positive_integer(bad):
+    with pytest.raises(UsageError, match="--stacks: not a positive integer"):
+        _args("--stacks", bad, "--", "true")

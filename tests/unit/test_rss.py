@@ -35,12 +35,18 @@ def values(frame: pd.DataFrame, row: int) -> tuple:
     return tuple(None if pd.isna(x) else int(x) for x in v)
 
 
+def new_mm(e: Events, file: int, anon: int, swap: int = 0, shmem: int = 0, **kw) -> list[int]:
+    """The four absolute values the capture sends when a process starts
+    running on a new mm (exec's new image, a forked child)."""
+    return [rss_row(e, m, v, cause="new_mm", **kw)
+            for m, v in ((FILE, file), (ANON, anon), (SWAP, swap), (SHMEM, shmem))]
+
+
 def started() -> Events:
-    """pid P exec'd, with anon and file baselines (5 and 16 pages)."""
+    """pid P exec'd: its new image has 16 file and 5 anonymous pages."""
     e = Events(pid=P)
+    new_mm(e, 16 * PAGE, 5 * PAGE)
     e.exec()
-    rss_row(e, FILE, 16 * PAGE)
-    rss_row(e, ANON, 5 * PAGE)
     return e
 
 
@@ -61,25 +67,27 @@ def test_running_values_from_baselines_faults_and_rss_rows():
     assert values(f, r2) == (6 * PAGE, 19 * PAGE, 0, 0)
     assert values(f, r3) == (2 * PAGE, 19 * PAGE, 0, 0)
     assert values(f, r4) == (2 * PAGE, 10 * PAGE, 0, 0)
-    assert list(f["cause"].astype(str)) == ["exec", "baseline", "baseline", "fault", "fault",
-                                           "munmap", "kernel"]
+    assert list(f["cause"].astype(str)) == ["new_mm"] * 4 + ["exec", "fault", "fault",
+                                                           "munmap", "kernel"]
     assert all(str(f[k].dtype) == "Int64" for k in rss.KINDS)
     assert f["ts"].is_monotonic_increasing
 
 
-def test_unknown_until_the_baseline_and_exec_facts():
-    """Before a counter's first value it is unknown, except what exec tells:
-    a new image starts with no shared memory and no swap entries."""
+def test_unknown_until_a_first_value():
+    """A process whose counters were not seen from their start (attached
+    with -p): each is unknown until its first value; an exec row without
+    the new image's values changes nothing."""
     e = Events(pid=P)
     x = e.exec()
     fa = e.fault(A, write=True, rss_anon=1)             # anon still unknown: no baseline
     b = rss_row(e, ANON, 7 * PAGE)
     s = fault(e, A + PAGE, rss_shmem=1)
     f = rss.frame(e.frame())
-    assert values(f, x) == (None, None, 0, 0)
-    assert values(f, fa) == (None, None, 0, 0)
-    assert values(f, b) == (7 * PAGE, None, 0, 0)
-    assert values(f, s) == (7 * PAGE, None, PAGE, 0)
+    assert values(f, x) == (None, None, None, None)
+    assert values(f, fa) == (None, None, None, None)
+    assert values(f, b) == (7 * PAGE, None, None, None)
+    assert values(f, s) == (7 * PAGE, None, None, None)
+    assert f.loc[b, "cause"] == "baseline"
 
 
 def test_without_exec_shmem_and_swap_stay_unknown():
@@ -90,14 +98,16 @@ def test_without_exec_shmem_and_swap_stay_unknown():
     assert values(f, f.index[-1]) == (3 * PAGE, None, None, None)
 
 
-def test_a_second_exec_forgets_the_old_image():
+def test_a_second_exec_starts_from_the_new_images_values():
     e = started()
     fault(e, A, rss_anon=1, rss_shmem=2)
+    n = new_mm(e, 0, 2 * PAGE)                          # sent at or before the exec row
     x = e.exec()
-    b = rss_row(e, ANON, 2 * PAGE)
+    b = fault(e, A, rss_anon=1)
     f = rss.frame(e.frame())
-    assert values(f, x) == (None, None, 0, 0)
-    assert values(f, b) == (2 * PAGE, None, 0, 0)
+    assert values(f, n[0]) == (6 * PAGE, 0, 2 * PAGE, 0)   # file first: the others follow
+    assert values(f, x) == (2 * PAGE, 0, 0, 0)
+    assert values(f, b) == (3 * PAGE, 0, 0, 0)
 
 
 def test_exit_of_the_last_thread_gives_everything_back():
