@@ -67,6 +67,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
     t: dict[str, list[str] | None] = {
         "untraced": [],
         "memtrace": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench.parquet"), "--"],
+        # residency off (issue 10: the overhead with and without it)
+        "memtrace-norss": [PY, "-m", "tracer", "-q", "--no-rss", "-o",
+                           str(tmp / "bench-norss.parquet"), "--"],
     }
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
@@ -82,9 +85,10 @@ def run_once(prefix: list[str], timer: str, cmd: list[str]) -> dict:
                        stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - t0
     m = re.search(r"FORK_EXIT_NS (\d+)", r.stderr)
-    if r.returncode or not m:
+    cpu = re.search(r"WORKLOAD_CPU_NS (\d+)", r.stderr)
+    if r.returncode or not m or not cpu:
         raise RuntimeError(f"{' '.join(prefix[:3])} {cmd[0]}: exit {r.returncode}: {r.stderr[-500:]}")
-    return {"workload": int(m.group(1)) / 1e9, "wall": wall}
+    return {"workload": int(m.group(1)) / 1e9, "wall": wall, "cpu": int(cpu.group(1)) / 1e9}
 
 
 def trace_stats(path: Path) -> dict:
@@ -130,6 +134,7 @@ def main() -> int:
                         stats = trace_stats(tmp / "bench.parquet")
             base = statistics.median(x["workload"] for x in times["untraced"])
             base_wall = statistics.median(x["wall"] for x in times["untraced"])
+            base_cpu = statistics.median(x["cpu"] for x in times["untraced"])
             row = {"untraced_s": base, "memtrace_trace": stats}
             print(f"\n{wname}: untraced {base:.3f} s (median of {args.reps})")
             for tname in tr:
@@ -137,11 +142,13 @@ def main() -> int:
                     continue
                 ratios = [x["workload"] / base for x in times[tname]]
                 walls = [x["wall"] / base_wall for x in times[tname]]
+                cpus = [x["cpu"] / base_cpu for x in times[tname]]
                 row[tname] = {"ratio": statistics.median(ratios), "min": min(ratios),
-                              "max": max(ratios), "whole_run_ratio": statistics.median(walls)}
-                print(f"  {tname:<9} {statistics.median(ratios):5.2f}x  "
-                      f"({min(ratios):.2f}..{max(ratios):.2f})   whole run "
-                      f"{statistics.median(walls):5.2f}x")
+                              "max": max(ratios), "whole_run_ratio": statistics.median(walls),
+                              "cpu_ratio": statistics.median(cpus)}
+                print(f"  {tname:<14} {statistics.median(ratios):5.2f}x  "
+                      f"({min(ratios):.2f}..{max(ratios):.2f})  cpu "
+                      f"{statistics.median(cpus):5.2f}x  whole run {statistics.median(walls):5.2f}x")
             if stats:
                 print(f"  memtrace captured {stats['faults']:,} faults, kernel "
                       f"{stats['kernel_minor']:,} minor + {stats['kernel_major']:,} major, "
