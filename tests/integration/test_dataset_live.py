@@ -24,6 +24,11 @@ def fleet(workloads, tmp_path_factory):
         cmd = memtrace_cmd("-o", root, "--dataset", "--", workloads["faults"], mib, rounds)
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
+    # a report inside a run (RUN/_report/, plots and HTML) must not disturb the engines
+    first = tracer.load_dataset(root).paths[0]
+    r = subprocess.run(memtrace_cmd("report", first, quiet=False), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (first / "_report").is_dir(), r.stderr
     return root
 
 
