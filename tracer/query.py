@@ -16,6 +16,7 @@ import csv
 import datetime
 import decimal
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -67,7 +68,6 @@ RUNS = pa.schema(_KEY + [
 ])
 PROCESSES = pa.schema(_KEY + [
     ("pid", pa.int64()), ("comm", pa.string()),
-    ("captured_minor", pa.int64()), ("captured_major", pa.int64()),
     ("kernel_minor", pa.int64()), ("kernel_major", pa.int64()),
 ])
 MAPPINGS = pa.schema(_KEY + [
@@ -92,7 +92,7 @@ def runs_table(paths: list[Path], sidecars: list[dict]) -> pa.Table:
         start = dataset._start_ns(m)
         cmd = m.get("command")
         rows.append({**_key(m), "hostname": m["dataset"].get("hostname"),
-                     "command": " ".join(cmd) if isinstance(cmd, list) else cmd,
+                     "command": shlex.join(cmd) if isinstance(cmd, list) else cmd,
                      "start": None if start is None else
                      datetime.datetime.fromtimestamp(start // 10**6 / 1e3, datetime.UTC)
                      .replace(tzinfo=None),
@@ -109,16 +109,17 @@ def runs_table(paths: list[Path], sidecars: list[dict]) -> pa.Table:
 
 
 def processes_table(sidecars: list[dict]) -> pa.Table:
-    """One row per traced process of each run: its name and fault counts,
-    captured and the kernel's (null where the kernel's were not read)."""
+    """One row per traced process of each run: its name when first seen and
+    the kernel's fault counts (null where they were not read: children
+    reaped by their parent count in the run's wait4 total)."""
     rows = []
     for m in sidecars:
         per_pid = (m.get("kernel") or {}).get("per_pid") or {}
         for pid, comm in (m.get("processes") or {}).items():
             k = per_pid.get(pid) or {}
             rows.append({**_key(m), "pid": int(pid), "comm": comm,
-                         **{c: k.get(c) for c in ("captured_minor", "captured_major",
-                                                  "kernel_minor", "kernel_major")}})
+                         "kernel_minor": k.get("kernel_minor"),
+                         "kernel_major": k.get("kernel_major")})
     return pa.Table.from_pylist(rows, PROCESSES)
 
 
@@ -148,12 +149,29 @@ def connect(ds: "dataset.Dataset"):  # -> duckdb.DuckDBPyConnection
         con.register("_no_events", empty)
         con.execute("CREATE VIEW events AS SELECT * FROM _no_events")
     for name, table in (("runs", runs_table(ds.paths, ds.sidecars)),
-                        ("processes", processes_table(ds.sidecars)),
+                        ("_processes", processes_table(ds.sidecars)),
                         ("mappings", mappings_table(ds.paths, ds.sidecars))):
         con.register(name, table)
-    for name, sql in VIEWS.items():
+    for name, sql in {**VIEWS, "processes": PROCESSES_VIEW}.items():
         con.execute(f"CREATE VIEW {name} AS {sql}")
     return con
+
+
+# The sidecar's processes (names at first sight: a forked child's is its
+# parent's) with the name and program each had last and its faults, from
+# the events.
+PROCESSES_VIEW = """
+WITH ev AS (
+    SELECT host, run, pid,
+           arg_max(comm, ts) FILTER (WHERE comm IS NOT NULL) AS comm,
+           arg_max(path, ts) FILTER (WHERE kind = 'exec') AS exe,
+           count(*) FILTER (WHERE kind = 'fault') AS faults,
+           count(*) FILTER (WHERE kind = 'fault' AND major) AS major
+    FROM events GROUP BY host, run, pid)
+SELECT p.host, p.date, p.run, p.pid, coalesce(ev.comm, p.comm) AS comm, ev.exe,
+       coalesce(ev.faults, 0) AS faults, coalesce(ev.major, 0) AS major,
+       p.kernel_minor, p.kernel_major
+FROM _processes p LEFT JOIN ev USING (host, run, pid)"""
 
 
 def _literal(text: str) -> str:

@@ -41,17 +41,20 @@ def test_run_totals_equal_a_pandas_computation_over_tracer_load(fleet, capsys):
 
 
 def test_sidecar_tables(fleet, capsys):
-    code, out, _ = run(capsys, fleet, "SELECT r.host, r.command, r.complete, p.comm,"
-                       " p.kernel_minor, p.kernel_major, m.vma_kind, m.faults"
+    code, out, _ = run(capsys, fleet, "SELECT r.host, r.command, r.complete, p.comm, p.exe,"
+                       " p.faults, p.major, p.kernel_minor, p.kernel_major, m.vma_kind, m.faults"
                        " FROM runs r JOIN processes p USING (run) JOIN mappings m USING (run)"
                        " ORDER BY m.faults", "--csv")
     assert code == 0
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows == [["host", "command", "complete", "comm", "kernel_minor", "kernel_major",
-                     "vma_kind", "faults"],
-                    ["a", "/usr/bin/prog 3", "true", "prog", "3", "0", "anon", "3"],
-                    ["b", "/usr/bin/prog 9", "true", "prog", "9", "0", "anon", "9"],
-                    ["a", "/usr/bin/prog 17", "true", "prog", "16", "1", "anon", "17"]]
+    assert rows == [["host", "command", "complete", "comm", "exe", "faults", "major",
+                     "kernel_minor", "kernel_major", "vma_kind", "faults"],
+                    ["a", "/usr/bin/prog 3", "true", "prog", "/usr/bin/prog", "3", "0", "3", "0",
+                     "anon", "3"],
+                    ["b", "/usr/bin/prog 9", "true", "prog", "/usr/bin/prog", "9", "0", "9", "0",
+                     "anon", "9"],
+                    ["a", "/usr/bin/prog 17", "true", "prog", "/usr/bin/prog", "17", "1", "16", "1",
+                     "anon", "17"]]
 
 
 def test_faults_and_syscalls_views(fleet, capsys):
