@@ -70,7 +70,7 @@ def spark_run_totals(root: Path) -> list[dict]:
 
 def write_run(root: Path, *, faults: int, mmaps: int = 2, major: int = 0,
               hostname: str = "host-a", now: float = 1735787045.0, pid: int = 7,
-              token: str | None = None, commit: bool = True):
+              token: str | None = None, commit: bool = True, say=lambda s: None):
     """A run of dataset `root` written as `memtrace --dataset` writes one
     (dataset.start_run, writer.Spill, Run.commit), of a process `pid` that
     execs, has its maps read, calls mmap `mmaps` times (one munmap) and
@@ -132,4 +132,4 @@ def write_run(root: Path, *, faults: int, mmaps: int = 2, major: int = 0,
                           "kernel_minor": minor, "kernel_major": major}},
             "dataset": run.identity()}
     spill.finish("parquet", meta)
-    return run.commit(meta)
+    return run.commit(meta, say=say)

@@ -7,9 +7,10 @@
 Every events.parquet has the trace schema (tracer.writer.SCHEMA), so
 DuckDB's and Spark's Hive partition discovery read DIR as one table with
 `host`, `date` and `run` columns. The sidecar's name starts with `_`, which
-Spark and Hadoop skip when they list a table; a run being written lives in
-`.run=RUN` (a leading dot hides it from both) and is renamed into place
-once whole, so a reader never sees half a run.
+Spark skips when it lists a table; a run being written lives in
+`.run=RUN` (Spark skips a leading dot too, and it does not match
+`run=*`) and is renamed into place once whole, so a reader never sees half
+a run.
 
     >>> ds = tracer.load_dataset("fleet")
     >>> ds.runs                         # one row per run, from the sidecars
@@ -79,9 +80,13 @@ class Run:
         side["dataset"] = self.identity()
         try:
             side["mappings"], side["mappings_error"] = mapping_summary(self.events), None
-        except Exception as e:  # an analysis bug must not cost the trace
-            side["mappings"], side["mappings_error"] = None, f"{type(e).__name__}: {e}"
-            say(f"faults per mapping not summarised ({side['mappings_error']})")
+        except (Exception, KeyboardInterrupt) as e:
+            # an analysis bug, or a Ctrl-C while the model is built (it takes
+            # seconds on large traces), must not cost the trace its run
+            error = "interrupted" if isinstance(e, KeyboardInterrupt) else \
+                f"{type(e).__name__}: {e}"
+            side["mappings"], side["mappings_error"] = None, error
+            say(f"faults per mapping not summarised ({error})")
         tmp = self.staging / (SIDECAR + ".tmp")
         try:
             tmp.write_text(json.dumps(side, indent=1, default=_json_default) + "\n")
@@ -127,11 +132,19 @@ def start_run(root: Path | None, now: float | None = None, hostname: str | None 
     made = []
     try:
         for d in (root, root / f"host={host}", root / f"host={host}" / f"date={date}"):
-            if not d.is_dir():
+            try:
                 d.mkdir()
                 made.append(d)
-        staging = _free_name(d / f".run={run}")
-        staging.mkdir()
+            except FileExistsError:     # another memtrace's, maybe this instant
+                if not d.is_dir():
+                    raise OutputError(f"{d} is a file: not a memtrace dataset") from None
+        while True:
+            staging = _free_name(d / f".run={run}")
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:     # taken between the look and the mkdir
+                continue
     except OSError as e:
         raise OutputError(f"cannot write {root}: {e.strerror or e}") from None
     run = staging.name[len(".run="):]

@@ -139,9 +139,13 @@ def connect(ds: "dataset.Dataset"):  # -> duckdb.DuckDBPyConnection
     con = duckdb.connect()
     if ds.paths:
         files = ", ".join(_literal(str(p / dataset.EVENTS)) for p in ds.paths)
-        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{files}], "
-                    "hive_partitioning = true, "
-                    "hive_types = {'host': VARCHAR, 'date': DATE, 'run': VARCHAR})")
+        try:     # reads the files' footers: a damaged one fails here
+            con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{files}], "
+                        "hive_partitioning = true, "
+                        "hive_types = {'host': VARCHAR, 'date': DATE, 'run': VARCHAR})")
+        except duckdb.Error as e:
+            raise TraceFileError(f"{ds.root}: a run's events are unreadable: {_first_line(e)}"
+                                 ) from None
     else:
         from tracer.writer import SCHEMA
         empty = pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type)
@@ -180,8 +184,12 @@ def _literal(text: str) -> str:
 
 # ---- the command ----
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UsageError(f"{message} (see memtrace query --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    from tracer.record import _Parser
     p = _Parser(prog="memtrace query", description="SQL (DuckDB) over a trace dataset "
                 "(memtrace -o DIR --dataset). Without SQL: the tables and their columns.")
     p.add_argument("dir", type=Path, metavar="DIR", help="the dataset directory")
@@ -196,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.max_rows < 0:
+        raise UsageError(f"--max-rows must be 0 (all) or more, not {args.max_rows}")
     if args.dir.exists() and not args.dir.is_dir():
         raise TraceFileError(f"{args.dir}: is a file, not a dataset directory")
     ds = dataset.Dataset(args.dir)
@@ -219,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             return _print(_json(cols, _stream(cur)))
         limit = args.max_rows if args.max_rows > 0 else None
         rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
-    except duckdb.IOException as e:
-        raise TraceFileError(f"query: {_first_line(e)}") from None
     except duckdb.Error as e:
+        # a file of the dataset that cannot be read (IO, or damaged: named
+        # in the message), else the query itself
+        if isinstance(e, duckdb.IOException) or any(
+                str(p / dataset.EVENTS) in str(e) for p in ds.paths):
+            raise TraceFileError(f"query: {_first_line(e)}") from None
         raise UsageError(f"query: {_first_line(e)}") from None
     more = limit is not None and len(rows) > limit
     from tracer.sqltable import render

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         from tracer import plots
         if args.pid is not None and args.pid not in set(t.events["pid"].tolist()):
             raise UsageError(f"process {args.pid} is not in {args.path}")
-        # in a dataset's run directory: a name Spark and Hive skip (`_`)
+        # in a dataset's run directory: a name Spark skips (`_`)
         outdir = args.output or (t.path.parent / "_report" if "dataset" in t.meta
                                  else Path(str(t.path) + ".report"))
         try:

@@ -23,8 +23,10 @@ def cell(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.6g}"
-    if isinstance(v, datetime.datetime):
-        return v.isoformat(sep=" ")
+    if isinstance(v, datetime.datetime):   # no trailing zeros of the fraction
+        spec = "seconds" if not v.microsecond else \
+            "milliseconds" if not v.microsecond % 1000 else "microseconds"
+        return v.isoformat(sep=" ", timespec=spec)
     if isinstance(v, (datetime.date, decimal.Decimal)):
         return str(v)
     return str(v).replace("\n", " ")

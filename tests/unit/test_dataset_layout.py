@@ -19,7 +19,8 @@ def test_layout_is_hive_partitions_with_one_parquet_file_and_a_sidecar(tmp_path)
     events = write_run(root, faults=5, hostname="web-01.example", now=NOW)
     run = events.parent.name[len("run="):]
     assert re.fullmatch(r"20250102T030405Z-[0-9a-f]{6}", run)
-    assert events == root / "host=web-01.example" / "date=2025-01-02" / f"run={run}" / "events.parquet"
+    part = root / "host=web-01.example" / "date=2025-01-02"
+    assert events == part / f"run={run}" / "events.parquet"
     assert sorted(p.name for p in events.parent.iterdir()) == ["_memtrace.json", "events.parquet"]
     # nothing else anywhere: no staging directory, no spill, no temporary file
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
@@ -60,7 +61,8 @@ def test_host_names_become_safe_partition_values(tmp_path):
     assert dataset.partition_value("") == "_"
     events = write_run(tmp_path, faults=1, hostname="a b")
     assert events.parents[2].name == "host=a_b"
-    assert json.loads((events.parent / "_memtrace.json").read_text())["dataset"]["hostname"] == "a b"
+    side = json.loads((events.parent / "_memtrace.json").read_text())
+    assert side["dataset"]["hostname"] == "a b"
 
 
 def test_a_run_is_hidden_until_committed(tmp_path):
@@ -143,3 +145,23 @@ def test_a_damaged_sidecar_is_one_clear_error(tmp_path):
     (events.parent / "_memtrace.json").write_text("[]")
     with pytest.raises(TraceFileError, match="not a memtrace sidecar"):
         tracer.load(events.parent)
+
+
+@pytest.mark.parametrize("error, text", [(ValueError("model bug"), "ValueError: model bug"),
+                                         (KeyboardInterrupt(), "interrupted")])
+def test_a_failing_summary_still_commits_the_run(tmp_path, monkeypatch, error, text):
+    def fail(path):
+        raise error
+    monkeypatch.setattr(dataset, "mapping_summary", fail)
+    said = []
+    events = write_run(tmp_path, faults=2, say=said.append)
+    side = json.loads((events.parent / "_memtrace.json").read_text())
+    assert (side["mappings"], side["mappings_error"]) == (None, text)
+    assert said == [f"faults per mapping not summarised ({text})"]
+    assert (tracer.load(tmp_path).events.kind == "fault").sum() == 2
+
+
+def test_an_abandoned_run_leaves_nothing(tmp_path):
+    run = dataset.start_run(tmp_path / "fleet", hostname="h")
+    run.abandon()
+    assert not run.staging.exists() and dataset.partial_runs(tmp_path / "fleet") == []

@@ -109,8 +109,10 @@ def test_max_rows(fleet, capsys):
      "memtrace: query: Catalog Error: Table with name nosuch does not exist!"),
     (["{fleet}", "  "], 2, "memtrace: the SQL is empty"),
     (["{fleet}", "SELECT 1", "--csv", "--json"], 2, "memtrace: argument --json: not allowed"
-     " with argument --csv (see memtrace --help)"),
-    ([], 2, "memtrace: the following arguments are required: DIR (see memtrace --help)"),
+     " with argument --csv (see memtrace query --help)"),
+    ([], 2, "memtrace: the following arguments are required: DIR (see memtrace query --help)"),
+    (["{fleet}", "SELECT 1", "--max-rows", "-1"], 2,
+     "memtrace: --max-rows must be 0 (all) or more, not -1"),
 ])
 def test_bad_input_is_one_line_and_a_status(fleet, tmp_path, capsys, argv, status, message):
     (tmp_path / "file").write_text("x")
@@ -129,3 +131,13 @@ def test_render_cuts_text_not_numbers_and_falls_back_to_records():
     wide = sqltable.render([f"column_{i}" for i in range(12)], [tuple(range(12))])
     assert wide.splitlines()[:3] == ["-[ row 1 ]" + "-" * 70, "column_0  | 0", "column_1  | 1"]
     assert max(map(len, wide.splitlines())) <= 80
+
+
+@pytest.mark.parametrize("which", [0, -1])     # read when the view is made, or when scanned
+def test_a_damaged_events_file_is_one_line_and_status_5(tmp_path, capsys, which):
+    runs = [write_run(tmp_path, faults=n, now=1735787045.0 + n) for n in (2, 3)]
+    damaged = runs[which]
+    damaged.write_bytes(damaged.read_bytes()[:3000])
+    code, out, err = run(capsys, tmp_path, "SELECT count(*) FROM events")
+    assert (code, out) == (5, "")
+    assert err.count("\n") == 1 and str(damaged) in err and err.startswith("memtrace: ")
