@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, preflight, summary
+from tracer import _procfs, capture, dataset, preflight, summary
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
 
@@ -43,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
                    metavar="PID[,PID...]",
                    help="attach to running processes (all their threads); may be repeated")
     p.add_argument("-o", "--output", type=Path, metavar="PATH",
-                   help="trace file, .parquet or .csv (default: memtrace-COMM-TIME.parquet)")
+                   help="trace file, .parquet or .csv (default: memtrace-COMM-TIME.parquet);"
+                   " with --dataset, the dataset directory")
+    p.add_argument("--dataset", action="store_true",
+                   help="write the trace as one run of the dataset -o DIR "
+                   "(DIR/host=H/date=D/run=R/, docs/format.md; memtrace query DIR)")
     p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
                    help="stop after this long")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -207,9 +211,13 @@ def main(argv: list[str]) -> int:
     run_as = _run_as(args, sudo) if command else None
     name = Path(command[0]).name if command else _procfs.read_stat(args.pid[0]).comm
     output = args.output or Path(f"memtrace-{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.parquet")
+    run = dataset.start_run(args.output) if args.dataset else None
+    if run is not None:
+        output = run.events     # DIR/host=H/date=D/.run=R/events.parquet
     fmt = _format_of(output)
     if output.is_dir():
-        raise OutputError(f"{output} is a directory: name a .parquet or .csv file")
+        raise OutputError(f"{output} is a directory: name a .parquet or .csv file"
+                          " (or add --dataset)")
     if not output.parent.is_dir():
         raise OutputError(f"cannot write {output}: no directory {output.parent}")
 
@@ -218,9 +226,18 @@ def main(argv: list[str]) -> int:
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
                            run_as=run_as, owner=sudo, residency=args.residency,
                            stacks=args.stacks)
-    res = capture.run(opts, say)
+    try:
+        res = capture.run(opts, say)
+    except BaseException:
+        if run is not None:
+            run.abandon()
+        raise
     meta = summary.metadata(res, opts, argv)
+    if run is not None:
+        meta["dataset"] = run.identity()
     size = res.spill.finish(fmt, meta)  # type: ignore[attr-defined]
+    if run is not None:   # the sidecar, then the run in place; commit chowns it all
+        output, sudo = run.commit(meta, sudo, say), None
     if sudo:
         for p in (output, Path(str(output) + ".meta.json") if fmt == "csv" else None):
             if p is not None:

@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("path", help="a trace written by memtrace (.parquet, .csv)")
     p.add_argument("-n", "--top", type=int, default=10, help="mappings to list (default 10)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
-                   help="where the plots and report.html go (default: TRACE.report/)")
+                   help="where the plots and report.html go (default: TRACE.report/;"
+                   " a dataset's run: RUN/_report/)")
     p.add_argument("--pid", type=int, help="the process to plot (default: the busiest)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="tables only")
     args = p.parse_args(argv)
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> int:
         from tracer import plots
         if args.pid is not None and args.pid not in set(t.events["pid"].tolist()):
             raise UsageError(f"process {args.pid} is not in {args.path}")
-        outdir = args.output or Path(str(t.path) + ".report")
+        # in a dataset's run directory: a name Spark skips (`_`)
+        outdir = args.output or (t.path.parent / "_report" if "dataset" in t.meta
+                                 else Path(str(t.path) + ".report"))
         try:
             written = plots.write(t, outdir, text, args.pid)
         except OSError as e:

@@ -79,10 +79,15 @@ class Trace:
         return f"<Trace {self.path} {len(self._table)} events, {state}>"
 
 
-def load(path: str | Path) -> Trace:
+def load(path: str | Path, run: int | str | None = None) -> Trace:
     """Reads a trace written by memtrace (Parquet, CSV, or the `.partial`
-    spill left by a run that did not finish)."""
+    spill left by a run that did not finish), or a run of a dataset
+    (`--dataset`): its directory, or the dataset's with `run` an index in
+    start order (-1: the latest) or a run name (tracer.dataset.load)."""
     p = Path(path)
+    if run is not None or p.is_dir():
+        from tracer import dataset
+        return dataset.load(p, run)
     partial = p.with_name(p.name + writer.PARTIAL_SUFFIX)
     if not p.exists() and partial.exists():
         p = partial
