@@ -80,7 +80,9 @@ def _block(o: Outcome, start_ts: int | None) -> list[str]:
     many = len({r["pid"] for r in o.top}) > 1
     lines.append(f"{pad}{'mapping':<26} {'size':>9} {figure:>8}  faulted most at")
     for r in o.top:
+        times = f" x{r['count']}" if r.get("count", 1) > 1 else ""
         name = (f"{r['pid']} " if many else "") + _mapping_name(r)
+        name = _cut(name, 26 - len(times)) + times
         value = r["figure"] if metric in FIGURE_NAME else r["faults"]
         site = _cut(r.get("fault_site") or "-", WIDTH - len(pad) - 47)
         lines.append(f"{pad}{_cut(name, 26):<26} {fmt(r['size'], 'bytes'):>9} "

@@ -25,7 +25,6 @@ PEAK_COLUMN = {"peak_mapped": "mapped", "peak_heap": "heap", "peak_rss": "rss_to
 # per-mapping figure that accounts for a count metric (t.vmas columns)
 MAPPING_FIGURE = {"pages_touched": "pages_touched", "minor_faults": "minor",
                   "major_faults": "major", "file_write_faults": "write"}
-SIZE_FIGURES = ("peak_mapped", "peak_heap", "bytes_mapped")
 CALL_KINDS = {"brk_calls": "brk", "mmap_calls": "mmap", "munmap_calls": "munmap"}
 NO_STACKS = "no stacks recorded"
 TOP = 5
@@ -216,21 +215,30 @@ def responsible(t, metric: str, pids: list[int], at: int | None, sites) -> list[
         w = v[v["kind"] == "file"] if metric == "file_write_faults" else v
         figure = w[col].groupby(w["lineage"]).sum()
         fault_col = col
-    figure = figure[figure > 0].sort_values(ascending=False, kind="stable").head(TOP)
+    figure = figure[figure > 0]
     return _describe(t, v, figure, fault_col, metric, sites)
 
 
 def _describe(t, v, figure, fault_col: str, metric: str, sites) -> list[dict]:
+    """The TOP rows of `figure` (lineage -> value). Mappings alike (same
+    process, kind, file, address and size: a buffer mapped, unmapped and
+    mapped again) are one row, `count` of them, their values summed."""
     import pandas as pd
     if not len(figure):
         return []
     lin = v[v["lineage"].isin(figure.index)].sort_values("vma_id")
-    first = lin.drop_duplicates("lineage").set_index("lineage")
-    size = lin.groupby("lineage")["size"].max()
-    counts = lin.groupby("lineage")[fault_col].sum()
-    fault_site = _fault_sites(t, lin, metric)
+    first = lin.drop_duplicates("lineage").set_index("lineage").loc[figure.index]
+    size = lin.groupby("lineage")["size"].max().loc[figure.index]
+    alike = pd.MultiIndex.from_arrays([first["pid"], first["kind"].astype(str),
+                                       first["path"].fillna(""), first["start"], size])
+    rep = pd.Series(figure.index, index=figure.index).groupby(pd.factorize(alike)[0]) \
+        .transform("min")                              # lineage -> its row's first lineage
+    groups = figure.groupby(rep.to_numpy()).agg(["sum", "size"])
+    groups = groups.sort_values("sum", ascending=False, kind="stable").head(TOP)
+    counts = lin.groupby(lin["lineage"].map(rep))[fault_col].sum()
+    fault_site = _fault_sites(t, lin[lin["lineage"].map(rep).isin(groups.index)], metric, rep)
     rows = []
-    for lineage, value in figure.items():
+    for lineage, (value, n) in groups.iterrows():
         f = first.loc[lineage]
         cause = f["cause_event"]
         mapped_at = None
@@ -239,10 +247,9 @@ def _describe(t, v, figure, fault_col: str, metric: str, sites) -> list[dict]:
         rows.append({
             "pid": int(f["pid"]), "kind": str(f["kind"]), "perms": str(f["perms"]),
             "path": None if not isinstance(f["path"], str) else f["path"],
-            "start": int(f["start"]),
-            # a size figure is the mapping's part of it (at the peak: what
-            # was mapped then); else the mapping at its largest
-            "size": int(value) if metric in SIZE_FIGURES else int(size.loc[lineage]),
+            "start": int(f["start"]), "count": int(n),
+            # at a peak, what was mapped then; else the mapping at its largest
+            "size": int(value) if metric in PEAK_COLUMN else int(size.loc[lineage]),
             "figure": int(value), "faults": int(counts.loc[lineage]),
             "created_by": str(f["created_by"]),
             "fault_site": fault_site.get(lineage), "mapped_at": mapped_at,
@@ -250,9 +257,9 @@ def _describe(t, v, figure, fault_col: str, metric: str, sites) -> list[dict]:
     return rows
 
 
-def _fault_sites(t, lin, metric: str) -> dict[int, str]:
-    """lineage -> the instruction that faulted most in it (for a count
-    metric, among the faults counted)."""
+def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
+    """row (its first lineage, `rep`) -> the instruction that faulted most
+    in its mappings (for a count metric, among the faults counted)."""
     from tracer import symbols
     f = t.faults
     f = f[f["vma_id"].isin(lin["vma_id"].tolist())]
@@ -267,7 +274,8 @@ def _fault_sites(t, lin, metric: str) -> dict[int, str]:
         return {}
     s = symbols.fault_sites(SimpleNamespace(faults=f, vmas=t.vmas))["ip_site"]
     lineage = t.vmas["lineage"].to_numpy()[f["vma_id"].to_numpy(dtype="int64")]
-    g = s.groupby([lineage, s.fillna("?").to_numpy()]).size()
+    row = rep.reindex(lineage).to_numpy()
+    g = s.groupby([row, s.fillna("?").to_numpy()]).size()
     best = g.sort_values(ascending=False, kind="stable").groupby(level=0).head(1)
     return {int(k[0]): str(k[1]) for k in best.index}
 

@@ -249,3 +249,27 @@ def test_file_write_faults_and_resident_peak(tmp_path):
     assert rss.measured == metrics.per_process(t).loc["prog#0", "peak_rss"] == 50 * PAGE
     text = budget_report.render(out, b, t)
     assert "file rw- table.bin" in text and "writes" in text and "resident" in text
+
+
+def test_a_buffer_mapped_again_is_one_row(tmp_path):
+    """Mapped, touched and unmapped three times at one address: one row of
+    the report, x3, its faults summed, rather than three alike rows."""
+    from tracer import budget_report
+    e = Events(pid=A)
+    _image(e, A, "/usr/bin/prog")
+    for _ in range(3):
+        e.mmap(BIG, MiB)
+        for i in range(4):
+            e.fault(BIG + i * PAGE, write=True)
+        e.munmap(BIG, MiB)
+    e.mmap(SMALL, MiB)
+    e.fault(SMALL, write=True)
+    t = _trace(e.frame())
+    b = bg.from_keywords({"max_minor_faults": 5, "max_bytes_mapped": "1M"})
+    faults, mapped = check.evaluate(t, b)
+    assert [(r["start"], r["count"], r["figure"]) for r in faults.top] == [
+        (BIG, 3, 12), (SMALL, 1, 1)]
+    assert [(r["start"], r["count"], r["size"], r["figure"]) for r in mapped.top] == [
+        (BIG, 3, MiB, 3 * MiB), (SMALL, 1, MiB, MiB)]
+    text = budget_report.render([faults], b, t)
+    assert f"anon {BIG:#x} x3" in text and f"anon {SMALL:#x} " in text
