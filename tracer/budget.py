@@ -52,7 +52,7 @@ LIMITS: dict[str, tuple[str, str, str]] = {
     "max_mmap_calls": ("mmap_calls", "calls", "mmap calls"),
     "max_munmap_calls": ("munmap_calls", "calls", "munmap calls"),
     "max_site_mapped": ("site_mapped", "bytes",
-                        "bytes mapped by any one call site (needs recorded stacks)"),
+                        "bytes mapped by one call site (needs stacks)"),
 }
 SELECTORS = ("comm", "exe")
 SECTIONS = ("total", "process")

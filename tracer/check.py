@@ -282,6 +282,21 @@ def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
 
 # ---- `memtrace check` ----
 
+EPILOG = """budget file (TOML):
+  [total]                 # the whole traced tree
+  max_mapped = "512M"
+  [[process]]             # each process of that name (comm) or that
+  comm = "myprog"         # exec'd that file (exe = "/usr/bin/myprog");
+  max_major_faults = 0    # shell patterns
+
+limits (each "at most"):
+{limits}
+
+sizes: bytes, or "512K", "64M", "1.5G" (powers of 1024)
+exit status: 0 every limit kept, {exit} a limit broken, 2 a bad budget,
+5 a bad trace
+"""
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see memtrace check --help)")
@@ -290,9 +305,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> int:
     p = _Parser(prog="memtrace check", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description=__doc__.split("\n\n")[0],
-                epilog=f"limits (in [total] or [[process]] tables):\n{bg.describe()}\n\n"
-                f"exit status: 0 every limit kept, {bg.EXIT_BUDGET} a limit broken, "
-                "2 a bad budget, 5 a bad trace")
+                epilog=EPILOG.format(limits=bg.describe(), exit=bg.EXIT_BUDGET))
     p.add_argument("budget", metavar="BUDGET", help="budget file (TOML)")
     p.add_argument("trace", metavar="TRACE", help="trace file (.parquet or .csv)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON")

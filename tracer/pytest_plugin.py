@@ -29,7 +29,8 @@ traced too) and `stop()` ends it and returns the trace. Both need root and
 bcc: without them the test is skipped, with the reason.
 
 Cost: nothing for a test without the marker or fixture (no import of
-pandas or bcc at collection); about 1.5 s of start-up per traced test.
+pandas or bcc at collection); 2 to 3 s more per traced test (memtrace's
+start-up and its first flush, which tells the plugin tracing has begun).
 """
 from __future__ import annotations
 
