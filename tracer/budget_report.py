@@ -77,11 +77,12 @@ def _block(o: Outcome, start_ts: int | None) -> list[str]:
         lines.append(f"{pad}no mapping accounts for it (faults outside known mappings)")
         return lines
     figure = FIGURE_NAME.get(metric, "faults")
-    many = len({r["pid"] for r in o.top}) > 1
+    many = len({p for r in o.top for p in r.get("pids", [r["pid"]])}) > 1
     lines.append(f"{pad}{'mapping':<26} {'size':>9} {figure:>8}  faulted most at")
     for r in o.top:
         times = f" x{r['count']}" if r.get("count", 1) > 1 else ""
-        name = (f"{r['pid']} " if many else "") + _mapping_name(r)
+        one = len(r.get("pids", [r["pid"]])) == 1
+        name = (f"{r['pid']} " if many and one else "") + _mapping_name(r)
         name = _cut(name, 26 - len(times)) + times
         value = r["figure"] if metric in FIGURE_NAME else r["faults"]
         site = _cut(r.get("fault_site") or "-", WIDTH - len(pad) - 47)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,13 @@ def evaluate(t, budget: bg.Budget, exclude: frozenset[int] = frozenset()) -> lis
     pp = metrics.per_process(t).reindex(keys.to_numpy()).fillna(0) if len(keys) else None
     exe = _exec_paths(t)
     sites = _mmap_sites(t)
+    timeline = functools.lru_cache(maxsize=None)(t.timeline)   # asked again per limit
     out: list[Outcome] = []
     for scope in budget.scopes:
         if scope.kind == "total":
             pids = [int(p) for p in keys.index]
             for lim in scope.limits:
-                value, at = _tree_figure(t, pp, pids, lim.metric, sites)
+                value, at = _tree_figure(t, timeline, pp, pids, lim.metric, sites)
                 out.append(_judge(t, scope, lim, None, pids, value, at, sites))
             continue
         matched = [(int(pid), key) for pid, key in keys.items()
@@ -82,7 +84,7 @@ def evaluate(t, budget: bg.Budget, exclude: frozenset[int] = frozenset()) -> lis
                 else:
                     value = int(pp.loc[key, lim.metric])
                 out.append(_judge(t, scope, lim, key, [pid], value,
-                                  lambda pid=pid, m=lim.metric: _peak_ts(t, pid, m), sites))
+                                  lambda pid=pid, m=lim.metric: _peak_ts(timeline, pid, m), sites))
     return out
 
 
@@ -133,18 +135,18 @@ def _judge(t, scope, lim, key, pids, value, at, sites) -> Outcome:
     return o
 
 
-def _peak_ts(t, pid: int, metric: str) -> int | None:
+def _peak_ts(timeline, pid: int, metric: str) -> int | None:
     col = PEAK_COLUMN.get(metric)
     if col is None:
         return None
-    tl = t.timeline(pid)
+    tl = timeline(pid)
     s = tl[col].astype("float64") if col in tl else None
     if s is None or s.isna().all():
         return None
     return int(s.idxmax())
 
 
-def _tree_figure(t, pp, pids: list[int], metric: str, sites) -> tuple[int | None, int | None]:
+def _tree_figure(t, timeline, pp, pids: list[int], metric: str, sites) -> tuple[int | None, int | None]:
     if metric == "site_mapped":
         return _site_mapped(t, pids, sites), None
     if not pids:
@@ -155,7 +157,7 @@ def _tree_figure(t, pp, pids: list[int], metric: str, sites) -> tuple[int | None
     col = PEAK_COLUMN[metric]
     steps = []
     for pid in pids:        # per process, not per event: the model's timelines
-        tl = t.timeline(pid)
+        tl = timeline(pid)
         if col not in tl or not len(tl):
             continue
         s = tl[col].astype("float64").fillna(0.0)
@@ -194,7 +196,7 @@ def responsible(t, metric: str, pids: list[int], at: int | None, sites) -> list[
         per = sites.reindex(rows.index).value_counts()
         return [{"site": s, "figure": int(n)} for s, n in per.head(TOP).items()]
     v = t.vmas
-    v = v[v["pid"].isin(pids)]
+    v = v[v["pid"].isin(pids)].assign(unit=_units(v[v["pid"].isin(pids)]))
     if metric in PEAK_COLUMN:
         if at is None:
             return []
@@ -203,63 +205,75 @@ def responsible(t, metric: str, pids: list[int], at: int | None, sites) -> list[
         if metric == "peak_heap":
             now = now[now["kind"] == "heap"]
         weight = now["rss_pages"] if metric == "peak_rss" else now["size"]
-        figure = weight.astype("int64").groupby(now["lineage"]).sum()
+        figure = weight.astype("int64").groupby(now["unit"]).sum()
         fault_col = "faults"
     elif metric == "bytes_mapped":
-        first = v.sort_values("vma_id").drop_duplicates("lineage")
+        first = v.sort_values("vma_id").drop_duplicates("unit")
         first = first[first["created_by"] == "mmap"]
-        figure = first.set_index("lineage")["size"].astype("int64")
+        figure = first.set_index("unit")["size"].astype("int64")
         fault_col = "faults"
     else:
         col = MAPPING_FIGURE[metric]
         w = v[v["kind"] == "file"] if metric == "file_write_faults" else v
-        figure = w[col].groupby(w["lineage"]).sum()
+        figure = w[col].groupby(w["unit"]).sum()
         fault_col = col
     figure = figure[figure > 0]
     return _describe(t, v, figure, fault_col, metric, sites)
 
 
+def _units(v):
+    """A mapping of one process: (pid, lineage) as one int64. A lineage
+    (a mapping and its splits, resizes) spans processes: fork copies it."""
+    import numpy as np
+    return (v["pid"].to_numpy(np.int64) << 32) | v["lineage"].to_numpy(np.int64)
+
+
 def _describe(t, v, figure, fault_col: str, metric: str, sites) -> list[dict]:
-    """The TOP rows of `figure` (lineage -> value). Mappings alike (same
-    process, kind, file, address and size: a buffer mapped, unmapped and
-    mapped again) are one row, `count` of them, their values summed."""
+    """The TOP rows of `figure` (unit -> value). Mappings alike (same kind,
+    file, address and size: a buffer mapped, unmapped and mapped again, or
+    the copies of one in forked children) are one row, `count` of them,
+    their values summed."""
     import pandas as pd
     if not len(figure):
         return []
-    lin = v[v["lineage"].isin(figure.index)].sort_values("vma_id")
-    first = lin.drop_duplicates("lineage").set_index("lineage").loc[figure.index]
-    size = lin.groupby("lineage")["size"].max().loc[figure.index]
-    alike = pd.MultiIndex.from_arrays([first["pid"], first["kind"].astype(str),
-                                       first["path"].fillna(""), first["start"], size])
+    lin = v[v["unit"].isin(figure.index)].sort_values("vma_id")
+    first = lin.drop_duplicates("unit").set_index("unit").loc[figure.index]
+    size = lin.groupby("unit")["size"].max().loc[figure.index]
+    alike = pd.MultiIndex.from_arrays([first["kind"].astype(str), first["path"].fillna(""),
+                                       first["start"], size])
     rep = pd.Series(figure.index, index=figure.index).groupby(pd.factorize(alike)[0]) \
-        .transform("min")                              # lineage -> its row's first lineage
+        .transform("min")                              # unit -> its row's first unit
     groups = figure.groupby(rep.to_numpy()).agg(["sum", "size"])
     groups = groups.sort_values("sum", ascending=False, kind="stable").head(TOP)
-    counts = lin.groupby(lin["lineage"].map(rep))[fault_col].sum()
-    fault_site = _fault_sites(t, lin[lin["lineage"].map(rep).isin(groups.index)], metric, rep)
+    row_of = lin["unit"].map(rep)
+    counts = lin.groupby(row_of)[fault_col].sum()
+    pids = first["pid"].groupby(rep).unique()
+    fault_site = _fault_sites(t, lin[row_of.isin(groups.index)], metric, rep)
     rows = []
-    for lineage, (value, n) in groups.iterrows():
-        f = first.loc[lineage]
+    for unit, (value, n) in groups.iterrows():
+        f = first.loc[unit]
         cause = f["cause_event"]
         mapped_at = None
         if sites is not None and pd.notna(cause) and int(cause) in sites.index:
             mapped_at = sites.loc[int(cause)]
         rows.append({
-            "pid": int(f["pid"]), "kind": str(f["kind"]), "perms": str(f["perms"]),
+            "pid": int(f["pid"]), "pids": sorted(int(p) for p in pids.loc[unit]),
+            "kind": str(f["kind"]), "perms": str(f["perms"]),
             "path": None if not isinstance(f["path"], str) else f["path"],
             "start": int(f["start"]), "count": int(n),
             # at a peak, what was mapped then; else the mapping at its largest
-            "size": int(value) if metric in PEAK_COLUMN else int(size.loc[lineage]),
-            "figure": int(value), "faults": int(counts.loc[lineage]),
+            "size": int(value) if metric in PEAK_COLUMN else int(size.loc[unit]),
+            "figure": int(value), "faults": int(counts.loc[unit]),
             "created_by": str(f["created_by"]),
-            "fault_site": fault_site.get(lineage), "mapped_at": mapped_at,
+            "fault_site": fault_site.get(unit), "mapped_at": mapped_at,
         })
     return rows
 
 
 def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
-    """row (its first lineage, `rep`) -> the instruction that faulted most
-    in its mappings (for a count metric, among the faults counted)."""
+    """row (its first unit, `rep`) -> the instruction that faulted most in
+    its mappings (for a count metric, among the faults counted)."""
+    import numpy as np
     from tracer import symbols
     f = t.faults
     f = f[f["vma_id"].isin(lin["vma_id"].tolist())]
@@ -273,8 +287,8 @@ def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
     if not len(f):
         return {}
     s = symbols.fault_sites(SimpleNamespace(faults=f, vmas=t.vmas))["ip_site"]
-    lineage = t.vmas["lineage"].to_numpy()[f["vma_id"].to_numpy(dtype="int64")]
-    row = rep.reindex(lineage).to_numpy()
+    unit = _units(t.vmas)[f["vma_id"].to_numpy(dtype=np.int64)]
+    row = rep.reindex(unit).to_numpy()
     g = s.groupby([row, s.fillna("?").to_numpy()]).size()
     best = g.sort_values(ascending=False, kind="stable").groupby(level=0).head(1)
     return {int(k[0]): str(k[1]) for k in best.index}

@@ -273,3 +273,29 @@ def test_a_buffer_mapped_again_is_one_row(tmp_path):
         (BIG, 3, MiB, 3 * MiB), (SMALL, 1, MiB, MiB)]
     text = budget_report.render([faults], b, t)
     assert f"anon {BIG:#x} x3" in text and f"anon {SMALL:#x} " in text
+
+
+def test_forked_copies_are_counted_per_process():
+    """A fork copies the parent's mappings (one lineage in both): a process's
+    row counts its own faults only; the tree's row is both copies, x2."""
+    e = Events(pid=A)
+    _image(e, A, "/usr/bin/prog")
+    e.mmap(BIG, 4 * MiB)
+    e.fault(BIG, write=True)
+    e.fork(B)
+    e.fault(BIG + PAGE, write=True, pid=B)
+    e.fault(BIG + 2 * PAGE, write=True, pid=B)
+    e.exit(pid=B)
+    e.exit()
+    t = _trace(e.frame())
+    assert t.vmas.groupby("lineage")["pid"].nunique().max() == 2     # the premise
+    child = bg.Budget("b", [bg.Scope("process", [bg.Limit("max_minor_faults", 0)],
+                                     comm="prog")])
+    by_pid = {o.pids[0]: o for o in check.evaluate(t, child)}
+    big = [r for r in by_pid[B].top if r["start"] == BIG]
+    assert [(r["figure"], r["count"], r["pids"]) for r in big] == [(2, 1, [B])]
+    big = [r for r in by_pid[A].top if r["start"] == BIG]
+    assert [(r["figure"], r["count"], r["pids"]) for r in big] == [(1, 1, [A])]
+    (tree,) = check.evaluate(t, bg.from_keywords({"max_minor_faults": 0}))
+    big = [r for r in tree.top if r["start"] == BIG]
+    assert [(r["figure"], r["count"], r["pids"]) for r in big] == [(3, 2, [A, B])]
