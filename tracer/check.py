@@ -125,7 +125,7 @@ def _judge(t, scope, lim, key, pids, value, at, sites) -> Outcome:
     limit is broken: it costs a timeline)."""
     if value is None:
         return Outcome(scope, lim, key, pids, None, "skipped",
-                       f"{NO_STACKS} (the trace has no call stacks of mmap)",
+                       f"{NO_STACKS} (mmap call sites unknown)",
                        sites=NO_STACKS)
     o = Outcome(scope, lim, key, pids, int(value), "ok" if value <= lim.value else "broken",
                 sites="" if sites is not None else NO_STACKS)

@@ -61,11 +61,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_plugin_registered(plugin, plugin_name, manager) -> None:
-    # Loaded with -p tracer.pytest_plugin where the entry point `memtrace`
-    # is installed too: pytest would register this module a second time
-    # under that name, which pluggy refuses. One registration is enough.
-    if plugin is sys.modules[__name__] and plugin_name != MARKER:
-        manager.set_blocked(MARKER)
+    # Named both by the entry point (`memtrace`, loaded wherever memtrace is
+    # installed) and by its module name (`-p tracer.pytest_plugin`, or
+    # pytest_plugins in a conftest): pytest would register this module again
+    # under the other name, which pluggy refuses. One registration is enough.
+    if plugin is sys.modules[__name__]:
+        for name in {MARKER, __name__} - {plugin_name}:
+            manager.set_blocked(name)
 
 
 def skip_reason() -> str | None:

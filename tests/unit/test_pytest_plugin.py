@@ -20,6 +20,17 @@ def test_unmarked_tests_import_nothing_heavy(pytester):
         r.assert_outcomes(passed=1)
 
 
+def test_loaded_by_name_and_by_entry_point_at_once(pytester):
+    """Where memtrace is installed, pytest loads the plugin as `memtrace`;
+    naming its module too (-p, or pytest_plugins in a conftest) must not
+    register it twice (pluggy refuses: the run would not start)."""
+    pytester.makeconftest('pytest_plugins = ["tracer.pytest_plugin"]')
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    for args in ([], ["-p", "tracer.pytest_plugin"], ["-p", "memtrace"]):
+        r = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+        r.assert_outcomes(passed=1)
+
+
 def test_the_marker_is_registered(pytester):
     r = pytester.runpytest_subprocess("-p", "tracer.pytest_plugin", "--markers")
     assert any(x.startswith("@pytest.mark.memtrace(max_mapped='64M'") for x in r.outlines)
