@@ -214,6 +214,15 @@ def from_exec(t):
     return out
 
 
+def _directory(item: pytest.Item) -> Path:
+    """Where a marked test's trace goes: under pytest's base temporary
+    directory (its retention applies) if pytest tells it, else in /tmp."""
+    factory = getattr(item.config, "_tmp_path_factory", None)
+    if isinstance(factory, pytest.TempPathFactory):
+        return factory.mktemp("memtrace")
+    return Path(tempfile.mkdtemp(prefix="memtrace-pytest-"))
+
+
 def _budget(item: pytest.Item):
     from tracer import budget
     from tracer.errors import UsageError
@@ -257,7 +266,7 @@ def pytest_runtest_call(item: pytest.Item):
     run = item.stash.get(_RUN, None)
     own = run is None
     if own:
-        run = Run(Path(tempfile.mkdtemp(prefix="memtrace-pytest-"))).start()
+        run = Run(_directory(item)).start()
     keep = False
     try:
         result = yield                   # the test; raises if it failed
