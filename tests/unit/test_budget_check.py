@@ -2,7 +2,6 @@
 process and for the tree, breaches with the mappings responsible, call
 sites with and without stacks, and the pytest plugin's from-exec cut."""
 import pandas as pd
-import pytest
 
 from eventframes import PAGE, Events
 from tracer import budget as bg
