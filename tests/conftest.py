@@ -30,6 +30,9 @@ from memtrace_helpers import (  # noqa: E402
     compile_workloads, fs_type, live_skip_reason, run_memtrace,
 )
 
+# `pytester`: tests of the pytest plugin (tracer/pytest_plugin.py) run pytest
+pytest_plugins = ["pytester"]
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("live") is not None:

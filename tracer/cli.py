@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["query"]:
             from tracer import query
             return query.main(argv[1:])
+        if argv[:1] == ["check"]:
+            from tracer import check
+            return check.main(argv[1:])
         if argv[:1] == ["demo"]:
             from tracer import demo
             return demo.main(argv[1:])

@@ -11,6 +11,8 @@ Exit codes of the ``memtrace`` command:
     5  TraceFileError: trace file unreadable, corrupt, foreign or newer
     6  OutputError: cannot write the output
     7  events were lost and --fail-on-loss was given
+    8  a budget limit was broken (memtrace --budget FILE, memtrace check;
+       tracer.budget.EXIT_BUDGET): it wins over CMD's status and over 7
    10  memtrace diff --fail-above: a figure changed by more than the threshold
 
 ``memtrace -- CMD`` exits with CMD's own status when tracing itself went well.

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, dataset, preflight, summary
+from tracer import _procfs, capture, check, dataset, preflight, summary
+from tracer.budget import EXIT_BUDGET
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
 
@@ -26,6 +27,7 @@ EPILOG = """examples:
   sudo memtrace -o run.parquet -- make
   sudo memtrace -p 1234 -d 10         # attach to PID 1234 for 10 s
   sudo memtrace -p 1234,1240 --no-follow -o run.csv
+  sudo memtrace --budget budget.toml --junit budget.xml -- ./myprog
   memtrace report run.parquet         # summarise a trace
 """
 
@@ -76,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
                      "sudo, else root)")
     who.add_argument("--as-root", action="store_true",
                      help="run CMD as root even when memtrace is run through sudo")
+    check.add_options(p)   # --budget, --json, --junit
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                    help="command to start and trace")
     return p
@@ -198,6 +201,7 @@ def main(argv: list[str]) -> int:
         raise UsageError("give either -p PID or -- CMD (see memtrace --help)")
     if args.pid and (args.user is not None or args.as_root):
         raise UsageError("--user and --as-root choose who runs CMD: not with -p")
+    budget = check.prepare(args)   # a bad budget fails here, before tracing
     say = (lambda s: None) if args.quiet else (lambda s: print(f"memtrace: {s}", file=sys.stderr))
 
     # everything that can be checked is checked before tracing starts
@@ -244,11 +248,14 @@ def main(argv: list[str]) -> int:
                 capture.chown(p, sudo, say)
     if not args.quiet:
         print(summary.render(res, meta, output, size), file=sys.stderr)
+    over = check.after_record(args, budget, res, meta, output, size, sudo, say)
     if meta["lost"]:
         print(f"memtrace: {meta['lost']:,} events LOST: the trace is incomplete "
               "(see the summary)", file=sys.stderr)
-        if args.fail_on_loss:
+        if args.fail_on_loss and not over:
             return LOST_EXIT
+    if over:
+        return EXIT_BUDGET
     if res.exit_status is not None:
         return res.exit_status
     return 0

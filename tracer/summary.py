@@ -145,6 +145,29 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     return "\n".join(lines)
 
 
+def as_dict(res: Result, meta: dict, output: Path, size: int) -> dict:
+    """The figures `render` prints, for `--json`: same sources, no rounding."""
+    minor = sum(v[0] for v in res.faults.values())
+    major = sum(v[1] for v in res.faults.values())
+    return {
+        "processes": {str(k): v for k, v in sorted(res.processes.items())},
+        "threads_created": res.threads,
+        "duration_s": (res.end_ts - res.start_ts) / 1e9,
+        "interrupted": res.interrupted,
+        "events": dict(sorted(res.counts.items())),
+        "syscalls": sum(res.counts.get(name, 0) for name in SYSCALL_KINDS),
+        "faults": {"captured_minor": minor, "captured_major": major},
+        "kernel": meta["kernel"],
+        "bytes_mapped": res.bytes_mapped,
+        "bytes_unmapped": res.bytes_unmapped,
+        "lost": meta["lost"],
+        "lost_by_counter": {name: res.counters.get(name, 0) for name in LOST_COUNTERS},
+        "complete": meta["complete"],
+        "exit_status": res.exit_status,
+        "trace": {"path": str(output), "bytes": size, "rows": res.rows},
+    }
+
+
 def _wrap(head: str, items: list[str], width: int = 79) -> list[str]:
     out, line = [], head
     for it in items:
