@@ -235,6 +235,7 @@ def test_file_write_faults_and_resident_peak(tmp_path):
     e.fault(BIG, write=True, rss_anon=1)
     e.add("rss", member=1, rss_size=40 * PAGE)            # anon baseline
     e.add("rss", member=0, rss_size=10 * PAGE)            # file baseline
+    e.add("rss", member=3, rss_size=0)                    # shmem: all three parts known
     t = _trace(e.frame())
     b = _budget('[[process]]\ncomm = "prog"\nmax_file_write_faults = 2\nmax_rss = 0\n',
                 tmp_path)
