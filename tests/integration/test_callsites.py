@@ -8,6 +8,7 @@ one whose bucket is taken (a collision, counted as `stack_lost`): with the
 run that lost a stack is made again (3 runs at most), and every assertion
 holds either way: a row without its stack is checked to be one the counter
 accounts for, never taken for a row of another call site."""
+import re
 import subprocess
 import sys
 
@@ -63,13 +64,12 @@ def test_call_sites_name_the_mapping_and_faulting_functions(traced):
     for r, fn in expect.items():
         if r in S.rows.index:
             row = S.rows.loc[r]
-            assert (row["call_site"], str(row["call_module"]).rsplit("/", 1)[-1]) == (
+            # (here the call site is inferred: glibc's wrapper has no frame)
+            assert (function(row["call_site"]), str(row["call_module"]).rsplit("/", 1)[-1]) == (
                 fn, "callsites"), S.frames_of(r)
             assert str(row["caller"]).startswith("run+0x"), S.frames_of(r)
             frames = S.frames_of(r)
-            # the syscall's wrapper in libc, then the caller the walk skipped
             assert str(frames["module"].iloc[0]).rsplit("/", 1)[-1].startswith("libc.so")
-            assert frames["inferred"].tolist()[:2] == [False, True]
     # malloc's mmaps and sbrk's brk: glibc has no frame pointers, the walk
     # stops inside it; never attributed to another function of the program
     for r in list(blocks.index) + list(heap.index):
@@ -83,9 +83,10 @@ def test_call_sites_name_the_mapping_and_faulting_functions(traced):
     assert b.attrs["total"] - b.attrs["with_stack"] == stacks.bytes_mapped(t).drop(
         S.rows.index, errors="ignore").sum()
     mine = b[b["call_module"].astype(str).str.endswith("/callsites")]
-    by_fn = dict(zip(mine["call_site"], zip(mine["bytes_mapped"], mine["calls"])))
+    by_fn = mine.groupby(mine["call_site"].map(function))[["bytes_mapped", "calls"]].sum()
+    by_fn = {k: tuple(v) for k, v in by_fn.iterrows()}
     if not lost:
-        assert by_fn == {"map_arena": (ARENA, 1), "grow_region": (GROWN, 2)}, b
+        assert by_fn["map_arena"] == (ARENA, 1) and by_fn["grow_region"] == (GROWN, 2), b
     assert set(by_fn) <= {"map_arena", "grow_region", "grab_block", "grow_heap"}
     grown_bytes = stacks.bytes_mapped(t)
     assert grown_bytes[region] + grown_bytes[grown] == GROWN
@@ -93,8 +94,8 @@ def test_call_sites_name_the_mapping_and_faulting_functions(traced):
     assert (grown_bytes.reindex(heap.index).fillna(0) == 64 << 10).sum() == 1   # sbrk(64 KiB)
 
     f = stacks.top_call_sites(t, "faults", 50)
-    assert f.attrs["sample"] == 1
-    faults = dict(zip(f["call_site"].map(function), f["faults"]))
+    assert f.attrs["sample"] == t.meta["stack_sample"] == 1
+    faults = f.groupby(f["call_site"].map(function))["faults"].sum()
     fc = t.faults[t.faults["pid"] == pid]
     addr = fc["addr"].to_numpy(np.uint64)
     base = np.uint64(int(run.loc[arena, "ret"]))
@@ -117,9 +118,10 @@ def test_report_prints_the_call_site_tables(traced, tmp_path):
     assert "call sites by bytes mapped (mmap length, brk and mremap growth)" in r.stdout
     assert "every user-mode fault has a stack (--stacks 1)" in r.stdout
     if not traced.meta["counters"]["stack_lost"]:
-        assert "3.0M      1  map_arena (callsites) <- run+0x" in r.stdout
-        assert "   768      0  touch_arena+0x" in r.stdout
-        assert "  1,020      0  fill_block+0x" in r.stdout
+        for line in (r"3\.0M +1  map_arena(\+0x\w+)? \(callsites\) <- run\+0x",
+                     r"\n +768 +0  touch_arena\+0x\w+ \(callsites\) <- run",
+                     r"\n +1,020 +0  fill_block\+0x\w+ \(callsites\) <- run"):
+            assert re.search(line, r.stdout), (line, r.stdout)
     assert all(len(line) <= 80 for line in r.stdout.splitlines() if "callsites)" in line)
     page = (out / "report.html").read_text()
     assert "call sites by bytes mapped" in page and "call sites by faults" in page
@@ -127,7 +129,8 @@ def test_report_prints_the_call_site_tables(traced, tmp_path):
 
 def test_report_without_stacks_says_so(workloads, tmp_path):
     _, t = run_memtrace(["--", workloads["callsites"]], tmp_path)
-    assert t.meta["stacks"] == {} and t.events["stack_id"].isna().all()
+    assert t.meta["stacks"] == {} and t.meta["stack_sample"] == 0
+    assert t.events["stack_id"].isna().all()
     r = subprocess.run([sys.executable, "-m", "tracer", "report", "--no-plots", str(t.path)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
