@@ -82,7 +82,6 @@ class ElfSymbols:
             return None
         return f"{self.names[i]}+0x{va - int(self.addrs[i]):x}"
 
-
     def direct_callee(self, offset: int) -> int:
         """For a return address at file offset `offset`: the function symbol
         that the call just before it targets, if that call is a direct one

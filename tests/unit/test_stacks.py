@@ -252,6 +252,10 @@ def test_report_tables_with_and_without_stacks(elves):
     assert "every user-mode fault has a stack (--stacks 1)" in text
     assert max(len(line) for line in text.splitlines()
                if "call site" in line or "callsites" in line) <= 80
+    sampled = report.render(trace_of(e.frame(), table, sample=4))
+    assert "one user-mode fault in 4 per CPU has a stack: counts x 4, estimates" in sampled
+    assert "  12 (3 sampled x 4) of 3 user-mode faults with a stack" in sampled
+    assert "      12      0  touch_arena+0xe (callsites)" in sampled
     plain = report.render(trace_of(e.frame(), {}))
     assert "call sites: no stacks recorded (--stacks)" in plain
     assert "call sites by" not in plain
