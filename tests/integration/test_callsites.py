@@ -4,7 +4,7 @@ named, with the bytes and faults the workload makes.
 
 The BPF stack map stores a stack in the bucket its hash selects and refuses
 one whose bucket is taken (a collision, counted as `stack_lost`): with the
-~80 stacks of this run in 16384 buckets, about one run in six loses one. A
+~70 stacks of this run in 16384 buckets, 2 runs in 25 lost one. A
 run that lost a stack is made again (3 runs at most), and every assertion
 holds either way: a row without its stack is checked to be one the counter
 accounts for, never taken for a row of another call site."""
