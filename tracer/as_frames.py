@@ -106,6 +106,29 @@ class AddressSpaces:
         res["path"] = pd.array(names, dtype=out["path"].dtype)
         return res
 
+    @property
+    def heap_log(self) -> pd.DataFrame:
+        """The heap size (break - heap start) after each change of it, per
+        process, in trace order: pid, pos (row position), ts, heap (bytes;
+        missing: unknown)."""
+        return self._brk
+
+    def locate(self, pid: np.ndarray, addr: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """vma_id of the mapping that held each address in its process (-1:
+        none) at boundary `key`: 2 * pos + 1 is just after the event at row
+        position pos (what its fault saw), 2 * pos just before it."""
+        key = np.asarray(key, np.int64)
+        order = np.argsort(key, kind="stable")
+        v = self.vmas
+        found = as_faults.attribute(
+            v["pid"].to_numpy(np.int32), v["start"].to_numpy(np.uint64),
+            v["end"].to_numpy(np.uint64), self._bnd, self._dbnd,
+            np.asarray(pid, np.int32)[order], np.asarray(addr, np.uint64)[order], key[order],
+            self._page)
+        out = np.empty(len(key), np.int64)
+        out[order] = found
+        return out
+
     def maps_text(self, pid: int, ts: int, merge: bool = True) -> list[str]:
         """maps_at as /proc/PID/maps text lines."""
         return maps_text.render(self.maps_at(pid, ts, merge=merge))

@@ -102,6 +102,43 @@ def render(t: Trace, top: int = 10) -> str:
             if base and not where.startswith(base):   # a symbol: say whose
                 where = f"{where} ({base})"
             lines.append(f"  {int(s['faults']):>8,} {int(s['major']):>6,}  {where[:60]}")
+    lines += _call_site_tables(t, top)
     cov = t.model.coverage
     lines += ["", f"faults attributed to a mapping: {cov}"]
     return "\n".join(lines)
+
+
+def _where(r: pd.Series) -> str:
+    """A call site with its module's file name (unless the site starts with
+    it) and its caller, cut to fit 80 columns after the counts."""
+    site, module = str(r["call_site"]), r["call_module"]
+    base = module.rsplit("/", 1)[-1] if isinstance(module, str) else ""
+    where = f"{site} ({base})" if base and not site.startswith(base) else site
+    return (where + (f" <- {r['caller']}" if r["caller"] else ""))[:60]
+
+
+def _call_site_tables(t: Trace, top: int) -> list[str]:
+    """The call-site tables of a trace recorded with --stacks (tracer.stacks)."""
+    if not t.meta.get("stacks"):
+        return ["", "call sites: no stacks recorded (--stacks)"]
+    from tracer import stacks
+    out = []
+    b = stacks.top_call_sites(t, "bytes_mapped", top)
+    out += ["", f"top {len(b)} call sites by bytes mapped (mmap length, brk and mremap growth)",
+            f"  {_size(b.attrs['with_stack'])} of {_size(b.attrs['total'])} mapped by calls "
+            "with a recorded stack",
+            f"  {'bytes':>8} {'calls':>6}  call site <- its caller"]
+    for _, r in b.iterrows():
+        out.append(f"  {_size(r['bytes_mapped']):>8} {int(r['calls']):>6,}  {_where(r)}")
+    f = stacks.top_call_sites(t, "faults", top)
+    n = f.attrs["sample"]
+    how = ("every user-mode fault has a stack (--stacks 1)" if n == 1 else
+           f"one user-mode fault in {n} per CPU has a stack: counts x {n}, estimates")
+    out += ["", f"top {len(f)} call sites by faults", f"  {how}",
+            f"  {f.attrs['with_stack']:,}"
+            + (f" ({f.attrs['with_stack'] // n:,} sampled x {n})" if n > 1 else "")
+            + f" of {f.attrs['total']:,} user-mode faults with a stack",
+            f"  {'faults':>8} {'major':>6}  call site <- its caller"]
+    for _, r in f.iterrows():
+        out.append(f"  {int(r['faults']):>8,} {int(r['major']):>6,}  {_where(r)}")
+    return out

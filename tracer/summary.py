@@ -40,6 +40,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "rows": res.rows,
         "residency": opts.residency,
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
+        "stack_sample": opts.stacks,
     }
 
 

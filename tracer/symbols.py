@@ -27,10 +27,12 @@ class ElfSymbols:
     """Function symbols of one ELF file, searchable by file offset."""
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self.segments: list[tuple[int, int, int]] = []     # (offset, vaddr, size)
         addrs, sizes, names = [], [], []
         with open(path, "rb") as f:
             elf = ELFFile(f)
+            self.x86_64 = elf["e_machine"] == "EM_X86_64"
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_LOAD":
                     self.segments.append((seg["p_offset"], seg["p_vaddr"], seg["p_filesz"]))
@@ -56,21 +58,55 @@ class ElfSymbols:
                 return va + offset - off
         return None
 
-    def name(self, offset: int) -> str | None:
-        va = self.vaddr(offset)
-        if va is None or not len(self.addrs):
-            return None
+    def index(self, va: int) -> int:
+        """The function symbol holding virtual address va, or -1."""
+        if not len(self.addrs) or va < 0:
+            return -1
         i = int(np.searchsorted(self.addrs, np.uint64(va), "right")) - 1
         if i < 0:
-            return None
+            return -1
         start, size = int(self.addrs[i]), int(self.sizes[i])
         if size and va >= start + size:
+            return -1
+        return i
+
+    def starting_at(self, va: int) -> int:
+        """The function symbol that starts exactly at va, or -1."""
+        i = int(np.searchsorted(self.addrs, np.uint64(va), "left")) if va >= 0 else 0
+        return i if i < len(self.addrs) and int(self.addrs[i]) == va else -1
+
+    def name(self, offset: int) -> str | None:
+        va = self.vaddr(offset)
+        i = -1 if va is None else self.index(va)
+        if i < 0:
             return None
-        return f"{self.names[i]}+0x{va - start:x}"
+        return f"{self.names[i]}+0x{va - int(self.addrs[i]):x}"
+
+    def direct_callee(self, offset: int) -> int:
+        """For a return address at file offset `offset`: the function symbol
+        that the call just before it targets, if that call is a direct one
+        (x86-64 E8 rel32, the 5 bytes before the return address), else -1
+        (an indirect call, a call through the PLT, other architectures, or
+        bytes that only look like a call: the target must be the exact start
+        of a function)."""
+        va = self.vaddr(offset)
+        if not self.x86_64 or va is None or offset < 5 or self.vaddr(offset - 5) != va - 5:
+            return -1
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset - 5)
+                code = f.read(5)
+        except OSError:
+            return -1
+        if len(code) != 5 or code[0] != 0xE8:
+            return -1
+        return self.starting_at(va + int.from_bytes(code[1:], "little", signed=True))
 
 
 @lru_cache(maxsize=256)
-def _symbols(path: str) -> ElfSymbols | None:
+def symbols_of(path: str) -> ElfSymbols | None:
+    """The ElfSymbols of a file (read once), or None if it is not a readable
+    ELF file."""
     try:
         return ElfSymbols(path)
     except (OSError, ELFError, ValueError):
@@ -100,7 +136,7 @@ def fault_sites(t) -> pd.DataFrame:
                 continue
             key = (p, o)
             if key not in cache:
-                syms = _symbols(p)
+                syms = symbols_of(p)
                 n = syms.name(o) if syms is not None else None
                 cache[key] = n if n else f"{p.rsplit('/', 1)[-1]}+0x{o:x}"
             names.append(cache[key])

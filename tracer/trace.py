@@ -65,6 +65,13 @@ class Trace:
             events = events.iloc[:0]
         return rss.frame(events, page_size=int(self.meta.get("page_size", 4096)))
 
+    @cached_property
+    def stacks(self):  # -> tracer.stacks.Stacks
+        """The user stacks recorded with --stacks, each frame named and each
+        row's call site (tracer.stacks); empty without --stacks."""
+        from tracer import stacks
+        return stacks.resolve(self)
+
     def timeline(self, pid: int) -> pd.DataFrame:
         """The model's timeline of pid with resident bytes beside the virtual
         columns (tracer.rss.join_timeline)."""

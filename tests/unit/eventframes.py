@@ -13,6 +13,7 @@ DTYPES = {
     "latency": "UInt32", "rss_anon": "Int16", "rss_file": "Int16", "rss_shmem": "Int16",
     "rss_swap": "Int16", "child": "Int32", "path": "category", "member": "Int8",
     "rss_size": "Int64", "rss_delta": "Int64", "cause": "category", "inode": "UInt64",
+    "stack_id": "Int32",
 }
 PAGE = 4096
 R, W, X = 1, 2, 4
@@ -71,9 +72,9 @@ class Events:
         return self.add("madvise", addr=addr, len=length, flags=advice, ret=ret, **kw)
 
     def fault(self, addr: int, write: bool = False, exec_: bool = False, major: bool = False,
-              rss_anon: int = 0, rss_file: int = 0, **kw) -> int:
+              rss_anon: int = 0, rss_file: int = 0, ip: int = 0x401000, **kw) -> int:
         ec = 4 | (2 if write else 0) | (16 if exec_ else 0)
-        return self.add("fault", addr=addr, ip=0x401000, major=major, error_code=ec,
+        return self.add("fault", addr=addr, ip=ip, major=major, error_code=ec,
                         latency=500, rss_anon=rss_anon, rss_file=rss_file, rss_shmem=0,
                         rss_swap=0, **kw)
 
