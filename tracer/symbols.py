@@ -153,3 +153,19 @@ def top_sites(t, n: int = 10) -> pd.DataFrame:
     g = s.dropna(subset=["ip_site"]).groupby(["ip_site", "ip_module"], dropna=False)
     out = g.agg(faults=("major", "size"), major=("major", "sum")).reset_index()
     return out.sort_values("faults", ascending=False).head(n).reset_index(drop=True)
+
+
+MAPPING_CALLS = ("mmap", "brk", "munmap", "mremap")
+
+
+def mmap_sites(t) -> pd.Series | None:
+    """The call site (tracer.stacks: the first frame outside the C library
+    and the loader) of each mapping call with a recorded stack, as a Series
+    on t.events' index; None when the trace has no stacks (--stacks). Used
+    by budgets (tracer.check) to name who mapped the bytes."""
+    if not t.meta.get("stacks"):
+        return None
+    rows = t.stacks.rows
+    ev = t.events
+    calls = ev.index[ev["kind"].isin(MAPPING_CALLS).to_numpy(bool)]
+    return rows["call_site"].reindex(rows.index.intersection(calls))
