@@ -152,7 +152,8 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
                 _reap(child.pid, res)
             now = time.monotonic()
             if now - last_flush >= opts.flush_interval:
-                spill.write(pending)
+                # rows newer than a ring's watermark wait: time order across flushes
+                spill.write(pending, before=min(r.drained_to for r in probes.rings.values()))
                 pending = []
                 last_flush = now
                 if live_pids:  # exited, though its exit event was lost
