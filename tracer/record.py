@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, preflight, summary
+from tracer import _procfs, capture, live, preflight, summary
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
 
@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help="trace file, .parquet or .csv (default: memtrace-COMM-TIME.parquet)")
     p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
                    help="stop after this long")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (no status line while tracing)")
     p.add_argument("--no-follow", dest="follow", action="store_false",
                    help="with -p: do not trace children forked after attach")
     p.add_argument("--no-exec-stop", dest="stop_at_exec", action="store_false",
@@ -200,7 +201,12 @@ def main(argv: list[str]) -> int:
                            duration=args.duration, output=output, fmt=fmt,
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
                            run_as=run_as, owner=sudo)
-    res = capture.run(opts, say)
+    view = live.LiveView.for_stream(sys.stderr, args.quiet, summary.LOST_COUNTERS)
+    try:
+        res = capture.run(opts, view.wrap(say) if view else say, live=view)
+    finally:
+        if view is not None:
+            view.clear()
     meta = summary.metadata(res, opts, argv)
     size = res.spill.finish(fmt, meta)  # type: ignore[attr-defined]
     if sudo:
