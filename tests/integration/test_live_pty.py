@@ -44,7 +44,9 @@ def _run(args: list, tmp_path, terminal: bool) -> tuple[int, str]:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     err = slave if terminal else subprocess.PIPE
-    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=err)
+    env = {**os.environ, "TERM": "xterm"}    # not "dumb" (no escapes), as some CI sets it
+    proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=slave, stderr=err,
+                            env=env)
     os.close(slave)
     out, deadline = b"", time.monotonic() + 300
     while time.monotonic() < deadline:
