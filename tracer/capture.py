@@ -30,6 +30,7 @@ import pyarrow as pa
 from tracer import _procfs, writer
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
+from tracer.live import NetMapped
 from tracer.probes import Probes
 
 Say = Callable[[str], None]
@@ -74,6 +75,7 @@ class Result:
     rows: int = 0
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
     stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
+    net_mapped: NetMapped | None = None              # for the live view (tracer.live)
 
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
@@ -95,8 +97,11 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -> Result:
-    res = Result()
+def run(opts: Options, say: Say,
+        live: Callable[[Result, Callable[[], dict]], None] | None = None) -> Result:
+    """`live`, if given, is called after each turn of the loop with the
+    running Result and a function that reads the BPF counters."""
+    res = Result(net_mapped=NetMapped() if live is not None else None)
     old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:]}
     try:
         spill = writer.Spill(opts.output)       # fails early if the output is not writable
@@ -157,13 +162,14 @@ def run(opts: Options, say: Say, live: Callable[[Result], None] | None = None) -
                 _reap(child.pid, res)
             now = time.monotonic()
             if now - last_flush >= opts.flush_interval:
-                spill.write(pending)
+                # rows newer than a ring's watermark wait: time order across flushes
+                spill.write(pending, before=min(r.drained_to for r in probes.rings.values()))
                 pending = []
                 last_flush = now
                 if live_pids:  # exited, though its exit event was lost
                     live_pids &= probes.traced_pids().keys()
             if live is not None:
-                live(res)
+                live(res, probes.counters)
             if stop.reason:
                 res.interrupted = stop.reason
                 break
@@ -344,6 +350,8 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
     if len(events):
         out.append(writer.event_batch(events, comms))
         _account_events(events, res, live_pids)
+    if res.net_mapped is not None:   # for the live view
+        res.net_mapped.update(out[-1] if len(events) else None, execs)
     if len(faults):
         out.append(writer.fault_batch(faults, comms, residency))
         _account_faults(faults, res)

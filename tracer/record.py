@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, check, dataset, preflight, summary
+from tracer import _procfs, capture, check, dataset, live, preflight, summary
 from tracer.budget import EXIT_BUDGET
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    "(DIR/host=H/date=D/run=R/, docs/format.md; memtrace query DIR)")
     p.add_argument("-d", "--duration", type=_positive_float, metavar="SECONDS",
                    help="stop after this long")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (no status line while tracing)")
     p.add_argument("--no-follow", dest="follow", action="store_false",
                    help="with -p: do not trace children forked after attach")
     p.add_argument("--no-exec-stop", dest="stop_at_exec", action="store_false",
@@ -230,12 +231,16 @@ def main(argv: list[str]) -> int:
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
                            run_as=run_as, owner=sudo, residency=args.residency,
                            stacks=args.stacks)
+    view = live.LiveView.for_stream(sys.stderr, args.quiet, summary.LOST_COUNTERS)
     try:
-        res = capture.run(opts, say)
+        res = capture.run(opts, view.wrap(say) if view else say, live=view)
     except BaseException:
         if run is not None:
             run.abandon()
         raise
+    finally:
+        if view is not None:
+            view.clear()
     meta = summary.metadata(res, opts, argv)
     if run is not None:
         meta["dataset"] = run.identity()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import time
 
 import numpy as np
 
@@ -97,16 +98,25 @@ class RingReader:
         self._prod = mmap.mmap(fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data: np.ndarray | None = np.frombuffer(self._prod, dtype=np.uint8, offset=page)
         self.records = 0
+        # CLOCK_MONOTONIC ns (the clock of the records' ts) of the last read
+        # that consumed every record reserved when it began: each record not
+        # read yet was reserved after that instant, and BPF stamps a record
+        # after reserving it, so its ts is later (0: no such read yet). The
+        # watermark below which the rows read so far are final in time order.
+        self.drained_to = 0
 
     def _pos(self) -> tuple[int, int]:
         return _POS.unpack_from(self._cons, 0)[0], _POS.unpack_from(self._prod, 0)[0]
 
     def read(self, limit: int | None = None) -> np.ndarray:
         """Copies out every committed record (at most `limit`) and frees their space."""
+        began = time.monotonic_ns()
         cons, prod = self._pos()
         out, used = decode(self._data, cons & self.mask, prod - cons, self.slot, limit)
         if used:
             _POS.pack_into(self._cons, 0, cons + used)
+        if used == prod - cons:  # not stopped by a record still being written
+            self.drained_to = began
         self.records += len(out)
         return out
 

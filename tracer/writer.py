@@ -355,27 +355,38 @@ class Spill:
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self.rows = 0
+        self._held: list[pa.RecordBatch] = []    # rows not older than the last `before`
 
-    def write(self, batches: list[pa.RecordBatch]) -> None:
+    def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
         """Appends `batches` in time order (a merge of the rings' batches,
         which are each nearly in order), in IPC batches of SPILL_BATCH rows.
-        Only the columns holding values are reordered: an all-null column
-        stays a shared run of zeros."""
-        batches = [b for b in batches if b.num_rows]
+        With `before` (a ts), only the rows older than it are written; the
+        others are held back and written, merged with the next call's, by a
+        later write: a record of one ring read later can be older than the
+        newest row of another ring read now, but never older than the
+        rings' watermark (RingReader.drained_to). Only the columns holding
+        values are reordered: an all-null column stays a shared run of zeros."""
+        batches = [b for b in self._held + batches if b.num_rows]
+        self._held = []
         if not batches:
             return
         batches.sort(key=lambda b: b.column(0)[0].as_py())   # stable: by first ts
         ts = [_numpy(b.column(0)) for b in batches]
         if _in_order(ts):                        # in order already: no copy
             table = pa.Table.from_batches(batches, SCHEMA)
+            ts = np.concatenate(ts) if before is not None else ts
         else:
             ts = np.concatenate(ts)
-            order = _array(np.argsort(ts, kind="stable"), pa.int64())
-            table = pa.Table.from_batches(batches, SCHEMA).unify_dictionaries()
-            n = len(ts)
-            table = pa.table([_nulls(n, f.type) if col.null_count == n else
-                              col.combine_chunks().take(order)
-                              for f, col in zip(SCHEMA, table.columns)], schema=SCHEMA)
+            order = np.argsort(ts, kind="stable")
+            ts = ts[order]
+            table = _take(pa.Table.from_batches(batches, SCHEMA).unify_dictionaries(),
+                          _array(order, pa.int64()))
+        if before is not None:
+            cut = int(np.searchsorted(ts, np.uint64(before), "left"))
+            if cut < table.num_rows:   # copied: a slice would keep the whole flush alive
+                rest = table.slice(cut).unify_dictionaries()
+                self._held = _take(rest, _array(np.arange(rest.num_rows), pa.int64())).to_batches()
+                table = table.slice(0, cut)
         try:
             for b in table.to_batches(max_chunksize=SPILL_BATCH):
                 self._writer.write_batch(b)
@@ -394,9 +405,12 @@ class Spill:
         """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
         import pyarrow.csv as pacsv      # only at the end: 40 ms of start-up otherwise
         import pyarrow.parquet as pq
+        if self._held:           # the capture ended without a last write
+            self.write([])
         self.close()
         _release_memory()
         tmp = self.final.with_name(self.final.name + ".tmp")
+        meta_path = Path(str(self.final) + ".meta.json") if fmt == "csv" else None
         blob = json.dumps(meta, default=_json_default)
         try:
             with pa.OSFile(str(self.path)) as src:
@@ -418,12 +432,29 @@ class Spill:
                     with pacsv.CSVWriter(str(tmp), _plain(SCHEMA)) as w:
                         for table in _ahead(_regroup(reader, SPILL_BATCH)):
                             w.write_table(table.cast(_plain(SCHEMA)))
-                    Path(str(self.final) + ".meta.json").write_text(blob + "\n")
+                    meta_path.write_text(blob + "\n")
             os.replace(tmp, self.final)
+        except BaseException as e:
+            # e.g. the disk full: leave no half-written file; the spill stays
+            # (tracer.load reads it as cut short)
+            for p in (tmp, meta_path):
+                _unlink(p)
+            if isinstance(e, OSError):
+                raise OutputError(f"cannot write {self.final}: {e.strerror or e}") from None
+            raise
+        try:
             os.unlink(self.path)
         except OSError as e:
-            raise OutputError(f"cannot write {self.final}: {e.strerror or e}") from None
+            raise OutputError(f"cannot remove {self.path}: {e.strerror or e}") from None
         return self.final.stat().st_size
+
+
+def _unlink(path: Path | None) -> None:
+    try:
+        if path is not None:
+            path.unlink()
+    except OSError:    # not there, or cannot: nothing more to do
+        pass
 
 
 def _regroup(reader: ipc.RecordBatchStreamReader, rows: int) -> Iterable[pa.Table]:
@@ -447,6 +478,14 @@ def _regroup(reader: ipc.RecordBatchStreamReader, rows: int) -> Iterable[pa.Tabl
                 pending, count = [], 0
     if pending or not count:
         yield pa.Table.from_batches(pending, SCHEMA).unify_dictionaries()
+
+
+def _take(table: pa.Table, rows: pa.Array) -> pa.Table:
+    """`rows` of `table`; an all-null column stays a shared run of zeros."""
+    n = len(rows)
+    return pa.table([_nulls(n, f.type) if col.null_count == col.length() else
+                     col.combine_chunks().take(rows) for f, col in zip(SCHEMA, table.columns)],
+                    schema=SCHEMA)
 
 
 def _in_order(ts: list[np.ndarray]) -> bool:

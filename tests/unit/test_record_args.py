@@ -165,7 +165,7 @@ def fake_run(monkeypatch):
     def run(argv, lost=0, status=0):
         chowns = []
 
-        def fake_capture(opts, say):
+        def fake_capture(opts, say, live=None):
             seen["opts"] = opts
             res = capture.Result(exit_status=status)
             res.spill = _FakeSpill(opts.output)
