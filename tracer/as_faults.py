@@ -113,3 +113,29 @@ def reasons(vid: np.ndarray, f_pid: np.ndarray, f_addr: np.ndarray, f_key: np.nd
 def first_touch(keys: np.ndarray) -> np.ndarray:
     """True where a key appears for the first time (hash-based, keeps order)."""
     return ~pd.Series(keys, copy=False).duplicated().to_numpy()
+
+
+def attribute_windows(v_code: np.ndarray, v_start: np.ndarray, v_end: np.ndarray,
+                      v_bnd: np.ndarray, v_dbnd: np.ndarray, v_id: np.ndarray,
+                      f_code: np.ndarray, f_addr: np.ndarray,
+                      f_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fault indices, vma_ids) of the faults inside versions known to have
+    ended (those made in bulk: tracer.as_chains, Core.brk_run), joined on
+    the process and the version's lifetime [bnd, dbnd), then the address.
+    Its size is the faults of the process during each version's life."""
+    if len(v_id) == 0 or len(f_key) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    fk = (f_code.astype(np.int64) << np.int64(41)) | f_key.astype(np.int64)
+    fo = np.argsort(fk, kind="stable")
+    fk = fk[fo]
+    vc = v_code.astype(np.int64) << np.int64(41)
+    lo = np.searchsorted(fk, vc | v_bnd)
+    n = np.searchsorted(fk, vc | v_dbnd) - lo
+    tot = int(n.sum())
+    if not tot:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    v = np.repeat(np.arange(len(v_id)), n)
+    fi = fo[np.arange(tot) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)]
+    a = f_addr[fi]
+    hit = (a >= v_start[v]) & (a < v_end[v])
+    return fi[hit], v_id[v[hit]]

@@ -12,6 +12,10 @@ from tracer import vma_kinds as vk
 
 _CLASS = {"heap": "anon", "anon": "anon", "stack": "anon", "thread_stack": "anon",
           "guard": "anon", "file": "file", "shm": "shm", "vdso": None}
+# kind code -> 0 anon, 1 file, 2 shm, -1 none (vma_kinds.KINDS order)
+_CLASS_CODE = np.array([{"anon": 0, "file": 1, "shm": 2}.get(_CLASS[k], -1) for k in vk.KINDS])
+_TIMELINE_COLS = ["mapped", "mapped_anon", "mapped_file", "mapped_shm", "heap",
+                  "minor_faults", "major_faults", "pages_touched"]
 _FAULT_COLS = ["ts", "pid", "tid", "comm", "addr", "ip", "major", "error_code", "latency",
                "rss_anon", "rss_file", "rss_shmem", "rss_swap"]
 
@@ -33,34 +37,39 @@ class Coverage:
                 f"({self.fraction:.2%}){'; ' + miss if miss else ''}>")
 
 
-def _nullable(values: list, dtype: str) -> pd.api.extensions.ExtensionArray:
-    return pd.array(values, dtype=dtype)
-
-
-def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: list) -> list:
+def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: np.ndarray) -> np.ndarray:
     """A name learnt for one version of a mapping (from a snapshot) holds for
-    all versions of it: same lineage (one mmap, its splits and moves)."""
-    known = {}
-    for ln, f, v in zip(lin.tolist(), file.tolist(), values):
-        if f and v is not None and ln not in known:
-            known[ln] = v
-    if not known:
+    all versions of it: same lineage (one mmap, its splits and moves). The
+    first version (by vma_id) of a file lineage with a value gives it."""
+    missing = pd.isna(values)
+    known = np.flatnonzero(file & ~missing)
+    if not len(known):
         return values
-    return [known.get(ln, v) if f and v is None else v
-            for ln, f, v in zip(lin.tolist(), file.tolist(), values)]
+    lins, first = np.unique(lin[known], return_index=True)
+    need = np.flatnonzero(file & missing)
+    k = np.searchsorted(lins, lin[need])
+    k = np.minimum(k, len(lins) - 1)
+    hit = lins[k] == lin[need]
+    out = values.copy()
+    out[need[hit]] = values[known[first[k[hit]]]]
+    return out
+
+
+def _nullable_int(values: np.ndarray, missing: np.ndarray, dtype) -> pd.api.extensions.ExtensionArray:
+    return pd.arrays.IntegerArray(np.where(missing, 0, values).astype(dtype), missing)
 
 
 class AddressSpaces:
     """The mappings of every traced process over time (see tracer.address_space)."""
 
     def __init__(self, vmas: pd.DataFrame, faults: pd.DataFrame, coverage: Coverage,
-                 bnd: np.ndarray, dbnd: np.ndarray, f_key: np.ndarray, brk_log: list,
+                 bnd: np.ndarray, dbnd: np.ndarray, f_key: np.ndarray, heap: pd.DataFrame,
                  lineage_of: np.ndarray, page_size: int) -> None:
         self.vmas = vmas
         self.faults = faults
         self.coverage = coverage
         self._bnd, self._dbnd, self._fkey = bnd, dbnd, f_key
-        self._brk = pd.DataFrame(brk_log, columns=["pid", "pos", "ts", "heap"])
+        self._brk = heap                   # tracer.as_versions.heap_log
         self._lineage_of = lineage_of
         self._page = page_size
 
@@ -123,19 +132,22 @@ class AddressSpaces:
         v = self.vmas
         sel = np.flatnonzero(v["pid"].to_numpy() == pid)
         size = v["size"].to_numpy()[sel].astype(np.int64)
-        cls = v["kind"].iloc[sel].map(_CLASS).to_numpy(dtype=object)
-        dts = v["destroyed"].iloc[sel]
-        dead = dts.notna().to_numpy()
-        born = pd.DataFrame({"key": self._bnd[sel], "ts": v["created"].to_numpy()[sel],
-                             "mapped": size})
-        for c in ("anon", "file", "shm"):
-            born["mapped_" + c] = np.where(cls == c, size, 0)
-        died = born[dead].copy()
-        died["key"] = self._dbnd[sel][dead]
-        died["ts"] = dts.to_numpy(np.uint64, na_value=0)[dead]
-        for c in ("mapped", "mapped_anon", "mapped_file", "mapped_shm"):
-            died[c] = -died[c]
-        parts = [born, died]
+        codes = v["kind"].array.codes[sel]
+        cls = np.where(codes >= 0, _CLASS_CODE[np.maximum(codes, 0)], -1)
+        dts = v["destroyed"].array[sel]
+        dead = ~dts.isna()
+        nb, nd = len(sel), int(dead.sum())
+        # one row per change: births (+size), deaths (-size), faults, heap
+        key = [self._bnd[sel], self._dbnd[sel][dead]]
+        ts = [v["created"].to_numpy()[sel].astype(np.uint64),
+              dts.to_numpy(np.uint64, na_value=0)[dead]]
+        delta = {"mapped": [size, -size[dead]]}
+        for k, c in enumerate(("anon", "file", "shm")):
+            d = np.where(cls == k, size, 0)
+            delta["mapped_" + c] = [d, -d[dead]]
+        for c in ("minor_faults", "major_faults", "pages_touched"):
+            delta[c] = [np.zeros(nb, np.int64), np.zeros(nd, np.int64)]
+        heap = [np.full(nb + nd, np.nan)]
         f = self.faults
         fsel = np.flatnonzero(f["pid"].to_numpy() == pid)
         if len(fsel):
@@ -144,58 +156,94 @@ class AddressSpaces:
             page = f["addr"].to_numpy(np.uint64)[fsel] // np.uint64(self._page)
             lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
             new = ~pd.DataFrame({"l": lin, "p": page}).duplicated().to_numpy() & (vid >= 0)
-            parts.append(pd.DataFrame({"key": self._fkey[fsel],
-                                       "ts": f["ts"].to_numpy(np.uint64)[fsel],
-                                       "minor_faults": (~major).astype(np.int64),
-                                       "major_faults": major.astype(np.int64),
-                                       "pages_touched": new.astype(np.int64)}))
-        b = self._brk[self._brk["pid"] == pid]
+            key.append(self._fkey[fsel])
+            ts.append(f["ts"].to_numpy(np.uint64)[fsel])
+            zero = np.zeros(len(fsel), np.int64)
+            for c in ("mapped", "mapped_anon", "mapped_file", "mapped_shm"):
+                delta[c].append(zero)
+            delta["minor_faults"].append((~major).astype(np.int64))
+            delta["major_faults"].append(major.astype(np.int64))
+            delta["pages_touched"].append(new.astype(np.int64))
+            heap.append(np.full(len(fsel), np.nan))
+        b = self._brk[self._brk["pid"].to_numpy() == pid]
         if len(b):
-            parts.append(pd.DataFrame({"key": 2 * b["pos"].to_numpy(np.int64) + 1,
-                                       "ts": b["ts"].to_numpy(np.uint64),
-                                       # -1: unknown from here on (ffill keeps NaN gaps)
-                                       "heap": b["heap"].to_numpy(np.float64, na_value=-1)}))
-        t = pd.concat(parts, ignore_index=True).sort_values("key", kind="stable")
-        cols = ["mapped", "mapped_anon", "mapped_file", "mapped_shm",
-                "minor_faults", "major_faults", "pages_touched"]
-        for col in cols:
-            t[col] = t[col].fillna(0).astype(np.int64).cumsum() if col in t else 0
-        t["heap"] = t["heap"].ffill().replace(-1.0, np.nan) if "heap" in t else np.nan
-        t["row"] = t["key"].to_numpy() >> 1      # one row per event (growth + its fault)
-        t = t.drop_duplicates("row", keep="last")
-        t = t.set_index(t["ts"].astype(np.uint64).rename("ts"))
-        return t[cols[:4] + ["heap"] + cols[4:]]
+            key.append(2 * b["pos"].to_numpy(np.int64) + 1)
+            ts.append(b["ts"].to_numpy(np.uint64))
+            zero = np.zeros(len(b), np.int64)
+            for c in delta:
+                delta[c].append(zero)
+            # -1: unknown from here on (the forward fill keeps NaN gaps)
+            heap.append(b["heap"].to_numpy(np.float64, na_value=-1))
+        key = np.concatenate(key)
+        o = np.argsort(key, kind="stable")
+        key = key[o]
+        h = np.concatenate(heap)[o]
+        known = np.where(np.isnan(h), 0, np.arange(len(h)))
+        h = h[np.maximum.accumulate(known)] if len(h) else h
+        h[h == -1.0] = np.nan
+        row = key >> 1                           # one row per event (growth + its fault)
+        last = np.ones(len(row), bool)
+        last[:-1] = row[1:] != row[:-1]
+        out = {c: np.cumsum(np.concatenate(d)[o])[last] for c, d in delta.items()}
+        out["heap"] = h[last]
+        index = pd.Index(np.concatenate(ts)[o][last], dtype=np.uint64, name="ts")
+        return pd.DataFrame({c: out[c] for c in _TIMELINE_COLS}, index=index)
 
 
-def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
-             f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
+def _attributor(V: dict, page_size: int):
+    """attribute(f_pid, f_addr, f_key) -> vma_id per point (NO_VMA if none):
+    the loop's versions by as_faults.attribute, the versions made in bulk
+    (chains, heap runs; ended by construction) by a join on their lifetime."""
+    pid, start, end, bnd, dbnd = V["pid"], V["start"], V["end"], V["bnd"], V["d_bnd"]
+    loop = np.flatnonzero(~V["bulk"])
+    bulk = np.flatnonzero(V["bulk"])
+    pids = np.unique(pid)
+
+    def attribute(f_pid: np.ndarray, f_addr: np.ndarray, f_key: np.ndarray) -> np.ndarray:
+        vid = as_faults.attribute(pid[loop], start[loop], end[loop], bnd[loop], dbnd[loop],
+                                  f_pid, f_addr, f_key, page_size)
+        hit = vid >= 0
+        vid[hit] = loop[vid[hit]]
+        if len(bulk):
+            fc = np.searchsorted(pids, f_pid)
+            known = (fc < len(pids)) & (pids[np.minimum(fc, len(pids) - 1)] == f_pid)
+            fi, vv = as_faults.attribute_windows(
+                np.searchsorted(pids, pid[bulk]), start[bulk], end[bulk], bnd[bulk],
+                dbnd[bulk], bulk, np.where(known, fc, len(pids)), f_addr, f_key)
+            vid[fi] = vv
+        return vid
+    return attribute
+
+
+def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.DataFrame,
+             state_log: list, fidx: np.ndarray, f_pid: np.ndarray, f_addr: np.ndarray,
+             f_key: np.ndarray, page_size: int,
              retry: tuple[np.ndarray, np.ndarray] | None = None) -> AddressSpaces:
-    """The frames from the model M and the faults (row positions fidx);
-    retry: (fault indices, keys) to attribute again at another time if the
-    first attribution found nothing (the faults inside execve)."""
-    v = M.columns()
-    nv = len(v["pid"])
-    pid = np.array(v["pid"], np.int32)
-    start, end = np.array(v["start"], np.uint64), np.array(v["end"], np.uint64)
-    prot = np.array(v["prot"], np.int32)
-    shared, file = np.array(v["shared"], bool), np.array(v["file"], bool)
-    lin = np.array(v["lin"], np.int64)
-    path = _fill_by_lineage(lin, file, v["path"])
-    inode = _fill_by_lineage(lin, file, v["inode"])
-    tstack = np.isin(lin, np.fromiter(M.tstack_lin, np.int64, len(M.tstack_lin)))
+    """The frames from the versions V (tracer.as_versions.merge) and the
+    faults (row positions fidx); retry: (fault indices, keys) to attribute
+    again at another time if the first attribution found nothing (the
+    faults inside execve)."""
+    nv = len(V["pid"])
+    pid = V["pid"].astype(np.int32)
+    start, end = V["start"], V["end"]
+    prot = V["prot"].astype(np.int32)
+    shared, file = V["shared"], V["file"]
+    lin = V["lin"]
+    path = _fill_by_lineage(lin, file, V["path"])
+    inode = _fill_by_lineage(lin, file, V["inode"])
+    tstack = np.isin(lin, tstack_lin)
     kind = vk.classify(path, prot, shared, file, tstack)
-    bnd = np.array(v["bnd"], np.int64)
-    dbnd = np.array([as_faults.ALIVE if x is None else x for x in v["d_bnd"]], np.int64)
+    bnd, dbnd = V["bnd"], V["d_bnd"]
+    attribute = _attributor(V, page_size)
 
-    vid = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid, f_addr, f_key, page_size)
+    vid = attribute(f_pid, f_addr, f_key)
     if retry is not None and len(retry[0]):
         ri, rk = retry
         keep = vid[ri] < 0
         ri, rk = ri[keep], rk[keep]
         o = np.argsort(rk, kind="stable")
         ri, rk = ri[o], rk[o]
-        vid[ri] = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid[ri], f_addr[ri], rk,
-                                      page_size)
+        vid[ri] = attribute(f_pid[ri], f_addr[ri], rk)
     hit = vid >= 0
     hv = vid[hit]
     ev_f = events[as_faults_cols(events)].iloc[fidx]
@@ -218,21 +266,23 @@ def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
     if hit.any():
         first[hit] = as_faults.first_touch(base[hv] + fpage[hit] - spage[hv])
 
-    cause = events.index.to_numpy()[np.array(v["cause"], np.int64)] if nv else []
-    d_by = np.array(v["d_by"], np.int8)
+    cause = events.index.to_numpy()[V["cause"]] if nv else []
+    dead = V["dead"]
+    parent = V["parent"]
     vmas = pd.DataFrame({
         "vma_id": np.arange(nv, dtype=np.int64), "pid": pid, "start": start, "end": end,
         "size": end - start, "prot": prot, "perms": vk.perms_array(prot, shared),
         "shared": shared, "kind": kind, "path": pd.array(path, dtype="str"),
-        "offset": np.array(v["off"], np.uint64), "inode": _nullable(inode, "UInt64"),
-        "fd": _nullable(v["fd"], "Int32"), "file": file,
-        "created": np.array(v["ts"], np.uint64),
-        "destroyed": _nullable(v["d_ts"], "UInt64"),
-        "created_by": pd.Categorical.from_codes(np.array(v["by"], np.int8),
+        "offset": V["off"], "inode": _nullable_int(inode, pd.isna(inode), np.uint64),
+        "fd": _nullable_int(V["fd"], ~V["fd_ok"], np.int32), "file": file,
+        "created": V["ts"],
+        "destroyed": _nullable_int(V["d_ts"], ~dead, np.uint64),
+        "created_by": pd.Categorical.from_codes(V["by"].astype(np.int8),
                                                 dtype=vk.CREATED_DTYPE),
         "cause_event": pd.array(cause, dtype="Int64"),
-        "parent_vma": _nullable(v["parent"], "Int64"),
-        "destroyed_by": pd.Categorical.from_codes(d_by, dtype=vk.DESTROYED_DTYPE),
+        "parent_vma": _nullable_int(parent, parent < 0, np.int64),
+        "destroyed_by": pd.Categorical.from_codes(V["d_by"].astype(np.int8),
+                                                  dtype=vk.DESTROYED_DTYPE),
         "lineage": lin,
         "faults": count(), "minor": count(~major), "major": count(major),
         "read": count(acc == 0), "write": count(acc == 1), "exec": count(acc == 2),
@@ -250,11 +300,11 @@ def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
     fo = np.zeros(len(vid), np.uint64)
     if isfile.any():
         w = vid[isfile]
-        fo[isfile] = (np.array(v["off"], np.uint64)[w] + ((f_addr[isfile] >> np.uint64(shift))
+        fo[isfile] = (V["off"][w] + ((f_addr[isfile] >> np.uint64(shift))
                       << np.uint64(shift)) - start[w])
     faults["file_offset"] = pd.arrays.IntegerArray(fo, ~isfile)
     faults["access"] = pd.Categorical.from_codes(acc, dtype=vk.ACCESS_DTYPE)
-    rc = as_faults.reasons(vid, f_pid, f_addr, f_key, M.state_log)
+    rc = as_faults.reasons(vid, f_pid, f_addr, f_key, state_log)
     faults["reason"] = pd.Categorical.from_codes(rc, categories=as_faults.REASONS)
     # the code mapping the faulting instruction was in (user-mode ips only):
     # what tracer.symbols turns into module + symbol + offset
@@ -262,14 +312,13 @@ def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
     user = (ip > 0) & (ip < np.uint64(as_faults.KERNEL_SPACE))
     ip_vid = np.full(len(vid), as_faults.NO_VMA, np.int64)
     if user.any():
-        ip_vid[user] = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid[user], ip[user],
-                                           f_key[user], page_size)
+        ip_vid[user] = attribute(f_pid[user], ip[user], f_key[user])
     faults["ip_vma"] = pd.arrays.IntegerArray(np.maximum(ip_vid, 0), ip_vid < 0)
 
     counts = np.bincount(rc[rc >= 0], minlength=len(as_faults.REASONS))
     cov = Coverage(len(vid), int(hit.sum()),
                    {r: int(n) for r, n in zip(as_faults.REASONS, counts) if n})
-    return AddressSpaces(vmas, faults, cov, bnd, dbnd, f_key, M.brk_log, lin, page_size)
+    return AddressSpaces(vmas, faults, cov, bnd, dbnd, f_key, heap, lin, page_size)
 
 
 def as_faults_cols(ev: pd.DataFrame) -> list[str]:

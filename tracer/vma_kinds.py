@@ -139,16 +139,20 @@ def classify(path: list, prot: np.ndarray, shared: np.ndarray, file: np.ndarray,
     stack (anonymous, from an mmap that the model took for a thread stack);
     anon (the rest, named anonymous mappings '[anon:...]' included).
     """
-    memo: dict[tuple, int] = {}
-    codes = np.empty(len(path), np.int8)
+    n = len(path)
+    if n == 0:
+        return pd.Categorical.from_codes(np.zeros(0, np.int8), dtype=KIND_DTYPE)
+    pcode, names = pd.factorize(pd.Series(path, dtype=object), use_na_sentinel=True)
+    key = ((pcode.astype(np.int64) + 1) << 6) | ((np.asarray(prot, np.int64) & 7) << 3) \
+        | (np.asarray(shared, bool).astype(np.int64) << 2) \
+        | (np.asarray(file, bool).astype(np.int64) << 1) | np.asarray(tstack, bool)
+    uniq, inv = np.unique(key, return_inverse=True)
     index = {k: i for i, k in enumerate(KINDS)}
-    for i, key in enumerate(zip(path, (prot & 7).tolist(), shared.tolist(),
-                                file.tolist(), tstack.tolist())):
-        c = memo.get(key)
-        if c is None:
-            c = memo[key] = index[kind_of(*key)]
-        codes[i] = c
-    return pd.Categorical.from_codes(codes, dtype=KIND_DTYPE)
+    names = list(names)
+    table = np.array([index[kind_of(names[(k >> 6) - 1] if k >> 6 else None, (k >> 3) & 7,
+                                    bool(k & 4), bool(k & 2), bool(k & 1))]
+                      for k in uniq.tolist()], np.int8)
+    return pd.Categorical.from_codes(table[inv.reshape(-1)], dtype=KIND_DTYPE)
 
 
 def access_codes(error_code: np.ndarray) -> np.ndarray:
