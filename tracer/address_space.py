@@ -42,6 +42,7 @@ Where the events leave a choice:
 """
 from __future__ import annotations
 
+import gc
 from bisect import bisect_right
 
 import numpy as np
@@ -76,8 +77,10 @@ def _kind_codes(events: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _num(s: pd.Series, dtype: str, na) -> np.ndarray:
-    return s.to_numpy(dtype=dtype, na_value=na)
+def _num(s: pd.Series, dtype: str, na, pos: np.ndarray | None = None) -> np.ndarray:
+    """s (its rows at positions pos) as numpy, missing values as na."""
+    a = s.array if pos is None else s.array.take(pos)
+    return a.to_numpy(dtype=dtype, na_value=na)
 
 
 def _strs(s: pd.Series) -> list:
@@ -85,11 +88,12 @@ def _strs(s: pd.Series) -> list:
             for x in s.to_numpy(dtype=object).tolist()]
 
 
-def _mmap_paths(events: pd.DataFrame, cidx: np.ndarray, codes: np.ndarray) -> list:
+def _mmap_paths(events: pd.DataFrame, cpos: np.ndarray, codes: np.ndarray) -> list:
     """The file behind each mmap(fd): the path of the latest successful
     open/openat of that fd in that process before the mmap (an as-of join;
-    a descriptor inherited across fork or made by dup is not followed)."""
-    out: list = [None] * len(cidx)
+    a descriptor inherited across fork or made by dup is not followed).
+    cpos: the change rows' positions in events."""
+    out: list = [None] * len(cpos)
     if "open" not in set(events["kind"].unique()):
         return out
     opens = events[events["kind"] == "open"]
@@ -100,7 +104,7 @@ def _mmap_paths(events: pd.DataFrame, cidx: np.ndarray, codes: np.ndarray) -> li
     is_mmap = np.flatnonzero(codes == am.MMAP)
     if not len(is_mmap) or not len(opens):
         return out
-    m = events[["ts", "pid", "fd"]].iloc[cidx[is_mmap]]
+    m = events[["ts", "pid", "fd"]].iloc[cpos[is_mmap]]
     maps = pd.DataFrame({"ts": m["ts"].to_numpy(np.uint64).astype(np.int64),
                          "pid": m["pid"].to_numpy(np.int64),
                          "fd": m["fd"].to_numpy(np.int64, na_value=-1),
@@ -113,9 +117,9 @@ def _mmap_paths(events: pd.DataFrame, cidx: np.ndarray, codes: np.ndarray) -> li
     return out
 
 
-def _snapshots(ev: pd.DataFrame, idx: np.ndarray) -> dict[int, tuple]:
-    """map rows -> {first row position: (pid, ts, cause, [Line])}."""
-    sub = ev.iloc[idx]
+def _snapshots(sub: pd.DataFrame, idx: np.ndarray) -> dict[int, tuple]:
+    """map rows (sub, at positions idx) -> {first row position: (pid, ts,
+    cause, [Line])}."""
     pid, ts = sub["pid"].to_numpy(np.int64).tolist(), sub["ts"].to_numpy(np.uint64).tolist()
     start = _num(sub["addr"], "uint64", 0).tolist()
     size = _num(sub["len"], "uint64", 0).tolist()
@@ -234,26 +238,44 @@ def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STA
     and stack_guard_gap the kernel's gap (bytes, default 256 pages).
     fast=False replays every change in the loop (no mmap chains, no brk
     runs): the same result, slower; kept for the tests to compare."""
-    if len(events) and not events["ts"].is_monotonic_increasing:
-        events = events.iloc[np.argsort(events["ts"].to_numpy(), kind="stable")]
+    # the cyclic garbage collector would walk the many objects made here
+    # again and again; they hold no cycles
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(events, page_size, stack_limit, stack_guard_gap, fast)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(events, page_size, stack_limit, stack_guard_gap, fast):
+    # positions below are in ts order (rows of equal ts in table order);
+    # `at` maps them to the table's rows: only the columns used are gathered
+    ts = events["ts"].to_numpy()
+    at = np.argsort(ts, kind="stable") if len(ts) and (ts[1:] < ts[:-1]).any() \
+        else np.arange(len(ts))
     gap = vk.STACK_GUARD_GAP_PAGES * page_size if stack_guard_gap is None else stack_guard_gap
-    kc = _kind_codes(events)
+    kc = _kind_codes(events)[at]
     fidx = np.flatnonzero(kc == _FAULT)
     cidx = np.flatnonzero((kc >= 0) & (kc != _FAULT) & (kc != am.SNAP))
-    snaps = _snapshots(events, np.flatnonzero(kc == am.SNAP))
+    snaps = _snapshots(events.iloc[at[np.flatnonzero(kc == am.SNAP)]],
+                       np.flatnonzero(kc == am.SNAP))
 
+    cpos = at[cidx]
     c = {"pos": cidx.astype(np.int64), "type": kc[cidx].astype(np.int64),
-         "ts": events["ts"].to_numpy(np.uint64)[cidx],
-         "pid": events["pid"].to_numpy(np.int64)[cidx],
-         "tid": events["tid"].to_numpy(np.int64)[cidx]}
+         "ts": ts[cpos].astype(np.uint64),
+         "pid": events["pid"].to_numpy(np.int64)[cpos],
+         "tid": events["tid"].to_numpy(np.int64)[cpos]}
     for col, dt, na in _COLS:
-        c[col] = _num(events[col], dt, na)[cidx]
-    c["path"] = _mmap_paths(events, cidx, kc[cidx])
+        c[col] = _num(events[col], dt, na, cpos)
+    c["path"] = _mmap_paths(events, cpos, kc[cidx])
 
-    f_pid = events["pid"].to_numpy()[fidx].astype(np.int32)
-    f_addr = _num(events["addr"], "uint64", 0)[fidx]
+    fpos = at[fidx]
+    f_pid = events["pid"].to_numpy()[fpos].astype(np.int32)
+    f_addr = _num(events["addr"], "uint64", 0, fpos)
     f_key = 2 * fidx.astype(np.int64) + 1
-    f_ts = events["ts"].to_numpy()[fidx]
+    f_ts = ts[fpos]
 
     fk = np.flatnonzero(c["type"] == am.FORK)
     forks = list(zip(c["pid"][fk].tolist(), c["child"][fk].tolist()))
@@ -300,9 +322,9 @@ def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STA
     if len(chains):
         mmap_lin[chains.mmap_rows] = V["lin_rank"][len(M.lin_bnd) + np.arange(len(chains))]
     tstack = as_touch.thread_stacks(etype, eref, epid, c, mmap_lin, page_size)
-    retry = _exec_faults(events, fidx, f_pid, cidx, c)
-    return assemble(events, V, tstack, as_versions.heap_log(M), M.state_log, fidx, f_pid, f_addr, f_key,
-                    page_size, retry)
+    retry = _exec_faults(events, fidx, fpos, f_pid, c)
+    return assemble(events, at, V, tstack, as_versions.heap_log(M), M.state_log, fidx, f_pid,
+                    f_addr, f_key, page_size, retry)
 
 
 class _Replay:
@@ -427,7 +449,7 @@ class _Replay:
         return True
 
 
-def _exec_faults(events, fidx, f_pid, cidx, c) -> tuple[np.ndarray, np.ndarray]:
+def _exec_faults(events, fidx, fpos, f_pid, c) -> tuple[np.ndarray, np.ndarray]:
     """Faults taken inside execve after the new mm is in place (fs/exec.c:
     begin_new_exec -> exec_mmap, then the ELF loader's padzero and stack
     set-up): kernel-mode faults of the exec'ing thread after its last
@@ -437,8 +459,8 @@ def _exec_faults(events, fidx, f_pid, cidx, c) -> tuple[np.ndarray, np.ndarray]:
     execs = np.flatnonzero(c["type"] == am.EXEC).tolist()
     if not execs or not len(fidx):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    f_tid = events["tid"].to_numpy()[fidx]
-    user = _num(events["ip"].iloc[fidx], "uint64", 0) < np.uint64(KERNEL_SPACE)
+    f_tid = events["tid"].to_numpy()[fpos]
+    user = _num(events["ip"], "uint64", 0, fpos) < np.uint64(KERNEL_SPACE)
     pid_of = c["pid"]
     idx, keys = [], []
     for k in execs:

@@ -43,7 +43,7 @@ class Chains:
     then time; parent is an index into v or -1)."""
 
     def __init__(self) -> None:
-        self.entries = np.zeros(0, np.int64)
+        self.entries = np.zeros(0, np.int64)       # unordered
         self.start = np.zeros(0, np.int64)        # per chain: the mmap's entry
         self.acq_ent = self.acq_chain = np.zeros(0, np.int64)
         self.acq_lo = self.acq_hi = np.zeros(0, np.uint64)
@@ -193,11 +193,10 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
         (f & np.uint64(vk.MAP_TYPE)) == vk.MAP_SHARED_VALIDATE)
     first = np.ones(len(chain), bool)
     first[1:] = chain[1:] != chain[:-1]
-    paths = c["path"]
-    path = np.empty(len(chain), object)
-    path[:] = [vk.SHARED_ANON if a and s else (None if a else paths[x])
-               for a, s, x in zip(anon.tolist(), shared_.tolist(), rr.tolist())] \
-        if len(chain) else []
+    path = np.full(len(chain), None, object)
+    path[anon & shared_] = vk.SHARED_ANON
+    named = np.flatnonzero(~anon)
+    path[named] = [c["path"][x] for x in rr[named].tolist()]
     out.v = {"chain": chain, "pid": epid[ent].astype(np.int64), "start": V[2], "end": V[3],
              "prot": V[4].astype(np.int64), "shared": shared_, "file": ~anon | shared_,
              "off": np.where(anon, 0, c["off"][rr]).astype(np.uint64),
@@ -212,7 +211,7 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
     out.acq_chain, out.acq_ent = cid[A[0][a_ok]], A[1][a_ok]
     out.acq_lo, out.acq_hi = A[2][a_ok], A[3][a_ok]
     mine = ok[cat[0]] if len(cat[0]) else np.zeros(0, bool)
-    out.entries = np.sort(np.concatenate([ch[vm], cat[1][mine]]))
+    out.entries = np.concatenate([ch[vm], cat[1][mine]])
     return out
 
 

@@ -136,56 +136,56 @@ class AddressSpaces:
         cls = np.where(codes >= 0, _CLASS_CODE[np.maximum(codes, 0)], -1)
         dts = v["destroyed"].array[sel]
         dead = ~dts.isna()
-        nb, nd = len(sel), int(dead.sum())
-        # one row per change: births (+size), deaths (-size), faults, heap
-        key = [self._bnd[sel], self._dbnd[sel][dead]]
+        # the events that change pid's memory: births (+size, in bnd order),
+        # deaths (-size), faults, heap changes; one output row per event
+        b_key = self._bnd[sel]
+        d_o = np.argsort(self._dbnd[sel][dead], kind="stable")
+        d_key = self._dbnd[sel][dead][d_o]
+        keys = [b_key, d_key]
         ts = [v["created"].to_numpy()[sel].astype(np.uint64),
-              dts.to_numpy(np.uint64, na_value=0)[dead]]
-        delta = {"mapped": [size, -size[dead]]}
-        for k, c in enumerate(("anon", "file", "shm")):
-            d = np.where(cls == k, size, 0)
-            delta["mapped_" + c] = [d, -d[dead]]
-        for c in ("minor_faults", "major_faults", "pages_touched"):
-            delta[c] = [np.zeros(nb, np.int64), np.zeros(nd, np.int64)]
-        heap = [np.full(nb + nd, np.nan)]
+              dts.to_numpy(np.uint64, na_value=0)[dead][d_o]]
         f = self.faults
         fsel = np.flatnonzero(f["pid"].to_numpy() == pid)
-        if len(fsel):
-            major = f["major"].to_numpy(dtype=bool, na_value=False)[fsel]
-            vid = f["vma_id"].to_numpy(dtype=np.int64, na_value=-1)[fsel]
-            page = f["addr"].to_numpy(np.uint64)[fsel] // np.uint64(self._page)
-            lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
-            new = ~pd.DataFrame({"l": lin, "p": page}).duplicated().to_numpy() & (vid >= 0)
-            key.append(self._fkey[fsel])
-            ts.append(f["ts"].to_numpy(np.uint64)[fsel])
-            zero = np.zeros(len(fsel), np.int64)
-            for c in ("mapped", "mapped_anon", "mapped_file", "mapped_shm"):
-                delta[c].append(zero)
-            delta["minor_faults"].append((~major).astype(np.int64))
-            delta["major_faults"].append(major.astype(np.int64))
-            delta["pages_touched"].append(new.astype(np.int64))
-            heap.append(np.full(len(fsel), np.nan))
-        b = self._brk[self._brk["pid"].to_numpy() == pid]
-        if len(b):
-            key.append(2 * b["pos"].to_numpy(np.int64) + 1)
-            ts.append(b["ts"].to_numpy(np.uint64))
-            zero = np.zeros(len(b), np.int64)
-            for c in delta:
-                delta[c].append(zero)
-            # -1: unknown from here on (the forward fill keeps NaN gaps)
-            heap.append(b["heap"].to_numpy(np.float64, na_value=-1))
-        key = np.concatenate(key)
+        f_key = self._fkey[fsel]
+        keys.append(f_key)
+        ts.append(f["ts"].to_numpy(np.uint64)[fsel])
+        hb = self._brk[self._brk["pid"].to_numpy() == pid]
+        h_key = 2 * hb["pos"].to_numpy(np.int64) + 1
+        keys.append(h_key)
+        ts.append(hb["ts"].to_numpy(np.uint64))
+        key = np.concatenate(keys)
         o = np.argsort(key, kind="stable")
-        key = key[o]
-        h = np.concatenate(heap)[o]
-        known = np.where(np.isnan(h), 0, np.arange(len(h)))
-        h = h[np.maximum.accumulate(known)] if len(h) else h
-        h[h == -1.0] = np.nan
-        row = key >> 1                           # one row per event (growth + its fault)
+        row = key[o] >> 1                         # one row per event (growth + its fault)
         last = np.ones(len(row), bool)
         last[:-1] = row[1:] != row[:-1]
-        out = {c: np.cumsum(np.concatenate(d)[o])[last] for c, d in delta.items()}
-        out["heap"] = h[last]
+
+        # per source: how many of its events (sorted by key) each row includes
+        src = np.repeat(np.arange(4, dtype=np.int8), [len(k) for k in keys])[o]
+        n_b, n_d, n_f, n_h = (np.cumsum(src == k, dtype=np.int64)[last] for k in range(4))
+
+        def total(n: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            """Sum of delta over a source's first n events, per row."""
+            return np.concatenate([[0], np.cumsum(delta)])[n]
+        out = {"mapped": total(n_b, size) - total(n_d, size[dead][d_o])}
+        for k, c in enumerate(("anon", "file", "shm")):
+            d = np.where(cls == k, size, 0)
+            out["mapped_" + c] = total(n_b, d) - total(n_d, d[dead][d_o])
+        if len(fsel):
+            major = f["major"].array[fsel].to_numpy(dtype=bool, na_value=False)
+            vid = f["vma_id"].array[fsel].to_numpy(dtype=np.int64, na_value=-1)
+            page = f["addr"].array[fsel].to_numpy(np.uint64) // np.uint64(self._page)
+            lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
+            new = ~pd.DataFrame({"l": lin, "p": page}).duplicated().to_numpy() & (vid >= 0)
+        else:
+            major = new = np.zeros(0, bool)
+        out["minor_faults"] = total(n_f, (~major).astype(np.int64))
+        out["major_faults"] = total(n_f, major.astype(np.int64))
+        out["pages_touched"] = total(n_f, new.astype(np.int64))
+        # heap: the last change's value (-1 there: unknown from then on)
+        h = np.concatenate([[np.nan], hb["heap"].to_numpy(np.float64, na_value=-1)])
+        h = h[n_h]
+        h[h == -1.0] = np.nan
+        out["heap"] = h
         index = pd.Index(np.concatenate(ts)[o][last], dtype=np.uint64, name="ts")
         return pd.DataFrame({c: out[c] for c in _TIMELINE_COLS}, index=index)
 
@@ -198,6 +198,9 @@ def _attributor(V: dict, page_size: int):
     loop = np.flatnonzero(~V["bulk"])
     bulk = np.flatnonzero(V["bulk"])
     pids = np.unique(pid)
+    # the address ranges any bulk version ever covered (merged): a point
+    # outside them needs no join (most instruction pointers)
+    lo, hi = _union(start[bulk], end[bulk])
 
     def attribute(f_pid: np.ndarray, f_addr: np.ndarray, f_key: np.ndarray) -> np.ndarray:
         vid = as_faults.attribute(pid[loop], start[loop], end[loop], bnd[loop], dbnd[loop],
@@ -205,22 +208,37 @@ def _attributor(V: dict, page_size: int):
         hit = vid >= 0
         vid[hit] = loop[vid[hit]]
         if len(bulk):
-            fc = np.searchsorted(pids, f_pid)
-            known = (fc < len(pids)) & (pids[np.minimum(fc, len(pids) - 1)] == f_pid)
+            k = np.searchsorted(hi, f_addr, "right")
+            pts = np.flatnonzero((k < len(hi)) & (f_addr >= lo[np.minimum(k, len(lo) - 1)]))
+            fp = f_pid[pts]
+            fc = np.searchsorted(pids, fp)
+            known = (fc < len(pids)) & (pids[np.minimum(fc, len(pids) - 1)] == fp)
             fi, vv = as_faults.attribute_windows(
                 np.searchsorted(pids, pid[bulk]), start[bulk], end[bulk], bnd[bulk],
-                dbnd[bulk], bulk, np.where(known, fc, len(pids)), f_addr, f_key)
-            vid[fi] = vv
+                dbnd[bulk], bulk, np.where(known, fc, len(pids)), f_addr[pts], f_key[pts])
+            vid[pts[fi]] = vv
         return vid
     return attribute
 
 
-def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.DataFrame,
-             state_log: list, fidx: np.ndarray, f_pid: np.ndarray, f_addr: np.ndarray,
-             f_key: np.ndarray, page_size: int,
+def _union(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of [start, end) ranges as sorted disjoint [lo, hi)."""
+    if not len(start):
+        return start, end
+    o = np.argsort(start, kind="stable")
+    s, e = start[o], np.maximum.accumulate(end[o])
+    new = np.ones(len(s), bool)
+    new[1:] = s[1:] > e[:-1]
+    first = np.flatnonzero(new)
+    return s[first], e[np.append(first[1:] - 1, len(s) - 1)]
+
+
+def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarray,
+             heap: pd.DataFrame, state_log: list, fidx: np.ndarray, f_pid: np.ndarray,
+             f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
              retry: tuple[np.ndarray, np.ndarray] | None = None) -> AddressSpaces:
     """The frames from the versions V (tracer.as_versions.merge) and the
-    faults (row positions fidx); retry: (fault indices, keys) to attribute
+    faults (positions fidx in ts order; at: ts order -> events' rows); retry: (fault indices, keys) to attribute
     again at another time if the first attribution found nothing (the
     faults inside execve)."""
     nv = len(V["pid"])
@@ -232,7 +250,8 @@ def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.Dat
     path = _fill_by_lineage(lin, file, V["path"])
     inode = _fill_by_lineage(lin, file, V["inode"])
     tstack = np.isin(lin, tstack_lin)
-    kind = vk.classify(path, prot, shared, file, tstack)
+    pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
+    kind = vk.classify(path, prot, shared, file, tstack, (pcodes, pcats))
     bnd, dbnd = V["bnd"], V["d_bnd"]
     attribute = _attributor(V, page_size)
 
@@ -246,7 +265,7 @@ def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.Dat
         vid[ri] = attribute(f_pid[ri], f_addr[ri], rk)
     hit = vid >= 0
     hv = vid[hit]
-    ev_f = events[as_faults_cols(events)].iloc[fidx]
+    ev_f = events[as_faults_cols(events)].iloc[at[fidx]]
     major = ev_f["major"].to_numpy(dtype=bool, na_value=False)
     ec = ev_f["error_code"].to_numpy(dtype=np.int64, na_value=-1)
     acc = np.where(ec < 0, -1, vk.access_codes(np.maximum(ec, 0))).astype(np.int8)
@@ -266,13 +285,16 @@ def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.Dat
     if hit.any():
         first[hit] = as_faults.first_touch(base[hv] + fpage[hit] - spage[hv])
 
-    cause = events.index.to_numpy()[V["cause"]] if nv else []
+    cause = events.index.to_numpy()[at[V["cause"]]] if nv else []
     dead = V["dead"]
+    # path as strings: the distinct names converted once (also the faults' path)
+    path_str = pd.array(np.asarray(pcats, dtype=object), dtype="str").take(pcodes,
+                                                                          allow_fill=True)
     parent = V["parent"]
     vmas = pd.DataFrame({
         "vma_id": np.arange(nv, dtype=np.int64), "pid": pid, "start": start, "end": end,
         "size": end - start, "prot": prot, "perms": vk.perms_array(prot, shared),
-        "shared": shared, "kind": kind, "path": pd.array(path, dtype="str"),
+        "shared": shared, "kind": kind, "path": path_str,
         "offset": V["off"], "inode": _nullable_int(inode, pd.isna(inode), np.uint64),
         "fd": _nullable_int(V["fd"], ~V["fd_ok"], np.int32), "file": file,
         "created": V["ts"],
@@ -287,13 +309,12 @@ def assemble(events: pd.DataFrame, V: dict, tstack_lin: np.ndarray, heap: pd.Dat
         "faults": count(), "minor": count(~major), "major": count(major),
         "read": count(acc == 0), "write": count(acc == 1), "exec": count(acc == 2),
         "pages_touched": count(first), "rss_pages": count(weights=rss.astype(np.float64)),
-    })
+    }, copy=False)
 
     faults = ev_f
     faults["vma_id"] = pd.arrays.IntegerArray(np.maximum(vid, 0), ~hit)
     kc = np.where(hit, kind.codes[np.maximum(vid, 0)] if nv else -1, -1)
     faults["vma_kind"] = pd.Categorical.from_codes(kc, dtype=vk.KIND_DTYPE)
-    pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
     fp = np.where(hit, pcodes[np.maximum(vid, 0)] if nv else -1, -1)
     faults["path"] = pd.Categorical.from_codes(fp, categories=pcats.astype(str))
     isfile = hit & (kc == vk.KINDS.index("file"))

@@ -16,6 +16,7 @@ event order alone (as_process.Model.thread's rule, in bulk).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from tracer import as_model as am
 from tracer import vma_kinds as vk
@@ -131,7 +132,7 @@ def entry_touches(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, c: dict
         add(gr, epid[gr], glo, np.maximum(ghi, fa + np.uint64(1)))
     e = np.concatenate(parts_e)
     p = np.concatenate(parts_p).astype(np.int64)
-    pids = np.unique(np.concatenate([epid.astype(np.int64), p, c["child"]]))
+    pids = np.unique(np.concatenate([pd.unique(epid), pd.unique(c["child"])]).astype(np.int64))
     return Touches(e, p, np.concatenate(parts_lo), np.concatenate(parts_hi), etype[e], pids)
 
 
@@ -175,13 +176,15 @@ def thread_stacks(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, c: dict
     thr = t == am.THREAD
     if not thr.any():
         return np.array(sorted(stacks), np.int64)
-    # each thread's rows that set (1), drop (0) or take (2) its candidate
+    # the rows of the threads that create threads which set (1), drop (0)
+    # or take (2) the candidate
+    tkey_all = (epid[ch].astype(np.int64) << np.int64(32)) | (c["tid"][r] & 0xffffffff)
     drop = (made & ~anon_priv) | ((t == am.MUNMAP) & (ret == 0) & (
         c["addr"][r] % np.uint64(page) == 0)) | ((t == am.MREMAP) & (ret >= 0)) | (
         (t == am.BRK) & (ret > 0))
-    sel = np.flatnonzero(drop | anon_priv | thr)
+    sel = np.flatnonzero((drop | anon_priv | thr) & np.isin(tkey_all, np.unique(tkey_all[thr])))
     kind = np.where(thr[sel], 2, np.where(anon_priv[sel], 1, 0))
-    tkey = (epid[ch[sel]].astype(np.int64) << np.int64(32)) | (c["tid"][r[sel]] & 0xffffffff)
+    tkey = tkey_all[sel]
     o = np.lexsort((ch[sel], tkey))
     sel, kind, tkey = sel[o], kind[o], tkey[o]
     k = np.flatnonzero(kind == 2)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tracer import as_faults
+from tracer.as_model import ROW_COLS
 
 _FIELDS = (("pid", np.int64, 0), ("start", np.uint64, 0), ("end", np.uint64, 0),
            ("prot", np.int64, 0), ("shared", bool, False), ("file", bool, False),
@@ -25,64 +26,72 @@ _FIELDS = (("pid", np.int64, 0), ("start", np.uint64, 0), ("end", np.uint64, 0),
 def merge(M, chains) -> dict[str, np.ndarray]:
     """Every version, sorted by vma_id: the _FIELDS plus path and inode
     (object arrays), dead (has an end), bulk (made by a fast path, so
-    attributed by as_faults.attribute_windows) and mmap_lin (lineage per
-    provisional mmap lineage, see lineage_map)."""
+    attributed by as_faults.attribute_windows) and lin_rank (final lineage
+    of each provisional one: the loop's, then one per chain)."""
     nl, nc = M.nv, len(chains.v.get("pid", ()))
     nv = nl + nc
-    col = {name: np.full(nv, na, dt) for name, dt, na in _FIELDS}
-    bulk = np.zeros(nv, bool)
-    if M.rows:
-        rows = list(zip(*M.rows))
-        vid = np.array(rows[0], np.int64)
-        for k, name in enumerate(("pid", "start", "end", "prot", "shared", "file", "off")):
-            col[name][vid] = rows[k + 1]
-        fd = rows[8]
-        col["fd_ok"][vid] = [x is not None for x in fd]
-        col["fd"][vid] = [-1 if x is None else x for x in fd]
-        for k, name in enumerate(("lin", "ts", "bnd", "by", "cause"), 9):
-            col[name][vid] = rows[k]
-        col["parent"][vid] = [-1 if x is None else x for x in rows[14]]
-    if M.dead:
-        dv = np.fromiter(M.dead.keys(), np.int64, len(M.dead))
-        d = list(zip(*M.dead.values()))
-        col["d_ts"][dv], col["d_bnd"][dv], col["d_by"][dv] = d[0], d[1], d[2]
+    rows = list(zip(*M.rows)) if M.rows else None
+    # the final order first: by bnd, ties in provisional id order
+    bnd = np.zeros(nv, np.int64)
+    if rows:
+        bnd[np.array(rows[0], np.int64)] = rows[ROW_COLS.index("bnd")]
     for b in M.blocks:
-        vid = b["vid"]
-        for name, _, _ in _FIELDS:
-            col[name][vid] = b[name]
-        bulk[vid] = True
+        bnd[b["vid"]] = b["bnd"]
+    if nc:
+        bnd[nl:] = chains.v["bnd"]
+    order = np.argsort(bnd, kind="stable")
+    rank = np.empty(nv, np.int64)
+    rank[order] = np.arange(nv)
+    out = {name: np.full(nv, na, dt) for name, dt, na in _FIELDS}
+    bulk = np.zeros(nv, bool)
     path = np.empty(nv, object)
     inode = np.empty(nv, object)
-    path[:nl] = M.vpath
-    inode[:nl] = M.vinode
+    if rows:
+        at = rank[np.array(rows[0], np.int64)]
+        for k, name in enumerate(("pid", "start", "end", "prot", "shared", "file", "off"), 1):
+            out[name][at] = rows[k]
+        out["fd_ok"][at] = [x is not None for x in rows[8]]
+        out["fd"][at] = [-1 if x is None else x for x in rows[8]]
+        for k, name in enumerate(("lin", "ts", "bnd", "by", "cause"), 9):
+            out[name][at] = rows[k]
+        out["parent"][at] = [-1 if x is None else x for x in rows[14]]
+    if M.dead:
+        at = rank[np.fromiter(M.dead.keys(), np.int64, len(M.dead))]
+        d = list(zip(*M.dead.values()))
+        out["d_ts"][at], out["d_bnd"][at], out["d_by"][at] = d[0], d[1], d[2]
+    for b in M.blocks:
+        at = rank[b["vid"]]
+        for name, _, _ in _FIELDS:
+            out[name][at] = b[name]
+        bulk[at] = True
+    at = rank[:nl]
+    path[at] = M.vpath
+    inode[at] = M.vinode
     n_lin = len(M.lin_bnd)
     if nc:
         v = chains.v
-        sl = slice(nl, nv)
+        at = rank[nl:]
         for name, _, _ in _FIELDS:
             if name in v:
-                col[name][sl] = v[name]
-        col["lin"][sl] = n_lin + v["chain"]
-        col["parent"][sl] = np.where(v["parent"] >= 0, nl + v["parent"], -1)
-        path[sl] = v["path"]
-        bulk[sl] = True
-    order = np.lexsort((np.arange(nv), col["bnd"]))
-    rank = np.empty(nv, np.int64)
-    rank[order] = np.arange(nv)
-    out = {name: a[order] for name, a in col.items()}
-    out["parent"] = np.where(out["parent"] >= 0, rank[np.maximum(out["parent"], 0)], -1)
+                out[name][at] = v[name]
+        out["lin"][at] = n_lin + v["chain"]
+        out["parent"][at] = np.where(v["parent"] >= 0, nl + v["parent"], -1)
+        path[at] = v["path"]
+        bulk[at] = True
+    par = out["parent"]
+    out["parent"] = np.where(par >= 0, rank[np.maximum(par, 0)], -1)
     # lineages: by the bnd of their first version (chains: their mmap's)
     birth = np.concatenate([np.array(M.lin_bnd, np.int64),
                             np.asarray(chains.v["bnd"][chains.v["parent"] < 0], np.int64)
                             if nc else np.zeros(0, np.int64)])
-    lorder = np.lexsort((np.arange(len(birth)), birth))
+    lorder = np.argsort(birth, kind="stable")
     lrank = np.empty(len(birth), np.int64)
     lrank[lorder] = np.arange(len(birth))
     out["lin"] = lrank[out["lin"]] if nv else out["lin"]
     out["lin_rank"] = lrank
-    out["path"], out["inode"] = path[order], inode[order]
+    out["path"], out["inode"] = path, inode
     out["dead"] = out["d_bnd"] != as_faults.ALIVE
-    out["bulk"] = bulk[order]
+    out["bulk"] = bulk
     return out
 
 
