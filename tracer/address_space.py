@@ -229,6 +229,7 @@ _COLS = (("addr", "uint64", 0), ("len", "uint64", 0), ("prot", "int64", 0),
          ("flags", "uint64", 0), ("fd", "int64", -1), ("off", "uint64", 0),
          ("new_len", "uint64", 0), ("ret", "int64", -1), ("child", "int64", -1))
 _MAX_TRIES = 3       # builds with fewer chains after a chain's range was found taken
+_BRK_COLS = ("pos", "ts", "pid", "ret")      # what the loop reads of a brk row
 
 
 def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STACK_LIMIT,
@@ -347,16 +348,13 @@ class _Replay:
         b = np.flatnonzero(etype == am.BRK)
         b = b[c["ret"][eref[b]] > 0]
         self.runs = as_touch.BrkRuns(self.T, b, epid[b], c["ret"][eref[b]], self.page)
-        fc = np.searchsorted(self.T.pids, self.f_pid.astype(np.int64))
-        self.fault_keys = np.sort((fc.astype(np.int64) << np.int64(41)) | self.f_key)
 
     def run(self, fast: bool, exclude: set):
         """(model, chains, mmap entries whose chain found its range taken)."""
         etype, eref, epid, ebnd = self.etype, self.eref, self.epid, self.ebnd
         chains = as_chains.Chains()
         if fast:
-            chains = as_chains.find(etype, eref, epid, ebnd, self.c, self.T, self.fault_keys,
-                                    self.page, exclude)
+            chains = as_chains.find(etype, eref, epid, ebnd, self.c, self.T, self.page, exclude)
         # the loop's entries: all but the chains', plus a CHECK per range a chain takes
         keep = np.ones(len(etype), bool)
         keep[chains.entries] = False
@@ -366,11 +364,13 @@ class _Replay:
         o = np.argsort(ent, kind="stable")
         ent, typ, ref = ent[o], typ[o], ref[o]
         # the loop reads scalars: Python lists of its own rows only are much
-        # faster to index than numpy arrays
+        # faster to index than numpy arrays; brk rows (last) need few columns
         ch = np.flatnonzero(typ < am.SNAP)
+        ch = np.concatenate([ch[typ[ch] != am.BRK], ch[typ[ch] == am.BRK]])
         rows = ref[ch]
-        c = {k: ([v[x] for x in rows.tolist()] if k == "path" else v[rows].tolist())
-             for k, v in self.c.items()}
+        other = rows[:int((typ[ch] != am.BRK).sum())]
+        c = {k: ([v[x] for x in other.tolist()] if k == "path" else
+                 v[rows if k in _BRK_COLS else other].tolist()) for k, v in self.c.items()}
         ref[ch] = np.arange(len(ch))
         return self._loop(ent.tolist(), typ.tolist(), ref.tolist(), c, chains, fast)
 

@@ -20,8 +20,8 @@ A chain is taken only if that is provably the loop's result:
   mapping of the loop at that moment: checked by the loop itself (CHECK
   entries), since only the loop knows its state; if one does, the model is
   built again without that chain (address_space.build).
-Caps (MAX_WINDOW, MAX_FAULTS) keep the bulk joins small; a chain beyond
-them is replayed by the loop as any other.
+A cap (MAX_WINDOW) keeps the isolation check small; a chain beyond it is
+replayed by the loop as any other.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from tracer.as_touch import Touches, _align
 
 MAX_STEPS = 16           # calls after the mmap
 MAX_WINDOW = 4096        # touch records of the process between two calls of a chain
-MAX_FAULTS = 8192        # faults of the process during one version (the fault join's size)
 _BIG = np.uint64(1 << 60)
 
 
@@ -55,11 +54,10 @@ class Chains:
 
 
 def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray, c: dict,
-         T: Touches, fault_keys: np.ndarray, page: int, exclude: set) -> Chains:
+         T: Touches, page: int, exclude: set) -> Chains:
     """The chains among the entries (address_space.build's arrays; c the
-    change rows as numpy arrays plus "path", a list). fault_keys: sorted
-    (pid code << 41 | fault key), for the cap on faults. exclude: mmap
-    entries not to start a chain at."""
+    change rows as numpy arrays plus "path", a list). exclude: mmap entries
+    not to start a chain at."""
     out = Chains()
     ch = np.flatnonzero(etype < am.SNAP)
     r = eref[ch]
@@ -173,14 +171,6 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
     V = [x[has] for x in V]
     K = [x[ok[K[0]]] for x in K]
     ent, dent, dby = V[1], K[1], K[2]
-    # the fault join's size
-    fk_lo = np.searchsorted(fault_keys, (code[V[0]] << np.int64(41)) | ebnd[ent])
-    fk_hi = np.searchsorted(fault_keys, (code[V[0]] << np.int64(41)) | ebnd[dent])
-    heavy = np.unique(V[0][fk_hi - fk_lo > MAX_FAULTS])
-    if len(heavy):
-        ok[heavy] = False
-        keep = ok[V[0]]
-        V, ent, dent, dby = [x[keep] for x in V], ent[keep], dent[keep], dby[keep]
     # number the chains taken in order of their mmap; write the versions
     cid = np.cumsum(ok) - 1
     vm = m[ok]

@@ -115,22 +115,14 @@ def first_touch(keys: np.ndarray) -> np.ndarray:
     return ~pd.Series(keys, copy=False).duplicated().to_numpy()
 
 
-def attribute_windows(v_code: np.ndarray, v_start: np.ndarray, v_end: np.ndarray,
-                      v_bnd: np.ndarray, v_dbnd: np.ndarray, v_id: np.ndarray,
-                      f_code: np.ndarray, f_addr: np.ndarray,
-                      f_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fault indices, vma_ids) of the faults inside versions known to have
-    ended (those made in bulk: tracer.as_chains, Core.brk_run), joined on
-    the process and the version's lifetime [bnd, dbnd), then the address.
-    Its size is the faults of the process during each version's life."""
-    if len(v_id) == 0 or len(f_key) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    fk = (f_code.astype(np.int64) << np.int64(41)) | f_key.astype(np.int64)
-    fo = np.argsort(fk, kind="stable")
-    fk = fk[fo]
-    vc = v_code.astype(np.int64) << np.int64(41)
-    lo = np.searchsorted(fk, vc | v_bnd)
-    n = np.searchsorted(fk, vc | v_dbnd) - lo
+def window_join(lo: np.ndarray, n: np.ndarray, fo: np.ndarray, f_addr: np.ndarray,
+                v_start: np.ndarray, v_end: np.ndarray,
+                v_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(point indices, vma_ids) of the points inside versions known to have
+    ended, each version given the points on its lifetime [bnd, dbnd) of its
+    process: fo[lo:lo + n]; kept where the address is inside. Its size is
+    n.sum(). Exact for any subset of the versions: alive versions of one
+    process never overlap."""
     tot = int(n.sum())
     if not tot:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -139,3 +131,12 @@ def attribute_windows(v_code: np.ndarray, v_start: np.ndarray, v_end: np.ndarray
     a = f_addr[fi]
     hit = (a >= v_start[v]) & (a < v_end[v])
     return fi[hit], v_id[v[hit]]
+
+
+def key_order(code: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The order of (code, key): a stable sort on code alone when key is
+    already ascending (the faults are)."""
+    if len(key) and (key[1:] < key[:-1]).any():
+        return np.lexsort((key, code))
+    small = code.astype(np.int16) if len(code) == 0 or code.max() < (1 << 15) else code
+    return np.argsort(small, kind="stable")

@@ -191,46 +191,50 @@ class AddressSpaces:
 
 
 def _attributor(V: dict, page_size: int):
-    """attribute(f_pid, f_addr, f_key) -> vma_id per point (NO_VMA if none):
-    the loop's versions by as_faults.attribute, the versions made in bulk
-    (chains, heap runs; ended by construction) by a join on their lifetime."""
+    """attribute(f_pid, f_addr, f_key) -> vma_id per point (NO_VMA if none).
+
+    A version that ended and had few of the points of its process during
+    its life is joined to them on its lifetime (as_faults.window_join); the
+    others -- long-lived ones: the program, libraries, stacks -- go through
+    as_faults.attribute, one step per version. Few: the join's size (points
+    per version, summed) within a budget, versions with fewest first."""
     pid, start, end, bnd, dbnd = V["pid"], V["start"], V["end"], V["bnd"], V["d_bnd"]
-    loop = np.flatnonzero(~V["bulk"])
-    bulk = np.flatnonzero(V["bulk"])
-    pids = np.unique(pid)
-    # the address ranges any bulk version ever covered (merged): a point
-    # outside them needs no join (most instruction pointers)
-    lo, hi = _union(start[bulk], end[bulk])
+    pids = np.sort(pd.unique(pid))
+    ended = np.flatnonzero(V["dead"])
+    vc = np.searchsorted(pids, pid[ended]).astype(np.int64) << np.int64(41)
+    v_lo, v_hi = vc | bnd[ended], vc | dbnd[ended]
 
     def attribute(f_pid: np.ndarray, f_addr: np.ndarray, f_key: np.ndarray) -> np.ndarray:
+        fc = _codes(pids, f_pid)
+        fo = as_faults.key_order(fc, f_key)
+        fk = ((fc << np.int64(41)) | f_key)[fo]
+        first = np.searchsorted(fk, v_lo)
+        n = np.searchsorted(fk, v_hi) - first
+        budget = 2 * len(f_key) + (1 << 16)
+        fits = np.ones(len(ended), bool)
+        if n.sum() > budget:
+            o = np.argsort(n, kind="stable")
+            fits[o[np.cumsum(n[o]) > budget]] = False
+        join = ended[fits]
+        paint = np.ones(len(pid), bool)
+        paint[join] = False
+        loop = np.flatnonzero(paint)
         vid = as_faults.attribute(pid[loop], start[loop], end[loop], bnd[loop], dbnd[loop],
                                   f_pid, f_addr, f_key, page_size)
         hit = vid >= 0
         vid[hit] = loop[vid[hit]]
-        if len(bulk):
-            k = np.searchsorted(hi, f_addr, "right")
-            pts = np.flatnonzero((k < len(hi)) & (f_addr >= lo[np.minimum(k, len(lo) - 1)]))
-            fp = f_pid[pts]
-            fc = np.searchsorted(pids, fp)
-            known = (fc < len(pids)) & (pids[np.minimum(fc, len(pids) - 1)] == fp)
-            fi, vv = as_faults.attribute_windows(
-                np.searchsorted(pids, pid[bulk]), start[bulk], end[bulk], bnd[bulk],
-                dbnd[bulk], bulk, np.where(known, fc, len(pids)), f_addr[pts], f_key[pts])
-            vid[pts[fi]] = vv
+        fi, vv = as_faults.window_join(first[fits], n[fits], fo, f_addr, start[join],
+                                       end[join], join)
+        vid[fi] = vv
         return vid
     return attribute
 
 
-def _union(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The union of [start, end) ranges as sorted disjoint [lo, hi)."""
-    if not len(start):
-        return start, end
-    o = np.argsort(start, kind="stable")
-    s, e = start[o], np.maximum.accumulate(end[o])
-    new = np.ones(len(s), bool)
-    new[1:] = s[1:] > e[:-1]
-    first = np.flatnonzero(new)
-    return s[first], e[np.append(first[1:] - 1, len(s) - 1)]
+def _codes(pids: np.ndarray, pid: np.ndarray) -> np.ndarray:
+    """The rank of each pid among pids; len(pids) for one not there."""
+    c = np.searchsorted(pids, pid)
+    ok = (c < len(pids)) & (pids[np.minimum(c, len(pids) - 1)] == pid)
+    return np.where(ok, c, len(pids)).astype(np.int64)
 
 
 def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarray,

@@ -25,9 +25,8 @@ _FIELDS = (("pid", np.int64, 0), ("start", np.uint64, 0), ("end", np.uint64, 0),
 
 def merge(M, chains) -> dict[str, np.ndarray]:
     """Every version, sorted by vma_id: the _FIELDS plus path and inode
-    (object arrays), dead (has an end), bulk (made by a fast path, so
-    attributed by as_faults.attribute_windows) and lin_rank (final lineage
-    of each provisional one: the loop's, then one per chain)."""
+    (object arrays), dead (has an end) and lin_rank (final lineage of each
+    provisional one: the loop's, then one per chain)."""
     nl, nc = M.nv, len(chains.v.get("pid", ()))
     nv = nl + nc
     rows = list(zip(*M.rows)) if M.rows else None
@@ -43,7 +42,6 @@ def merge(M, chains) -> dict[str, np.ndarray]:
     rank = np.empty(nv, np.int64)
     rank[order] = np.arange(nv)
     out = {name: np.full(nv, na, dt) for name, dt, na in _FIELDS}
-    bulk = np.zeros(nv, bool)
     path = np.empty(nv, object)
     inode = np.empty(nv, object)
     if rows:
@@ -63,7 +61,6 @@ def merge(M, chains) -> dict[str, np.ndarray]:
         at = rank[b["vid"]]
         for name, _, _ in _FIELDS:
             out[name][at] = b[name]
-        bulk[at] = True
     at = rank[:nl]
     path[at] = M.vpath
     inode[at] = M.vinode
@@ -77,7 +74,6 @@ def merge(M, chains) -> dict[str, np.ndarray]:
         out["lin"][at] = n_lin + v["chain"]
         out["parent"][at] = np.where(v["parent"] >= 0, nl + v["parent"], -1)
         path[at] = v["path"]
-        bulk[at] = True
     par = out["parent"]
     out["parent"] = np.where(par >= 0, rank[np.maximum(par, 0)], -1)
     # lineages: by the bnd of their first version (chains: their mmap's)
@@ -91,7 +87,6 @@ def merge(M, chains) -> dict[str, np.ndarray]:
     out["lin_rank"] = lrank
     out["path"], out["inode"] = path, inode
     out["dead"] = out["d_bnd"] != as_faults.ALIVE
-    out["bulk"] = bulk
     return out
 
 
