@@ -190,42 +190,71 @@ class AddressSpaces:
         return pd.DataFrame({c: out[c] for c in _TIMELINE_COLS}, index=index)
 
 
-def _attributor(V: dict, page_size: int):
-    """attribute(f_pid, f_addr, f_key) -> vma_id per point (NO_VMA if none).
+_JOIN_MAX = 256          # points on a version's lifetime for it to be joined
 
-    A version that ended and had few of the points of its process during
-    its life is joined to them on its lifetime (as_faults.window_join); the
-    others -- long-lived ones: the program, libraries, stacks -- go through
-    as_faults.attribute, one step per version. Few: the join's size (points
-    per version, summed) within a budget, versions with fewest first."""
+
+def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
+    """attribute(p_pid, p_addr, p_key) -> vma_id per point (NO_VMA if none).
+
+    A version that ended and had few faults (f_pid, f_key: all of them) of
+    its process during its life is joined to the points on its lifetime
+    (as_faults.window_join); the others -- long-lived ones: the program,
+    libraries, stacks -- go through as_faults.attribute, one step per
+    version, first: a point it finds a version for is done (that version
+    is the one alive there), the others are joined. Few: at most _JOIN_MAX
+    (beyond, a step of the loop costs less than joining them) and the
+    join's size (points per version, summed) within a budget, versions with
+    fewest first; the versions beyond the budget of a call's points are
+    stepped through for those points."""
     pid, start, end, bnd, dbnd = V["pid"], V["start"], V["end"], V["bnd"], V["d_bnd"]
     pids = np.sort(pd.unique(pid))
     ended = np.flatnonzero(V["dead"])
     vc = np.searchsorted(pids, pid[ended]).astype(np.int64) << np.int64(41)
     v_lo, v_hi = vc | bnd[ended], vc | dbnd[ended]
 
-    def attribute(f_pid: np.ndarray, f_addr: np.ndarray, f_key: np.ndarray) -> np.ndarray:
-        fc = _codes(pids, f_pid)
-        fo = as_faults.key_order(fc, f_key)
-        fk = ((fc << np.int64(41)) | f_key)[fo]
-        first = np.searchsorted(fk, v_lo)
-        n = np.searchsorted(fk, v_hi) - first
-        budget = 2 * len(f_key) + (1 << 16)
-        fits = np.ones(len(ended), bool)
-        if n.sum() > budget:
-            o = np.argsort(n, kind="stable")
+    def joinable(sel: np.ndarray, p_pid: np.ndarray, p_key: np.ndarray):
+        """Of the versions ended[sel]: which fit for these points (a mask),
+        with their points fo[first:first + n]."""
+        fc = _codes(pids, p_pid)
+        fo = as_faults.key_order(fc, p_key)
+        fk = ((fc << np.int64(41)) | p_key)[fo]
+        first = np.searchsorted(fk, v_lo[sel])
+        n = np.searchsorted(fk, v_hi[sel]) - first
+        fits = n <= _JOIN_MAX
+        budget = 2 * len(p_key) + (1 << 16)
+        if n[fits].sum() > budget:
+            o = np.argsort(np.where(fits, n, _JOIN_MAX + 1), kind="stable")
             fits[o[np.cumsum(n[o]) > budget]] = False
-        join = ended[fits]
-        paint = np.ones(len(pid), bool)
-        paint[join] = False
-        loop = np.flatnonzero(paint)
+        return fits, first, n, fo
+
+    sel0 = np.flatnonzero(joinable(np.arange(len(ended)), f_pid, f_key)[0])
+    paint0 = np.ones(len(pid), bool)
+    paint0[ended[sel0]] = False
+    loop0 = np.flatnonzero(paint0)
+
+    def step(loop, p_pid, p_addr, p_key) -> np.ndarray:
         vid = as_faults.attribute(pid[loop], start[loop], end[loop], bnd[loop], dbnd[loop],
-                                  f_pid, f_addr, f_key, page_size)
+                                  p_pid, p_addr, p_key, page_size)
         hit = vid >= 0
         vid[hit] = loop[vid[hit]]
-        fi, vv = as_faults.window_join(first[fits], n[fits], fo, f_addr, start[join],
+        return vid
+
+    def attribute(p_pid: np.ndarray, p_addr: np.ndarray, p_key: np.ndarray) -> np.ndarray:
+        vid = step(loop0, p_pid, p_addr, p_key)
+        rest = np.flatnonzero(vid < 0)
+        if not len(rest) or not len(sel0):
+            return vid
+        r_pid, r_addr, r_key = p_pid[rest], p_addr[rest], p_key[rest]
+        fits, first, n, fo = joinable(sel0, r_pid, r_key)
+        join = ended[sel0[fits]]
+        fi, vv = as_faults.window_join(first[fits], n[fits], fo, r_addr, start[join],
                                        end[join], join)
-        vid[fi] = vv
+        vid[rest[fi]] = vv
+        if not fits.all():
+            more = np.sort(ended[sel0[~fits]])
+            v2 = step(more, r_pid, r_addr, r_key)
+            found = v2 >= 0
+            vid[rest[found]] = v2[found]
         return vid
     return attribute
 
@@ -257,7 +286,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarr
     pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
     kind = vk.classify(path, prot, shared, file, tstack, (pcodes, pcats))
     bnd, dbnd = V["bnd"], V["d_bnd"]
-    attribute = _attributor(V, page_size)
+    attribute = _attributor(V, page_size, f_pid, f_key)
 
     vid = attribute(f_pid, f_addr, f_key)
     if retry is not None and len(retry[0]):
