@@ -58,8 +58,6 @@ def entry_touches(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, c: dict
     address_space.build; c the change rows as numpy arrays; f_addr the
     faults' addresses, for GROW entries; stack_hi pid -> top of its
     stack-growth windows)."""
-    n = len(etype)
-    ent = np.arange(n, dtype=np.int64)
     chg = np.flatnonzero(etype < am.SNAP)
     r = eref[chg]
     t = etype[chg]
