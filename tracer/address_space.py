@@ -93,9 +93,10 @@ def _mmap_paths(events: pd.DataFrame, cpos: np.ndarray, codes: np.ndarray) -> li
     a descriptor inherited across fork or made by dup is not followed).
     cpos: the change rows' positions in events."""
     out: list = [None] * len(cpos)
-    if "open" not in set(events["kind"].unique()):
+    is_open = np.flatnonzero((events["kind"] == "open").to_numpy(bool))
+    if not len(is_open):
         return out
-    opens = events[events["kind"] == "open"]
+    opens = events[["ts", "pid", "ret", "path"]].iloc[is_open]
     opens = pd.DataFrame({"ts": opens["ts"].to_numpy(np.uint64).astype(np.int64),
                           "pid": opens["pid"].to_numpy(np.int64),
                           "fd": opens["ret"].to_numpy(np.int64, na_value=-1),

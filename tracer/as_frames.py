@@ -37,6 +37,14 @@ class Coverage:
                 f"({self.fraction:.2%}){'; ' + miss if miss else ''}>")
 
 
+def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where the pair (a, b) (a >= -1, b >= 0) appears for the first time."""
+    if len(a) and int(a.max()) < (1 << 20) and int(b.max()) < (1 << 42):
+        key = ((a.astype(np.int64) + 1) << np.int64(42)) | b.astype(np.int64)
+        return ~pd.Series(key, copy=False).duplicated().to_numpy()
+    return ~pd.DataFrame({"a": a, "b": b}).duplicated().to_numpy()
+
+
 def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: np.ndarray) -> np.ndarray:
     """A name learnt for one version of a mapping (from a snapshot) holds for
     all versions of it: same lineage (one mmap, its splits and moves). The
@@ -175,7 +183,7 @@ class AddressSpaces:
             vid = f["vma_id"].array[fsel].to_numpy(dtype=np.int64, na_value=-1)
             page = f["addr"].array[fsel].to_numpy(np.uint64) // np.uint64(self._page)
             lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
-            new = ~pd.DataFrame({"l": lin, "p": page}).duplicated().to_numpy() & (vid >= 0)
+            new = _first_of_pairs(lin, page) & (vid >= 0)
         else:
             major = new = np.zeros(0, bool)
         out["minor_faults"] = total(n_f, (~major).astype(np.int64))

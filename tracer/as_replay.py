@@ -73,23 +73,26 @@ class Replay:
         M = ap.Model(self.page, self.stack_limit, self.gap)
         skip = bytearray(len(ebnd))
         failed: set = set()
-        acq_lo, acq_hi = chains.acq_lo.tolist(), chains.acq_hi.tolist()
-        acq_chain, start = chains.acq_chain.tolist(), chains.start.tolist()
+        # per CHECK: (pid, lo, hi, the chain's mmap entry)
+        checks = list(zip(self.epid[chains.acq_ent].tolist(), chains.acq_lo.tolist(),
+                          chains.acq_hi.tolist(), chains.start[chains.acq_chain].tolist()))
         runs = self.runs if fast else None
         procs = M.procs
+        CHECK = am.CHECK
         for k, t, r in zip(ent, typ, ref):
+            if t == CHECK:
+                # is [lo, hi) free? (Core._span, inline: one per chain call)
+                pid, lo, hi, first = checks[r]
+                P = procs.get(pid) or M.proc(pid)
+                starts = P.starts
+                i = bisect_right(starts, lo) - 1
+                if (i >= 0 and P.maps[i].end > lo) or (i + 1 < len(starts)
+                                                       and starts[i + 1] < hi):
+                    failed.add(first)
+                continue
             if skip[k]:
                 continue
             M.bnd = ebnd[k]
-            if t == am.CHECK:
-                # is [lo, hi) free? (Core._span, inline: one per chain call)
-                P = procs.get(epid[k]) or M.proc(epid[k])
-                lo, starts = acq_lo[r], P.starts
-                i = bisect_right(starts, lo) - 1
-                if (i >= 0 and P.maps[i].end > lo) or (
-                        i + 1 < len(starts) and starts[i + 1] < acq_hi[r]):
-                    failed.add(start[acq_chain[r]])
-                continue
             if t == am.GROW:
                 M.pos, M.ts = int(fidx[r]), int(f_ts[r])
                 M.grow_stack(int(f_pid[r]), int(f_addr[r]))

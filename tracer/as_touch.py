@@ -138,22 +138,29 @@ def _previous_break(etype, eref, epid, c, brk_entries: np.ndarray) -> np.ndarray
     """For each brk entry, the result of the same process's previous
     successful brk if nothing since may have set the break otherwise
     (exec, fork into that pid, exit, snapshot), else -1."""
-    ch = etype < am.SNAP
-    ret = np.full(len(etype), -1, np.int64)
-    ret[ch] = c["ret"][eref[ch]]
-    is_brk = ch & (etype == am.BRK) & (ret > 0)
-    own = np.flatnonzero(is_brk | (etype == am.EXEC) | (etype == am.SNAP) | (etype == am.EXIT))
+    if not len(brk_entries):
+        return np.zeros(0, np.int64)
+    ret = c["ret"][eref[brk_entries]]
+    pid = epid[brk_entries].astype(np.int64)
+    # the previous brk of the same process (brk_entries are in entry order)
+    codes, uniq = pd.factorize(pid)
+    o = np.argsort(codes.astype(np.int32), kind="stable")
+    prev = np.full(len(o), -1, np.int64)
+    same = codes[o][1:] == codes[o][:-1]
+    prev[o[1:][same]] = ret[o[:-1][same]]
+    prev_ent = np.full(len(o), -1, np.int64)
+    prev_ent[o[1:][same]] = brk_entries[o[:-1][same]]
+    # ... unless something that may set the break came in between
+    own = np.flatnonzero((etype == am.EXEC) | (etype == am.SNAP) | (etype == am.EXIT))
     fork = np.flatnonzero(etype == am.FORK)
-    ent = np.concatenate([own, fork])
-    pid = np.concatenate([epid[own], c["child"][eref[fork]]]).astype(np.int64)
-    val = np.concatenate([np.where(is_brk[own], ret[own], -1), np.full(len(fork), -1, np.int64)])
-    o = np.lexsort((ent, pid))
-    ent, pid, val = ent[o], pid[o], val[o]
-    prev = np.full(len(ent), -1, np.int64)
-    prev[1:] = np.where(pid[1:] == pid[:-1], val[:-1], -1)
-    out = np.full(len(etype), -1, np.int64)
-    out[ent[val > 0]] = prev[val > 0]
-    return out[brk_entries]
+    r_ent = np.concatenate([own, fork])
+    r_pid = np.concatenate([epid[own], c["child"][eref[fork]]]).astype(np.int64)
+    if len(r_ent):
+        rk = np.sort((r_pid << np.int64(32)) | r_ent)
+        between = np.searchsorted(rk, (pid << np.int64(32)) | brk_entries) - np.searchsorted(
+            rk, (pid << np.int64(32)) | (prev_ent + 1))
+        prev[between > 0] = -1
+    return prev
 
 
 def thread_stacks(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, c: dict,
