@@ -79,13 +79,10 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
         ((t == am.MUNMAP) & (ret == 0) & (addr % np.uint64(page) == 0) & (la > 0))
         | ((t == am.MPROTECT) & (ret == 0) & (la > 0))
         | ((t == am.MREMAP) & (ret >= 0) & (na > 0) & (la > 0) & ~((uret == addr) & (na == la))))
-    op = np.flatnonzero(is_op)
-    if not len(op):
-        return out
-    pairs = _Pairs(T.code(epid[ch[op]]), addr[op])
-    gid = pairs.gid
-    o = np.lexsort((ch[op], gid))
-    op, okey = op[o], (gid[o].astype(np.int64) << np.int64(32)) | ch[op[o]]
+    op = np.flatnonzero(is_op & (addr % np.uint64(page) == 0))
+    if not len(op) or len(T.pids) >= (1 << 15):
+        return out              # (so many processes: the loop replays them all)
+    ops = _Ops(T.code(epid[ch[op]]), addr[op], ch[op], page.bit_length() - 1)
 
     n = len(m)
     code = T.code(epid[ch[m]])
@@ -104,13 +101,11 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
         k = np.flatnonzero(alive)
         if not len(k):
             break
-        g = pairs.lookup(code[k], cur_s[k])
-        j = np.searchsorted(okey, (g.astype(np.int64) << np.int64(32)) | (cur_t[k] + 1))
-        jj = np.minimum(j, len(okey) - 1)
-        found = (g >= 0) & (j < len(okey)) & ((okey[jj] >> np.int64(32)) == g)
+        nxt = ops.next(code[k], cur_s[k], cur_t[k])
+        found = nxt >= 0
         ok[k[~found]] = False
         alive[k[~found]] = False
-        k, q = k[found], op[jj[found]]
+        k, q = k[found], op[nxt[found]]
         e_op = ch[q]
         claims[0].append(k)
         claims[1].append(e_op)
@@ -205,26 +200,33 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
     return out
 
 
-class _Pairs:
-    """Numbers for (process code, address) pairs: gid per row, lookup()."""
+class _Ops:
+    """The calls a chain may continue with, sorted by (process, page, entry):
+    next() finds, for (process, start address, entry), the first one after
+    that entry at that address. Packed keys: code << 48 | page."""
 
-    def __init__(self, code: np.ndarray, addr: np.ndarray) -> None:
-        self.addrs = np.unique(addr)
-        self.keys, self.gid = np.unique(self._key(code, np.searchsorted(self.addrs, addr)),
-                                        return_inverse=True)
-        self.gid = self.gid.reshape(-1)
+    def __init__(self, code: np.ndarray, addr: np.ndarray, ent: np.ndarray, shift: int) -> None:
+        self.shift = np.uint64(shift)
+        pk = self._pack(code, addr)
+        o = np.lexsort((ent, pk))
+        self.rows, self.pk, self.ent = o, pk[o], ent[o]
+        # each call's key: the first position of its (process, page) group, then its entry
+        self.key = (np.searchsorted(self.pk, self.pk).astype(np.int64) << np.int64(32)) | self.ent
 
-    def _key(self, code, rank) -> np.ndarray:
-        return code.astype(np.int64) * np.int64(len(self.addrs) + 1) + rank
+    def _pack(self, code, addr) -> np.ndarray:
+        return (code.astype(np.int64) << np.int64(48)) | (addr >> self.shift).astype(np.int64)
 
-    def lookup(self, code: np.ndarray, addr: np.ndarray) -> np.ndarray:
-        """The pair number of each (code, addr), -1 for a pair not seen."""
-        rank = np.searchsorted(self.addrs, addr)
-        ok = self.addrs[np.minimum(rank, len(self.addrs) - 1)] == addr
-        key = self._key(code, rank)
-        g = np.searchsorted(self.keys, key)
-        ok &= self.keys[np.minimum(g, len(self.keys) - 1)] == key
-        return np.where(ok, g, -1)
+    def next(self, code: np.ndarray, addr: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Row (into the arrays given) of each next call, -1 if none."""
+        if not len(self.pk):
+            return np.full(len(code), -1, np.int64)
+        pk = self._pack(code, addr)
+        g = np.searchsorted(self.pk, pk)
+        ok = self.pk[np.minimum(g, len(self.pk) - 1)] == pk
+        j = np.searchsorted(self.key, (g.astype(np.int64) << np.int64(32)) | (after + 1))
+        jj = np.minimum(j, len(self.key) - 1)
+        ok &= (j < len(self.key)) & (self.pk[jj] == pk)
+        return np.where(ok, self.rows[jj], -1)
 
 
 def _isolated(T: Touches, code, chain, lo, hi, after, before, n) -> np.ndarray:

@@ -235,7 +235,8 @@ def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
             fits[o[np.cumsum(n[o]) > budget]] = False
         return fits, first, n, fo
 
-    sel0 = np.flatnonzero(joinable(np.arange(len(ended)), f_pid, f_key)[0])
+    fits0, first0, n0, fo0 = joinable(np.arange(len(ended)), f_pid, f_key)
+    sel0 = np.flatnonzero(fits0)
     paint0 = np.ones(len(pid), bool)
     paint0[ended[sel0]] = False
     loop0 = np.flatnonzero(paint0)
@@ -247,8 +248,17 @@ def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
         vid[hit] = loop[vid[hit]]
         return vid
 
-    def attribute(p_pid: np.ndarray, p_addr: np.ndarray, p_key: np.ndarray) -> np.ndarray:
+    def attribute(p_pid: np.ndarray, p_addr: np.ndarray, p_key: np.ndarray,
+                  main: bool = False) -> np.ndarray:
+        """main: the points are the faults given to _attributor (their join
+        is known)."""
         vid = step(loop0, p_pid, p_addr, p_key)
+        if main:
+            join = ended[sel0]
+            fi, vv = as_faults.window_join(first0[sel0], n0[sel0], fo0, p_addr, start[join],
+                                           end[join], join)
+            vid[fi] = vv
+            return vid
         rest = np.flatnonzero(vid < 0)
         if not len(rest) or not len(sel0):
             return vid
@@ -296,7 +306,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarr
     bnd, dbnd = V["bnd"], V["d_bnd"]
     attribute = _attributor(V, page_size, f_pid, f_key)
 
-    vid = attribute(f_pid, f_addr, f_key)
+    vid = attribute(f_pid, f_addr, f_key, main=True)
     if retry is not None and len(retry[0]):
         ri, rk = retry
         keep = vid[ri] < 0
