@@ -237,7 +237,8 @@ def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STA
     mapping versions and attributes every fault. stack_limit is RLIMIT_STACK
     and stack_guard_gap the kernel's gap (bytes, default 256 pages).
     fast=False replays every change in the loop (no mmap chains, no brk
-    runs): the same result, slower; kept for the tests to compare."""
+    runs) and attributes faults one version at a time: the same result,
+    slower; kept for the tests to compare."""
     # the cyclic garbage collector would walk the many objects made here
     # again and again; they hold no cycles
     enabled = gc.isenabled()
@@ -324,7 +325,7 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     tstack = as_touch.thread_stacks(etype, eref, epid, c, mmap_lin, page_size)
     retry = _exec_faults(events, fidx, fpos, f_pid, c)
     return assemble(events, at, V, tstack, as_versions.heap_log(M), M.state_log, fidx, f_pid,
-                    f_addr, f_key, page_size, retry)
+                    f_addr, f_key, page_size, retry, join=fast)
 
 
 def _exec_faults(events, fidx, fpos, f_pid, c) -> tuple[np.ndarray, np.ndarray]:

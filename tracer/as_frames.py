@@ -199,9 +199,12 @@ class AddressSpaces:
 
 
 _JOIN_MAX = 256          # points on a version's lifetime for it to be joined
+_STEP_ALL = 2048         # fewer versions: all stepped through (cheaper than the join's set-up)
+_JOIN_SLACK = 1 << 16    # the join's budget: twice the points plus this
 
 
-def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
+def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray,
+                join: bool = True):
     """attribute(p_pid, p_addr, p_key) -> vma_id per point (NO_VMA if none).
 
     A version that ended and had few faults (f_pid, f_key: all of them) of
@@ -213,7 +216,7 @@ def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
     (beyond, a step of the loop costs less than joining them) and the
     join's size (points per version, summed) within a budget, versions with
     fewest first; the versions beyond the budget of a call's points are
-    stepped through for those points."""
+    stepped through for those points. join=False: all are stepped through."""
     pid, start, end, bnd, dbnd = V["pid"], V["start"], V["end"], V["bnd"], V["d_bnd"]
     pids = np.sort(pd.unique(pid))
     ended = np.flatnonzero(V["dead"])
@@ -229,14 +232,17 @@ def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
         first = np.searchsorted(fk, v_lo[sel])
         n = np.searchsorted(fk, v_hi[sel]) - first
         fits = n <= _JOIN_MAX
-        budget = 2 * len(p_key) + (1 << 16)
+        budget = 2 * len(p_key) + _JOIN_SLACK
         if n[fits].sum() > budget:
             o = np.argsort(np.where(fits, n, _JOIN_MAX + 1), kind="stable")
             fits[o[np.cumsum(n[o]) > budget]] = False
         return fits, first, n, fo
 
-    fits0, first0, n0, fo0 = joinable(np.arange(len(ended)), f_pid, f_key)
-    sel0 = np.flatnonzero(fits0)
+    if join and len(pid) > _STEP_ALL:
+        fits0, first0, n0, fo0 = joinable(np.arange(len(ended)), f_pid, f_key)
+        sel0 = np.flatnonzero(fits0)
+    else:
+        sel0 = np.zeros(0, np.int64)
     paint0 = np.ones(len(pid), bool)
     paint0[ended[sel0]] = False
     loop0 = np.flatnonzero(paint0)
@@ -253,6 +259,8 @@ def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray):
         """main: the points are the faults given to _attributor (their join
         is known)."""
         vid = step(loop0, p_pid, p_addr, p_key)
+        if not len(sel0):
+            return vid
         if main:
             join = ended[sel0]
             fi, vv = as_faults.window_join(first0[sel0], n0[sel0], fo0, p_addr, start[join],
@@ -287,9 +295,11 @@ def _codes(pids: np.ndarray, pid: np.ndarray) -> np.ndarray:
 def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarray,
              heap: pd.DataFrame, state_log: list, fidx: np.ndarray, f_pid: np.ndarray,
              f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
-             retry: tuple[np.ndarray, np.ndarray] | None = None) -> AddressSpaces:
+             retry: tuple[np.ndarray, np.ndarray] | None = None,
+             join: bool = True) -> AddressSpaces:
     """The frames from the versions V (tracer.as_versions.merge) and the
-    faults (positions fidx in ts order; at: ts order -> events' rows); retry: (fault indices, keys) to attribute
+    faults (positions fidx in ts order; at: ts order -> events' rows); join:
+    the lifetime join of the attribution (_attributor); retry: (fault indices, keys) to attribute
     again at another time if the first attribution found nothing (the
     faults inside execve)."""
     nv = len(V["pid"])
@@ -304,7 +314,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarr
     pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
     kind = vk.classify(path, prot, shared, file, tstack, (pcodes, pcats))
     bnd, dbnd = V["bnd"], V["d_bnd"]
-    attribute = _attributor(V, page_size, f_pid, f_key)
+    attribute = _attributor(V, page_size, f_pid, f_key, join)
 
     vid = attribute(f_pid, f_addr, f_key, main=True)
     if retry is not None and len(retry[0]):

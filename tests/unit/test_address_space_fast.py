@@ -1,6 +1,7 @@
 """The model's fast paths (mmap chains replayed in bulk, runs of brk calls,
-the lifetime join of the fault attribution) against the loop alone
-(build(fast=False)): the frames must be the same, to the last value.
+the lifetime join of the fault attribution) against the loop alone and the
+one-version-at-a-time attribution (build(fast=False)): the frames must be
+the same, to the last value.
 Random event streams of two processes and several threads, with calls that
 often act on exactly one earlier mapping (what a chain is made of) and
 others that cut across (what must stop one), faults, forks, snapshots; and
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracer import address_space as asp
-from tracer import as_chains, as_model
+from tracer import as_chains, as_frames, as_model
 
 from eventframes import (ANON, DONTUNMAP, FIXED, MAP_STACK, MAYMOVE, PAGE, PRIVATE, SHARED,
                          Events)
@@ -24,8 +25,21 @@ HEAP0 = BASE + 64 * PAGE        # the heap's start
 STACK = (0x7ffffffde000, 0x7ffffffff000, "rw-p", 0, "[stack]")
 
 
-def same_frames(df: pd.DataFrame) -> asp.AddressSpaces:
-    fast, slow = asp.build(df), asp.build(df, fast=False)
+def same_frames(df: pd.DataFrame, tight: bool = False) -> asp.AddressSpaces:
+    """tight: the attribution's join with tiny limits (most versions beyond
+    them), else its own; the join runs even for these few versions."""
+    limits = {"_STEP_ALL": 0}
+    if tight:
+        limits.update(_JOIN_MAX=1, _JOIN_SLACK=0)
+    saved = {k: getattr(as_frames, k) for k in limits}
+    try:
+        for k, v in limits.items():
+            setattr(as_frames, k, v)
+        fast = asp.build(df)
+    finally:
+        for k, v in saved.items():
+            setattr(as_frames, k, v)
+    slow = asp.build(df, fast=False)
     pdt.assert_frame_equal(fast.vmas, slow.vmas, check_exact=True)
     pdt.assert_frame_equal(fast.faults, slow.faults, check_exact=True)
     assert repr(fast.coverage) == repr(slow.coverage)
@@ -137,9 +151,9 @@ def stream(draw):
 # --hypothesis-seed=N and derandomize off when changing the fast paths
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(stream())
-def test_fast_paths_give_the_loops_frames(df):
-    same_frames(df)
+@given(stream(), st.booleans())
+def test_fast_paths_give_the_loops_frames(df, tight):
+    same_frames(df, tight)
 
 
 # ---- the fast paths run where they should ----
