@@ -87,6 +87,12 @@ def _strs(s: pd.Series) -> list:
             for x in s.to_numpy(dtype=object).tolist()]
 
 
+def _rows(at: np.ndarray | None, pos: np.ndarray) -> np.ndarray:
+    """The events' rows at positions pos of the ts order (at: that order,
+    None if the events are in it)."""
+    return pos if at is None else at[pos]
+
+
 def _mmap_paths(events: pd.DataFrame, cpos: np.ndarray, codes: np.ndarray) -> list:
     """The file behind each mmap(fd): the path of the latest successful
     open/openat of that fd in that process before the mmap (an as-of join;
@@ -254,25 +260,24 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     # positions below are in ts order (rows of equal ts in table order);
     # `at` maps them to the table's rows: only the columns used are gathered
     ts = events["ts"].to_numpy()
-    at = np.argsort(ts, kind="stable") if len(ts) and (ts[1:] < ts[:-1]).any() \
-        else np.arange(len(ts))
+    at = np.argsort(ts, kind="stable") if len(ts) and (ts[1:] < ts[:-1]).any() else None
     gap = vk.STACK_GUARD_GAP_PAGES * page_size if stack_guard_gap is None else stack_guard_gap
-    kc = _kind_codes(events)[at]
+    kc = _kind_codes(events) if at is None else _kind_codes(events)[at]
     fidx = np.flatnonzero(kc == _FAULT)
     cidx = np.flatnonzero((kc >= 0) & (kc != _FAULT) & (kc != am.SNAP))
-    snaps = _snapshots(events.iloc[at[np.flatnonzero(kc == am.SNAP)]],
-                       np.flatnonzero(kc == am.SNAP))
+    mrows = np.flatnonzero(kc == am.SNAP)
+    snaps = _snapshots(events.iloc[_rows(at, mrows)], mrows)
 
-    cpos = at[cidx]
+    cpos = _rows(at, cidx)
     c = {"pos": cidx.astype(np.int64), "type": kc[cidx].astype(np.int64),
          "ts": ts[cpos].astype(np.uint64),
-         "pid": events["pid"].to_numpy(np.int64)[cpos],
-         "tid": events["tid"].to_numpy(np.int64)[cpos]}
+         "pid": events["pid"].to_numpy()[cpos].astype(np.int64),
+         "tid": events["tid"].to_numpy()[cpos].astype(np.int64)}
     for col, dt, na in _COLS:
         c[col] = _num(events[col], dt, na, cpos)
     c["path"] = _mmap_paths(events, cpos, kc[cidx])
 
-    fpos = at[fidx]
+    fpos = _rows(at, fidx)
     f_pid = events["pid"].to_numpy()[fpos].astype(np.int32)
     f_addr = _num(events["addr"], "uint64", 0, fpos)
     f_key = 2 * fidx.astype(np.int64) + 1

@@ -292,13 +292,14 @@ def _codes(pids: np.ndarray, pid: np.ndarray) -> np.ndarray:
     return np.where(ok, c, len(pids)).astype(np.int64)
 
 
-def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarray,
+def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: np.ndarray,
              heap: pd.DataFrame, state_log: list, fidx: np.ndarray, f_pid: np.ndarray,
              f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
              retry: tuple[np.ndarray, np.ndarray] | None = None,
              join: bool = True) -> AddressSpaces:
     """The frames from the versions V (tracer.as_versions.merge) and the
-    faults (positions fidx in ts order; at: ts order -> events' rows); join:
+    faults (positions fidx in ts order; at: ts order -> events' rows, None
+    if the same); join:
     the lifetime join of the attribution (_attributor); retry: (fault indices, keys) to attribute
     again at another time if the first attribution found nothing (the
     faults inside execve)."""
@@ -326,7 +327,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarr
         vid[ri] = attribute(f_pid[ri], f_addr[ri], rk)
     hit = vid >= 0
     hv = vid[hit]
-    ev_f = events[as_faults_cols(events)].iloc[at[fidx]]
+    ev_f = events[as_faults_cols(events)].iloc[fidx if at is None else at[fidx]]
     major = ev_f["major"].to_numpy(dtype=bool, na_value=False)
     ec = ev_f["error_code"].to_numpy(dtype=np.int64, na_value=-1)
     acc = np.where(ec < 0, -1, vk.access_codes(np.maximum(ec, 0))).astype(np.int8)
@@ -346,7 +347,8 @@ def assemble(events: pd.DataFrame, at: np.ndarray, V: dict, tstack_lin: np.ndarr
     if hit.any():
         first[hit] = as_faults.first_touch(base[hv] + fpage[hit] - spage[hv])
 
-    cause = events.index.to_numpy()[at[V["cause"]]] if nv else []
+    cause = events.index.to_numpy()[V["cause"] if at is None else at[V["cause"]]] \
+        if nv else []
     dead = V["dead"]
     # path as strings: the distinct names converted once (also the faults' path)
     path_str = pd.array(np.asarray(pcats, dtype=object), dtype="str").take(pcodes,

@@ -8,6 +8,7 @@ others that cut across (what must stop one), faults, forks, snapshots; and
 targeted cases that check the fast paths did run."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pandas.testing as pdt
 from hypothesis import HealthCheck, given, settings
@@ -151,9 +152,17 @@ def stream(draw):
 # --hypothesis-seed=N and derandomize off when changing the fast paths
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(stream(), st.booleans())
-def test_fast_paths_give_the_loops_frames(df, tight):
-    same_frames(df, tight)
+@given(stream(), st.booleans(), st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+def test_fast_paths_give_the_loops_frames(df, tight, shuffle):
+    m = same_frames(df, tight)
+    if shuffle is not None:
+        # rows out of ts order (those of one ts keep theirs): the model
+        # reads them in ts order, the frames keep the rows' labels
+        key = np.random.default_rng(shuffle).permutation(len(df))[
+            np.unique(df["ts"].to_numpy(), return_inverse=True)[1]]
+        m2 = same_frames(df.iloc[np.argsort(key, kind="stable")], tight)
+        pdt.assert_frame_equal(m.vmas, m2.vmas, check_exact=True)
+        pdt.assert_frame_equal(m.faults, m2.faults, check_exact=True)
 
 
 # ---- the fast paths run where they should ----
