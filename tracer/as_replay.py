@@ -68,7 +68,7 @@ class Replay:
 
     def _loop(self, ent, typ, ref, c, chains, fast):
         snaps, bases = self.snaps, self.bases
-        ebnd, epid = self.ebnd.tolist(), self.epid.tolist()
+        ebnd = self.ebnd.tolist()
         fidx, f_pid, f_addr, f_ts = self.fidx, self.f_pid, self.f_addr, self.f_ts
         M = ap.Model(self.page, self.stack_limit, self.gap)
         skip = bytearray(len(ebnd))
