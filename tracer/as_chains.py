@@ -128,9 +128,9 @@ def find(etype: np.ndarray, eref: np.ndarray, epid: np.ndarray, ebnd: np.ndarray
         alive[k[bad]] = False
         ends = unm
         alive[k[ends]] = False
-        kills[0].append(k[ends | prc | rm]), kills[1].append(e_op[ends | prc | rm])
-        kills[2].append(np.where(ends, vk.BY["munmap"], np.where(prc, vk.BY["mprotect"],
-                                                                  vk.BY["mremap"]))[ends | prc | rm])
+        kill = ends | prc | rm
+        by = np.where(ends, vk.BY["munmap"], np.where(prc, vk.BY["mprotect"], vk.BY["mremap"]))
+        kills[0].append(k[kill]), kills[1].append(e_op[kill]), kills[2].append(by[kill])
         # new versions
         ns = np.where(rm & (uret[q] != cur_s[k]), uret[q], cur_s[k])
         ne = np.where(rm, ns + na[q], cur_e[k])

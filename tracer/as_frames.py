@@ -63,7 +63,8 @@ def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: np.ndarray) -> n
     return out
 
 
-def _nullable_int(values: np.ndarray, missing: np.ndarray, dtype) -> pd.api.extensions.ExtensionArray:
+def _nullable_int(values: np.ndarray, missing: np.ndarray,
+                  dtype) -> pd.api.extensions.ExtensionArray:
     return pd.arrays.IntegerArray(np.where(missing, 0, values).astype(dtype), missing)
 
 
@@ -198,100 +199,6 @@ class AddressSpaces:
         return pd.DataFrame({c: out[c] for c in _TIMELINE_COLS}, index=index)
 
 
-_JOIN_MAX = 256          # points on a version's lifetime for it to be joined
-_STEP_ALL = 2048         # fewer versions: all stepped through (cheaper than the join's set-up)
-_JOIN_SLACK = 1 << 16    # the join's budget: twice the points plus this
-
-
-def _attributor(V: dict, page_size: int, f_pid: np.ndarray, f_key: np.ndarray,
-                join: bool = True):
-    """attribute(p_pid, p_addr, p_key) -> vma_id per point (NO_VMA if none).
-
-    A version that ended and had few faults (f_pid, f_key: all of them) of
-    its process during its life is joined to the points on its lifetime
-    (as_faults.window_join); the others -- long-lived ones: the program,
-    libraries, stacks -- go through as_faults.attribute, one step per
-    version, first: a point it finds a version for is done (that version
-    is the one alive there), the others are joined. Few: at most _JOIN_MAX
-    (beyond, a step of the loop costs less than joining them) and the
-    join's size (points per version, summed) within a budget, versions with
-    fewest first; the versions beyond the budget of a call's points are
-    stepped through for those points. join=False: all are stepped through."""
-    pid, start, end, bnd, dbnd = V["pid"], V["start"], V["end"], V["bnd"], V["d_bnd"]
-    pids = np.sort(pd.unique(pid))
-    ended = np.flatnonzero(V["dead"])
-    vc = np.searchsorted(pids, pid[ended]).astype(np.int64) << np.int64(41)
-    v_lo, v_hi = vc | bnd[ended], vc | dbnd[ended]
-
-    def joinable(sel: np.ndarray, p_pid: np.ndarray, p_key: np.ndarray):
-        """Of the versions ended[sel]: which fit for these points (a mask),
-        with their points fo[first:first + n]."""
-        fc = _codes(pids, p_pid)
-        fo = as_faults.key_order(fc, p_key)
-        fk = ((fc << np.int64(41)) | p_key)[fo]
-        first = np.searchsorted(fk, v_lo[sel])
-        n = np.searchsorted(fk, v_hi[sel]) - first
-        fits = n <= _JOIN_MAX
-        budget = 2 * len(p_key) + _JOIN_SLACK
-        if n[fits].sum() > budget:
-            o = np.argsort(np.where(fits, n, _JOIN_MAX + 1), kind="stable")
-            fits[o[np.cumsum(n[o]) > budget]] = False
-        return fits, first, n, fo
-
-    if join and len(pid) > _STEP_ALL:
-        fits0, first0, n0, fo0 = joinable(np.arange(len(ended)), f_pid, f_key)
-        sel0 = np.flatnonzero(fits0)
-    else:
-        sel0 = np.zeros(0, np.int64)
-    paint0 = np.ones(len(pid), bool)
-    paint0[ended[sel0]] = False
-    loop0 = np.flatnonzero(paint0)
-
-    def step(loop, p_pid, p_addr, p_key) -> np.ndarray:
-        vid = as_faults.attribute(pid[loop], start[loop], end[loop], bnd[loop], dbnd[loop],
-                                  p_pid, p_addr, p_key, page_size)
-        hit = vid >= 0
-        vid[hit] = loop[vid[hit]]
-        return vid
-
-    def attribute(p_pid: np.ndarray, p_addr: np.ndarray, p_key: np.ndarray,
-                  main: bool = False) -> np.ndarray:
-        """main: the points are the faults given to _attributor (their join
-        is known)."""
-        vid = step(loop0, p_pid, p_addr, p_key)
-        if not len(sel0):
-            return vid
-        if main:
-            join = ended[sel0]
-            fi, vv = as_faults.window_join(first0[sel0], n0[sel0], fo0, p_addr, start[join],
-                                           end[join], join)
-            vid[fi] = vv
-            return vid
-        rest = np.flatnonzero(vid < 0)
-        if not len(rest) or not len(sel0):
-            return vid
-        r_pid, r_addr, r_key = p_pid[rest], p_addr[rest], p_key[rest]
-        fits, first, n, fo = joinable(sel0, r_pid, r_key)
-        join = ended[sel0[fits]]
-        fi, vv = as_faults.window_join(first[fits], n[fits], fo, r_addr, start[join],
-                                       end[join], join)
-        vid[rest[fi]] = vv
-        if not fits.all():
-            more = np.sort(ended[sel0[~fits]])
-            v2 = step(more, r_pid, r_addr, r_key)
-            found = v2 >= 0
-            vid[rest[found]] = v2[found]
-        return vid
-    return attribute
-
-
-def _codes(pids: np.ndarray, pid: np.ndarray) -> np.ndarray:
-    """The rank of each pid among pids; len(pids) for one not there."""
-    c = np.searchsorted(pids, pid)
-    ok = (c < len(pids)) & (pids[np.minimum(c, len(pids) - 1)] == pid)
-    return np.where(ok, c, len(pids)).astype(np.int64)
-
-
 def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: np.ndarray,
              heap: pd.DataFrame, state_log: list, fidx: np.ndarray, f_pid: np.ndarray,
              f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
@@ -299,10 +206,10 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
              join: bool = True) -> AddressSpaces:
     """The frames from the versions V (tracer.as_versions.merge) and the
     faults (positions fidx in ts order; at: ts order -> events' rows, None
-    if the same); join:
-    the lifetime join of the attribution (_attributor); retry: (fault indices, keys) to attribute
-    again at another time if the first attribution found nothing (the
-    faults inside execve)."""
+    if the same); join: the lifetime join of the attribution
+    (as_faults.attributor); retry: (fault indices, keys) to attribute again
+    at another time if the first attribution found nothing (the faults
+    inside execve)."""
     nv = len(V["pid"])
     pid = V["pid"].astype(np.int32)
     start, end = V["start"], V["end"]
@@ -315,7 +222,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
     pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
     kind = vk.classify(path, prot, shared, file, tstack, (pcodes, pcats))
     bnd, dbnd = V["bnd"], V["d_bnd"]
-    attribute = _attributor(V, page_size, f_pid, f_key, join)
+    attribute = as_faults.attributor(V, page_size, f_pid, f_key, join)
 
     vid = attribute(f_pid, f_addr, f_key, main=True)
     if retry is not None and len(retry[0]):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracer import address_space as asp
-from tracer import as_chains, as_frames, as_model
+from tracer import as_chains, as_faults, as_model
 
 from eventframes import (ANON, DONTUNMAP, FIXED, MAP_STACK, MAYMOVE, PAGE, PRIVATE, SHARED,
                          Events)
@@ -32,14 +32,14 @@ def same_frames(df: pd.DataFrame, tight: bool = False) -> asp.AddressSpaces:
     limits = {"_STEP_ALL": 0}
     if tight:
         limits.update(_JOIN_MAX=1, _JOIN_SLACK=0)
-    saved = {k: getattr(as_frames, k) for k in limits}
+    saved = {k: getattr(as_faults, k) for k in limits}
     try:
         for k, v in limits.items():
-            setattr(as_frames, k, v)
+            setattr(as_faults, k, v)
         fast = asp.build(df)
     finally:
         for k, v in saved.items():
-            setattr(as_frames, k, v)
+            setattr(as_faults, k, v)
     slow = asp.build(df, fast=False)
     pdt.assert_frame_equal(fast.vmas, slow.vmas, check_exact=True)
     pdt.assert_frame_equal(fast.faults, slow.faults, check_exact=True)
