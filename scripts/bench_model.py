@@ -1,13 +1,25 @@
 #!/usr/bin/env python3
-"""Micro-benchmark of the address-space model (tracer.address_space.build).
+"""Benchmark of the address-space model (tracer.address_space.build).
 
-A synthetic trace in the shape of tracer.trace.Trace.events: one process
-attached with 20 mappings (64 MiB anonymous each), then rounds of
+With --trace PATH (repeatable): what a user does with a trace file, timed
+per step, best of --repeat runs each from a fresh tracer.load:
+  load       tracer.load(PATH) and t.events (Parquet -> pandas)
+  frames     t.vmas, t.faults (the model: replay, versions, attribution)
+  timelines  t.timeline(pid) for each pid of t.vmas (the model's timeline
+             joined with the resident-memory frame of tracer.rss)
+and, apart, the model's own share: build() plus model.timeline(pid) for
+each pid, from the loaded events. Events per second: the trace's rows over
+the time. Wall-clock and CPU time (process_time) both: the machine may be
+shared.
+
+Without --trace: a synthetic trace in the shape of tracer.trace.Trace.events:
+one process attached with 20 mappings (64 MiB anonymous each), then rounds of
 mmap (256 KiB) -> faults -> munmap, the mmaps cycling over 64 addresses as
 the kernel's allocator reuses them: by default 2,000,000 faults and 50,000
 mmap/munmap. Prints events per second of build() (frames and attribution).
 
     .venv/bin/python scripts/bench_model.py [--faults N] [--syscalls N] [--repeat N]
+    .venv/bin/python scripts/bench_model.py --trace churn.parquet [--repeat N]
 """
 from __future__ import annotations
 
@@ -108,12 +120,69 @@ def synthetic(n_faults: int, n_syscalls: int, seed: int = 1) -> pd.DataFrame:
     return df
 
 
+class _Clock:
+    """Wall-clock and CPU seconds of a block, kept as the best of the runs."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, tuple[float, float]] = {}
+        self.now: dict[str, tuple[float, float]] = {}
+
+    def lap(self, name: str, t0: tuple[float, float]) -> tuple[float, float]:
+        t1 = (time.perf_counter(), time.process_time())
+        self.now[name] = (t1[0] - t0[0], t1[1] - t0[1])
+        return t1
+
+    def keep(self) -> None:
+        for k, (w, c) in self.now.items():
+            bw, bc = self.best.get(k, (float("inf"), float("inf")))
+            self.best[k] = (min(w, bw), min(c, bc))
+
+
+def bench_trace(path: str, repeat: int) -> None:
+    import tracer
+    clock = _Clock()
+    for _ in range(repeat):
+        t0 = (time.perf_counter(), time.process_time())
+        t = tracer.load(path)
+        n = len(t.events)
+        t1 = clock.lap("load", t0)
+        t.vmas, t.faults
+        t2 = clock.lap("frames", t1)
+        pids = sorted(int(p) for p in t.vmas["pid"].unique())
+        for pid in pids:
+            t.timeline(pid)
+        clock.lap("timelines", t2)
+        # the model's own share, from the same events
+        t3 = (time.perf_counter(), time.process_time())
+        m = address_space.build(t.events, page_size=int(t.meta.get("page_size", 4096)))
+        for pid in pids:
+            m.timeline(pid)
+        clock.lap("model", t3)
+        clock.now["total"] = tuple(clock.now["load"][i] + clock.now["frames"][i]
+                                   + clock.now["timelines"][i] for i in (0, 1))
+        clock.keep()
+    kinds = t.events["kind"].value_counts()
+    print(f"{path}: {n:,} events ({int(kinds.get('fault', 0)):,} faults, "
+          f"{n - int(kinds.get('fault', 0)):,} others), {len(t.vmas):,} versions, "
+          f"{len(pids)} processes; best of {repeat}")
+    print(f"  {'step':<10} {'wall s':>8} {'events/s':>12} {'cpu s':>8} {'events/s':>12}")
+    for k in ("load", "frames", "timelines", "total", "model"):
+        w, c = clock.best[k]
+        print(f"  {k:<10} {w:8.3f} {n / w:12,.0f} {c:8.3f} {n / c:12,.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faults", type=int, default=2_000_000)
     ap.add_argument("--syscalls", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--trace", action="append", default=[],
+                    help="a trace file to time (repeatable) instead of the synthetic one")
     a = ap.parse_args()
+    if a.trace:
+        for path in a.trace:
+            bench_trace(path, a.repeat)
+        return
     df = synthetic(a.faults, a.syscalls)
     print(f"{len(df):,} events: {int((df['kind'] == 'fault').sum()):,} faults, "
           f"{int(df['kind'].isin(['mmap', 'munmap']).sum()):,} mmap/munmap")

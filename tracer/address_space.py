@@ -42,9 +42,12 @@ Where the events leave a choice:
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 
+from tracer import as_replay, as_touch, as_versions
 from tracer import as_model as am
 from tracer import as_process as ap
 from tracer import vma_kinds as vk
@@ -73,8 +76,10 @@ def _kind_codes(events: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _num(s: pd.Series, dtype: str, na) -> np.ndarray:
-    return s.to_numpy(dtype=dtype, na_value=na)
+def _num(s: pd.Series, dtype: str, na, pos: np.ndarray | None = None) -> np.ndarray:
+    """s (its rows at positions pos) as numpy, missing values as na."""
+    a = s.array if pos is None else s.array.take(pos)
+    return a.to_numpy(dtype=dtype, na_value=na)
 
 
 def _strs(s: pd.Series) -> list:
@@ -82,14 +87,22 @@ def _strs(s: pd.Series) -> list:
             for x in s.to_numpy(dtype=object).tolist()]
 
 
-def _mmap_paths(events: pd.DataFrame, sub: pd.DataFrame, codes: np.ndarray) -> list:
+def _rows(at: np.ndarray | None, pos: np.ndarray) -> np.ndarray:
+    """The events' rows at positions pos of the ts order (at: that order,
+    None if the events are in it)."""
+    return pos if at is None else at[pos]
+
+
+def _mmap_paths(events: pd.DataFrame, cpos: np.ndarray, codes: np.ndarray) -> list:
     """The file behind each mmap(fd): the path of the latest successful
     open/openat of that fd in that process before the mmap (an as-of join;
-    a descriptor inherited across fork or made by dup is not followed)."""
-    out: list = [None] * len(sub)
-    if "open" not in set(events["kind"].unique()):
+    a descriptor inherited across fork or made by dup is not followed).
+    cpos: the change rows' positions in events."""
+    out: list = [None] * len(cpos)
+    is_open = np.flatnonzero((events["kind"] == "open").to_numpy(bool))
+    if not len(is_open):
         return out
-    opens = events[events["kind"] == "open"]
+    opens = events[["ts", "pid", "ret", "path"]].iloc[is_open]
     opens = pd.DataFrame({"ts": opens["ts"].to_numpy(np.uint64).astype(np.int64),
                           "pid": opens["pid"].to_numpy(np.int64),
                           "fd": opens["ret"].to_numpy(np.int64, na_value=-1),
@@ -97,7 +110,7 @@ def _mmap_paths(events: pd.DataFrame, sub: pd.DataFrame, codes: np.ndarray) -> l
     is_mmap = np.flatnonzero(codes == am.MMAP)
     if not len(is_mmap) or not len(opens):
         return out
-    m = sub.iloc[is_mmap]
+    m = events[["ts", "pid", "fd"]].iloc[cpos[is_mmap]]
     maps = pd.DataFrame({"ts": m["ts"].to_numpy(np.uint64).astype(np.int64),
                          "pid": m["pid"].to_numpy(np.int64),
                          "fd": m["fd"].to_numpy(np.int64, na_value=-1),
@@ -110,9 +123,9 @@ def _mmap_paths(events: pd.DataFrame, sub: pd.DataFrame, codes: np.ndarray) -> l
     return out
 
 
-def _snapshots(ev: pd.DataFrame, idx: np.ndarray) -> dict[int, tuple]:
-    """map rows -> {first row position: (pid, ts, cause, [Line])}."""
-    sub = ev.iloc[idx]
+def _snapshots(sub: pd.DataFrame, idx: np.ndarray) -> dict[int, tuple]:
+    """map rows (sub, at positions idx) -> {first row position: (pid, ts,
+    cause, [Line])}."""
     pid, ts = sub["pid"].to_numpy(np.int64).tolist(), sub["ts"].to_numpy(np.uint64).tolist()
     start = _num(sub["addr"], "uint64", 0).tolist()
     size = _num(sub["len"], "uint64", 0).tolist()
@@ -174,85 +187,104 @@ def _exec_bases(etype, eref, epid, c, snaps, page) -> dict[int, tuple]:
     """For each exec entry: (base lines, heap) from the snapshot that follows
     it, less the ranges the syscalls between them made (replayed later)."""
     bases: dict[int, tuple] = {}
-    execs = {p for t, p in zip(etype, epid) if t == am.EXEC}
-    if not execs:
+    execs = np.flatnonzero(etype == am.EXEC)
+    if not len(execs):
         return bases
-    per_pid: dict[int, list[int]] = {p: [] for p in execs}
-    for k, p in enumerate(epid):
-        if p in per_pid:
-            per_pid[p].append(k)
-    for ks in per_pid.values():
-        for n, k in enumerate(ks):
-            if etype[k] != am.EXEC:
-                continue
-            window, snap = [], None
-            for k2 in ks[n + 1:]:
-                t = etype[k2]
-                if t == am.SNAP and snaps[eref[k2]][2] == "exec":
-                    snap = snaps[eref[k2]]
-                    break
-                if t == am.EXEC or (t == am.EXIT and c["flags"][eref[k2]] & vk.EXIT_GROUP_DEAD):
-                    break
-                if t < am.SNAP:            # syscalls (not snapshots, stack growth)
-                    window.append(k2)
-            if snap is None:
-                continue
-            made, brk = [], False
-            for k2 in window:
-                r, t = eref[k2], etype[k2]
-                ret = c["ret"][r]
-                if t == am.MMAP and ret >= 0:
-                    made.append((ret, ret + vk.page_align(c["len"][r], page)))
-                elif t == am.MREMAP and ret >= 0:
-                    made.append((ret, ret + vk.page_align(c["new_len"][r], page)))
-                elif t == am.BRK:
-                    brk = True
-            lines = snap[3]
-            heap_lines = [ln for ln in lines if ln.path == vk.HEAP]
-            heap = None
-            if heap_lines:
-                h = heap_lines[0]
-                if brk:   # the heap is the replayed brk calls' doing
-                    made.append((h.start, heap_lines[-1].end))
-                    heap = (h.start, h.start)
-                else:
-                    heap = (h.start, heap_lines[-1].end)
-            bases[k] = (_subtract(lines, sorted(made)), heap)
+    # where an exec's window ends: its snapshot, another exec, the last exit
+    term = (etype == am.EXEC)
+    ex = np.flatnonzero(etype == am.EXIT)
+    term[ex[(c["flags"][eref[ex]] & np.uint64(vk.EXIT_GROUP_DEAD)) != 0]] = True
+    sn = np.flatnonzero(etype == am.SNAP)
+    term[sn[[snaps[r][2] == "exec" for r in eref[sn].tolist()]]] = True
+    order = np.argsort(epid, kind="stable")
+    spid = epid[order]
+    for k in execs.tolist():
+        pid = epid[k]
+        mine = order[np.searchsorted(spid, pid):np.searchsorted(spid, pid, "right")]
+        after = mine[np.searchsorted(mine, k) + 1:]
+        stop = np.flatnonzero(term[after])
+        if not len(stop) or etype[after[stop[0]]] != am.SNAP:
+            continue
+        snap = snaps[eref[after[stop[0]]]]
+        window = after[:stop[0]]
+        made, brk = [], False
+        for k2 in window[etype[window] < am.SNAP].tolist():
+            r, t = eref[k2], etype[k2]
+            ret = int(c["ret"][r])
+            if t == am.MMAP and ret >= 0:
+                made.append((ret, ret + vk.page_align(int(c["len"][r]), page)))
+            elif t == am.MREMAP and ret >= 0:
+                made.append((ret, ret + vk.page_align(int(c["new_len"][r]), page)))
+            elif t == am.BRK:
+                brk = True
+        lines = snap[3]
+        heap_lines = [ln for ln in lines if ln.path == vk.HEAP]
+        heap = None
+        if heap_lines:
+            h = heap_lines[0]
+            if brk:   # the heap is the replayed brk calls' doing
+                made.append((h.start, heap_lines[-1].end))
+                heap = (h.start, h.start)
+            else:
+                heap = (h.start, heap_lines[-1].end)
+        bases[k] = (_subtract(lines, sorted(made)), heap)
     return bases
 
 
+_COLS = (("addr", "uint64", 0), ("len", "uint64", 0), ("prot", "int64", 0),
+         ("flags", "uint64", 0), ("fd", "int64", -1), ("off", "uint64", 0),
+         ("new_len", "uint64", 0), ("ret", "int64", -1), ("child", "int64", -1))
+_MAX_TRIES = 3       # builds with fewer chains after a chain's range was found taken
+
+
 def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STACK_LIMIT,
-          stack_guard_gap: int | None = None) -> "AddressSpaces":
+          stack_guard_gap: int | None = None, fast: bool = True) -> "AddressSpaces":
     """Replays the events (sorted by ts; rows of equal ts in table order) into
     mapping versions and attributes every fault. stack_limit is RLIMIT_STACK
-    and stack_guard_gap the kernel's gap (bytes, default 256 pages)."""
-    if len(events) and not events["ts"].is_monotonic_increasing:
-        events = events.iloc[np.argsort(events["ts"].to_numpy(), kind="stable")]
+    and stack_guard_gap the kernel's gap (bytes, default 256 pages).
+    fast=False replays every change in the loop (no mmap chains, no brk
+    runs) and attributes faults one version at a time: the same result,
+    slower; kept for the tests to compare."""
+    # the cyclic garbage collector would walk the many objects made here
+    # again and again; they hold no cycles
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(events, page_size, stack_limit, stack_guard_gap, fast)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(events, page_size, stack_limit, stack_guard_gap, fast):
+    # positions below are in ts order (rows of equal ts in table order);
+    # `at` maps them to the table's rows: only the columns used are gathered
+    ts = events["ts"].to_numpy()
+    at = np.argsort(ts, kind="stable") if len(ts) and (ts[1:] < ts[:-1]).any() else None
     gap = vk.STACK_GUARD_GAP_PAGES * page_size if stack_guard_gap is None else stack_guard_gap
-    kc = _kind_codes(events)
+    kc = _kind_codes(events) if at is None else _kind_codes(events)[at]
     fidx = np.flatnonzero(kc == _FAULT)
     cidx = np.flatnonzero((kc >= 0) & (kc != _FAULT) & (kc != am.SNAP))
-    snaps = _snapshots(events, np.flatnonzero(kc == am.SNAP))
+    mrows = np.flatnonzero(kc == am.SNAP)
+    snaps = _snapshots(events.iloc[_rows(at, mrows)], mrows)
 
-    sub = events.iloc[cidx]
-    c = {"pos": cidx.tolist(), "type": kc[cidx].tolist(),
-         "ts": sub["ts"].to_numpy(np.uint64).tolist(),
-         "pid": sub["pid"].to_numpy(np.int64).tolist(),
-         "tid": sub["tid"].to_numpy(np.int64).tolist()}
-    for col, dt, na in (("addr", "uint64", 0), ("len", "uint64", 0), ("prot", "int64", 0),
-                        ("flags", "uint64", 0), ("fd", "int64", -1), ("off", "uint64", 0),
-                        ("new_len", "uint64", 0), ("ret", "int64", -1),
-                        ("child", "int64", -1)):
-        c[col] = _num(sub[col], dt, na).tolist()
+    cpos = _rows(at, cidx)
+    c = {"pos": cidx.astype(np.int64), "type": kc[cidx].astype(np.int64),
+         "ts": ts[cpos].astype(np.uint64),
+         "pid": events["pid"].to_numpy()[cpos].astype(np.int64),
+         "tid": events["tid"].to_numpy()[cpos].astype(np.int64)}
+    for col, dt, na in _COLS:
+        c[col] = _num(events[col], dt, na, cpos)
+    c["path"] = _mmap_paths(events, cpos, kc[cidx])
 
-    c["path"] = _mmap_paths(events, sub, kc[cidx])
-
-    f_pid = events["pid"].to_numpy()[fidx].astype(np.int32)
-    f_addr = _num(events["addr"].iloc[fidx], "uint64", 0)
-    f_ts = events["ts"].to_numpy()[fidx]
+    fpos = _rows(at, fidx)
+    f_pid = events["pid"].to_numpy()[fpos].astype(np.int32)
+    f_addr = _num(events["addr"], "uint64", 0, fpos)
     f_key = 2 * fidx.astype(np.int64) + 1
+    f_ts = ts[fpos]
 
-    forks = [(c["pid"][k], c["child"][k]) for k in range(len(cidx)) if c["type"][k] == am.FORK]
+    fk = np.flatnonzero(c["type"] == am.FORK)
+    forks = list(zip(c["pid"][fk].tolist(), c["child"][fk].tolist()))
     win = _stack_windows(snaps, forks, stack_limit)
     gidx = np.zeros(0, np.int64)
     if win and len(fidx):
@@ -264,72 +296,61 @@ def build(events: pd.DataFrame, page_size: int = 4096, stack_limit: int = vk.STA
     # the loop's entries: changes, snapshots, stack-growth candidates, by boundary
     spos = np.array(sorted(snaps), np.int64)
     ebnd = np.concatenate([2 * cidx.astype(np.int64) + 1, 2 * spos + 1, 2 * fidx[gidx]])
-    etype = np.concatenate([kc[cidx].astype(np.int64), np.full(len(spos), am.SNAP),
-                            np.full(len(gidx), am.GROW)])
-    eref = np.concatenate([np.arange(len(cidx)), spos, gidx])
+    etype = np.concatenate([c["type"], np.full(len(spos), am.SNAP),
+                            np.full(len(gidx), am.GROW)]).astype(np.int64)
+    eref = np.concatenate([np.arange(len(cidx)), spos, gidx]).astype(np.int64)
     order = np.argsort(ebnd, kind="stable")
-    ebnd, etype, eref = ebnd[order].tolist(), etype[order].tolist(), eref[order].tolist()
-    epid = [c["pid"][r] if t < am.SNAP else (snaps[r][0] if t == am.SNAP else int(f_pid[r]))
-            for t, r in zip(etype, eref)]
+    ebnd, etype, eref = ebnd[order], etype[order], eref[order]
+    epid = np.empty(len(etype), np.int64)
+    ch = etype < am.SNAP
+    epid[ch] = c["pid"][eref[ch]]
+    sn = etype == am.SNAP
+    epid[sn] = [snaps[r][0] for r in eref[sn].tolist()]
+    epid[etype == am.GROW] = f_pid[eref[etype == am.GROW]]
     bases = _exec_bases(etype, eref, epid, c, snaps, page_size)
 
-    M = ap.Model(page_size, stack_limit, gap)
-    for k, (b, t, r) in enumerate(zip(ebnd, etype, eref)):
-        M.bnd = b
-        if t == am.GROW:
-            M.pos, M.ts = int(fidx[r]), int(f_ts[r])
-            M.grow_stack(int(f_pid[r]), int(f_addr[r]))
-            continue
-        if t == am.SNAP:
-            pid, ts, cause, lines = snaps[r]
-            M.pos, M.ts = r, ts
-            M.snapshot(pid, lines, vk.BY.get(cause, vk.BY["attach"]))
-            continue
-        M.pos, M.ts, pid = c["pos"][r], c["ts"][r], c["pid"][r]
-        if t == am.MMAP:
-            M.mmap(pid, c["tid"][r], c["len"][r], c["prot"][r], c["flags"][r], c["fd"][r],
-                   c["off"][r], c["ret"][r], c["path"][r])
-        elif t == am.MUNMAP:
-            M.munmap(pid, c["tid"][r], c["addr"][r], c["len"][r], c["ret"][r])
-        elif t == am.MPROTECT:
-            M.mprotect(pid, c["addr"][r], c["len"][r], c["prot"][r], c["ret"][r])
-        elif t == am.BRK:
-            M.brk(pid, c["tid"][r], c["ret"][r])
-        elif t == am.MREMAP:
-            M.mremap(pid, c["tid"][r], c["addr"][r], c["len"][r], c["new_len"][r],
-                     c["flags"][r], c["ret"][r])
-        elif t == am.FORK:
-            M.fork(pid, c["child"][r])
-        elif t == am.THREAD:
-            M.thread(pid, c["tid"][r])
-        elif t == am.EXEC:
-            base = bases.get(k)
-            M.exec(pid, *(base if base is not None else (None, None)))
-        elif t == am.EXIT:
-            M.exit(pid, c["flags"][r])
+    R = as_replay.Replay(c, snaps, bases, ebnd, etype, eref, epid, fidx, f_pid, f_addr, f_key, f_ts,
+                page_size, stack_limit, gap)
+    if fast:
+        R.prepare({p: max(w[1] for w in ws) for p, ws in win.items()})
+    exclude: set = set()
+    for attempt in range(_MAX_TRIES + 1):
+        M, chains, failed = R.run(fast and attempt < _MAX_TRIES, exclude)
+        if not failed:
+            break
+        exclude |= failed
 
-    retry = _exec_faults(events, fidx, f_pid, cidx, c)
-    return assemble(events, M, fidx, f_pid, f_addr, f_key, page_size, retry)
+    V = as_versions.merge(M, chains)
+    mmap_lin = np.full(len(cidx), -1, np.int64)
+    if M.mmap_lin:
+        mmap_lin[np.searchsorted(c["pos"], np.fromiter(M.mmap_lin.keys(), np.int64))] = \
+            V["lin_rank"][np.fromiter(M.mmap_lin.values(), np.int64)]
+    if len(chains):
+        mmap_lin[chains.mmap_rows] = V["lin_rank"][len(M.lin_bnd) + np.arange(len(chains))]
+    tstack = as_touch.thread_stacks(etype, eref, epid, c, mmap_lin, page_size)
+    retry = _exec_faults(events, fidx, fpos, f_pid, c)
+    return assemble(events, at, V, tstack, as_versions.heap_log(M), M.state_log, fidx, f_pid,
+                    f_addr, f_key, page_size, retry, join=fast)
 
 
-def _exec_faults(events, fidx, f_pid, cidx, c) -> tuple[np.ndarray, np.ndarray]:
+def _exec_faults(events, fidx, fpos, f_pid, c) -> tuple[np.ndarray, np.ndarray]:
     """Faults taken inside execve after the new mm is in place (fs/exec.c:
     begin_new_exec -> exec_mmap, then the ELF loader's padzero and stack
     set-up): kernel-mode faults of the exec'ing thread after its last
     user-mode fault and its last syscall, before the exec row (sent at
     sched_process_exec, the end of execve). They belong to the new image:
     (fault indices, key of the exec) for a second attribution."""
-    execs = [k for k, t in enumerate(c["type"]) if t == am.EXEC]
+    execs = np.flatnonzero(c["type"] == am.EXEC).tolist()
     if not execs or not len(fidx):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    f_tid = events["tid"].to_numpy()[fidx]
-    user = _num(events["ip"].iloc[fidx], "uint64", 0) < np.uint64(KERNEL_SPACE)
-    pid_of = np.array(c["pid"], np.int64)
+    f_tid = events["tid"].to_numpy()[fpos]
+    user = _num(events["ip"], "uint64", 0, fpos) < np.uint64(KERNEL_SPACE)
+    pid_of = c["pid"]
     idx, keys = [], []
     for k in execs:
-        p, pid, tid = c["pos"][k], c["pid"][k], c["tid"][k]
+        p, pid, tid = int(c["pos"][k]), int(c["pid"][k]), int(c["tid"][k])
         before = np.flatnonzero((pid_of[:k] == pid))
-        lo = c["pos"][before[-1]] if len(before) else -1
+        lo = int(c["pos"][before[-1]]) if len(before) else -1
         a, b = np.searchsorted(fidx, lo, "right"), np.searchsorted(fidx, p)
         sel = a + np.flatnonzero((f_pid[a:b] == pid) & (f_tid[a:b] == tid))
         if len(sel) == 0:

@@ -12,6 +12,10 @@ from tracer import vma_kinds as vk
 
 _CLASS = {"heap": "anon", "anon": "anon", "stack": "anon", "thread_stack": "anon",
           "guard": "anon", "file": "file", "shm": "shm", "vdso": None}
+# kind code -> 0 anon, 1 file, 2 shm, -1 none (vma_kinds.KINDS order)
+_CLASS_CODE = np.array([{"anon": 0, "file": 1, "shm": 2}.get(_CLASS[k], -1) for k in vk.KINDS])
+_TIMELINE_COLS = ["mapped", "mapped_anon", "mapped_file", "mapped_shm", "heap",
+                  "minor_faults", "major_faults", "pages_touched"]
 _FAULT_COLS = ["ts", "pid", "tid", "comm", "addr", "ip", "major", "error_code", "latency",
                "rss_anon", "rss_file", "rss_shmem", "rss_swap"]
 
@@ -33,34 +37,48 @@ class Coverage:
                 f"({self.fraction:.2%}){'; ' + miss if miss else ''}>")
 
 
-def _nullable(values: list, dtype: str) -> pd.api.extensions.ExtensionArray:
-    return pd.array(values, dtype=dtype)
+def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where the pair (a, b) (a >= -1, b >= 0) appears for the first time."""
+    if len(a) and int(a.max()) < (1 << 20) and int(b.max()) < (1 << 42):
+        key = ((a.astype(np.int64) + 1) << np.int64(42)) | b.astype(np.int64)
+        return ~pd.Series(key, copy=False).duplicated().to_numpy()
+    return ~pd.DataFrame({"a": a, "b": b}).duplicated().to_numpy()
 
 
-def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: list) -> list:
+def _fill_by_lineage(lin: np.ndarray, file: np.ndarray, values: np.ndarray) -> np.ndarray:
     """A name learnt for one version of a mapping (from a snapshot) holds for
-    all versions of it: same lineage (one mmap, its splits and moves)."""
-    known = {}
-    for ln, f, v in zip(lin.tolist(), file.tolist(), values):
-        if f and v is not None and ln not in known:
-            known[ln] = v
-    if not known:
+    all versions of it: same lineage (one mmap, its splits and moves). The
+    first version (by vma_id) of a file lineage with a value gives it."""
+    missing = pd.isna(values)
+    known = np.flatnonzero(file & ~missing)
+    if not len(known):
         return values
-    return [known.get(ln, v) if f and v is None else v
-            for ln, f, v in zip(lin.tolist(), file.tolist(), values)]
+    lins, first = np.unique(lin[known], return_index=True)
+    need = np.flatnonzero(file & missing)
+    k = np.searchsorted(lins, lin[need])
+    k = np.minimum(k, len(lins) - 1)
+    hit = lins[k] == lin[need]
+    out = values.copy()
+    out[need[hit]] = values[known[first[k[hit]]]]
+    return out
+
+
+def _nullable_int(values: np.ndarray, missing: np.ndarray,
+                  dtype) -> pd.api.extensions.ExtensionArray:
+    return pd.arrays.IntegerArray(np.where(missing, 0, values).astype(dtype), missing)
 
 
 class AddressSpaces:
     """The mappings of every traced process over time (see tracer.address_space)."""
 
     def __init__(self, vmas: pd.DataFrame, faults: pd.DataFrame, coverage: Coverage,
-                 bnd: np.ndarray, dbnd: np.ndarray, f_key: np.ndarray, brk_log: list,
+                 bnd: np.ndarray, dbnd: np.ndarray, f_key: np.ndarray, heap: pd.DataFrame,
                  lineage_of: np.ndarray, page_size: int) -> None:
         self.vmas = vmas
         self.faults = faults
         self.coverage = coverage
         self._bnd, self._dbnd, self._fkey = bnd, dbnd, f_key
-        self._brk = pd.DataFrame(brk_log, columns=["pid", "pos", "ts", "heap"])
+        self._brk = heap                   # tracer.as_versions.heap_log
         self._lineage_of = lineage_of
         self._page = page_size
 
@@ -146,82 +164,100 @@ class AddressSpaces:
         v = self.vmas
         sel = np.flatnonzero(v["pid"].to_numpy() == pid)
         size = v["size"].to_numpy()[sel].astype(np.int64)
-        cls = v["kind"].iloc[sel].map(_CLASS).to_numpy(dtype=object)
-        dts = v["destroyed"].iloc[sel]
-        dead = dts.notna().to_numpy()
-        born = pd.DataFrame({"key": self._bnd[sel], "ts": v["created"].to_numpy()[sel],
-                             "mapped": size})
-        for c in ("anon", "file", "shm"):
-            born["mapped_" + c] = np.where(cls == c, size, 0)
-        died = born[dead].copy()
-        died["key"] = self._dbnd[sel][dead]
-        died["ts"] = dts.to_numpy(np.uint64, na_value=0)[dead]
-        for c in ("mapped", "mapped_anon", "mapped_file", "mapped_shm"):
-            died[c] = -died[c]
-        parts = [born, died]
+        codes = v["kind"].array.codes[sel]
+        cls = np.where(codes >= 0, _CLASS_CODE[np.maximum(codes, 0)], -1)
+        dts = v["destroyed"].array[sel]
+        dead = ~dts.isna()
+        # the events that change pid's memory: births (+size, in bnd order),
+        # deaths (-size), faults, heap changes; one output row per event
+        b_key = self._bnd[sel]
+        d_o = np.argsort(self._dbnd[sel][dead], kind="stable")
+        d_key = self._dbnd[sel][dead][d_o]
+        keys = [b_key, d_key]
+        ts = [v["created"].to_numpy()[sel].astype(np.uint64),
+              dts.to_numpy(np.uint64, na_value=0)[dead][d_o]]
         f = self.faults
         fsel = np.flatnonzero(f["pid"].to_numpy() == pid)
+        f_key = self._fkey[fsel]
+        keys.append(f_key)
+        ts.append(f["ts"].to_numpy(np.uint64)[fsel])
+        hb = self._brk[self._brk["pid"].to_numpy() == pid]
+        h_key = 2 * hb["pos"].to_numpy(np.int64) + 1
+        keys.append(h_key)
+        ts.append(hb["ts"].to_numpy(np.uint64))
+        key = np.concatenate(keys)
+        o = np.argsort(key, kind="stable")
+        row = key[o] >> 1                         # one row per event (growth + its fault)
+        last = np.ones(len(row), bool)
+        last[:-1] = row[1:] != row[:-1]
+
+        # per source: how many of its events (sorted by key) each row includes
+        src = np.repeat(np.arange(4, dtype=np.int8), [len(k) for k in keys])[o]
+        n_b, n_d, n_f, n_h = (np.cumsum(src == k, dtype=np.int64)[last] for k in range(4))
+
+        def total(n: np.ndarray, delta: np.ndarray) -> np.ndarray:
+            """Sum of delta over a source's first n events, per row."""
+            return np.concatenate([[0], np.cumsum(delta)])[n]
+        out = {"mapped": total(n_b, size) - total(n_d, size[dead][d_o])}
+        for k, c in enumerate(("anon", "file", "shm")):
+            d = np.where(cls == k, size, 0)
+            out["mapped_" + c] = total(n_b, d) - total(n_d, d[dead][d_o])
         if len(fsel):
-            major = f["major"].to_numpy(dtype=bool, na_value=False)[fsel]
-            vid = f["vma_id"].to_numpy(dtype=np.int64, na_value=-1)[fsel]
-            page = f["addr"].to_numpy(np.uint64)[fsel] // np.uint64(self._page)
+            major = f["major"].array[fsel].to_numpy(dtype=bool, na_value=False)
+            vid = f["vma_id"].array[fsel].to_numpy(dtype=np.int64, na_value=-1)
+            page = f["addr"].array[fsel].to_numpy(np.uint64) // np.uint64(self._page)
             lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
-            new = ~pd.DataFrame({"l": lin, "p": page}).duplicated().to_numpy() & (vid >= 0)
-            parts.append(pd.DataFrame({"key": self._fkey[fsel],
-                                       "ts": f["ts"].to_numpy(np.uint64)[fsel],
-                                       "minor_faults": (~major).astype(np.int64),
-                                       "major_faults": major.astype(np.int64),
-                                       "pages_touched": new.astype(np.int64)}))
-        b = self._brk[self._brk["pid"] == pid]
-        if len(b):
-            parts.append(pd.DataFrame({"key": 2 * b["pos"].to_numpy(np.int64) + 1,
-                                       "ts": b["ts"].to_numpy(np.uint64),
-                                       # -1: unknown from here on (ffill keeps NaN gaps)
-                                       "heap": b["heap"].to_numpy(np.float64, na_value=-1)}))
-        t = pd.concat(parts, ignore_index=True).sort_values("key", kind="stable")
-        cols = ["mapped", "mapped_anon", "mapped_file", "mapped_shm",
-                "minor_faults", "major_faults", "pages_touched"]
-        for col in cols:
-            t[col] = t[col].fillna(0).astype(np.int64).cumsum() if col in t else 0
-        t["heap"] = t["heap"].ffill().replace(-1.0, np.nan) if "heap" in t else np.nan
-        t["row"] = t["key"].to_numpy() >> 1      # one row per event (growth + its fault)
-        t = t.drop_duplicates("row", keep="last")
-        t = t.set_index(t["ts"].astype(np.uint64).rename("ts"))
-        return t[cols[:4] + ["heap"] + cols[4:]]
+            new = _first_of_pairs(lin, page) & (vid >= 0)
+        else:
+            major = new = np.zeros(0, bool)
+        out["minor_faults"] = total(n_f, (~major).astype(np.int64))
+        out["major_faults"] = total(n_f, major.astype(np.int64))
+        out["pages_touched"] = total(n_f, new.astype(np.int64))
+        # heap: the last change's value (-1 there: unknown from then on)
+        h = np.concatenate([[np.nan], hb["heap"].to_numpy(np.float64, na_value=-1)])
+        h = h[n_h]
+        h[h == -1.0] = np.nan
+        out["heap"] = h
+        index = pd.Index(np.concatenate(ts)[o][last], dtype=np.uint64, name="ts")
+        return pd.DataFrame({c: out[c] for c in _TIMELINE_COLS}, index=index)
 
 
-def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
+def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: np.ndarray,
+             heap: pd.DataFrame, state_log: list, fidx: np.ndarray, f_pid: np.ndarray,
              f_addr: np.ndarray, f_key: np.ndarray, page_size: int,
-             retry: tuple[np.ndarray, np.ndarray] | None = None) -> AddressSpaces:
-    """The frames from the model M and the faults (row positions fidx);
-    retry: (fault indices, keys) to attribute again at another time if the
-    first attribution found nothing (the faults inside execve)."""
-    v = M.columns()
-    nv = len(v["pid"])
-    pid = np.array(v["pid"], np.int32)
-    start, end = np.array(v["start"], np.uint64), np.array(v["end"], np.uint64)
-    prot = np.array(v["prot"], np.int32)
-    shared, file = np.array(v["shared"], bool), np.array(v["file"], bool)
-    lin = np.array(v["lin"], np.int64)
-    path = _fill_by_lineage(lin, file, v["path"])
-    inode = _fill_by_lineage(lin, file, v["inode"])
-    tstack = np.isin(lin, np.fromiter(M.tstack_lin, np.int64, len(M.tstack_lin)))
-    kind = vk.classify(path, prot, shared, file, tstack)
-    bnd = np.array(v["bnd"], np.int64)
-    dbnd = np.array([as_faults.ALIVE if x is None else x for x in v["d_bnd"]], np.int64)
+             retry: tuple[np.ndarray, np.ndarray] | None = None,
+             join: bool = True) -> AddressSpaces:
+    """The frames from the versions V (tracer.as_versions.merge) and the
+    faults (positions fidx in ts order; at: ts order -> events' rows, None
+    if the same); join: the lifetime join of the attribution
+    (as_faults.attributor); retry: (fault indices, keys) to attribute again
+    at another time if the first attribution found nothing (the faults
+    inside execve)."""
+    nv = len(V["pid"])
+    pid = V["pid"].astype(np.int32)
+    start, end = V["start"], V["end"]
+    prot = V["prot"].astype(np.int32)
+    shared, file = V["shared"], V["file"]
+    lin = V["lin"]
+    path = _fill_by_lineage(lin, file, V["path"])
+    inode = _fill_by_lineage(lin, file, V["inode"])
+    tstack = np.isin(lin, tstack_lin)
+    pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
+    kind = vk.classify(path, prot, shared, file, tstack, (pcodes, pcats))
+    bnd, dbnd = V["bnd"], V["d_bnd"]
+    attribute = as_faults.attributor(V, page_size, f_pid, f_key, join)
 
-    vid = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid, f_addr, f_key, page_size)
+    vid = attribute(f_pid, f_addr, f_key, main=True)
     if retry is not None and len(retry[0]):
         ri, rk = retry
         keep = vid[ri] < 0
         ri, rk = ri[keep], rk[keep]
         o = np.argsort(rk, kind="stable")
         ri, rk = ri[o], rk[o]
-        vid[ri] = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid[ri], f_addr[ri], rk,
-                                      page_size)
+        vid[ri] = attribute(f_pid[ri], f_addr[ri], rk)
     hit = vid >= 0
     hv = vid[hit]
-    ev_f = events[as_faults_cols(events)].iloc[fidx]
+    ev_f = events[as_faults_cols(events)].iloc[fidx if at is None else at[fidx]]
     major = ev_f["major"].to_numpy(dtype=bool, na_value=False)
     ec = ev_f["error_code"].to_numpy(dtype=np.int64, na_value=-1)
     acc = np.where(ec < 0, -1, vk.access_codes(np.maximum(ec, 0))).astype(np.int8)
@@ -241,43 +277,48 @@ def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
     if hit.any():
         first[hit] = as_faults.first_touch(base[hv] + fpage[hit] - spage[hv])
 
-    cause = events.index.to_numpy()[np.array(v["cause"], np.int64)] if nv else []
-    d_by = np.array(v["d_by"], np.int8)
+    cause = events.index.to_numpy()[V["cause"] if at is None else at[V["cause"]]] \
+        if nv else []
+    dead = V["dead"]
+    # path as strings: the distinct names converted once (also the faults' path)
+    path_str = pd.array(np.asarray(pcats, dtype=object), dtype="str").take(pcodes,
+                                                                          allow_fill=True)
+    parent = V["parent"]
     vmas = pd.DataFrame({
         "vma_id": np.arange(nv, dtype=np.int64), "pid": pid, "start": start, "end": end,
         "size": end - start, "prot": prot, "perms": vk.perms_array(prot, shared),
-        "shared": shared, "kind": kind, "path": pd.array(path, dtype="str"),
-        "offset": np.array(v["off"], np.uint64), "inode": _nullable(inode, "UInt64"),
-        "fd": _nullable(v["fd"], "Int32"), "file": file,
-        "created": np.array(v["ts"], np.uint64),
-        "destroyed": _nullable(v["d_ts"], "UInt64"),
-        "created_by": pd.Categorical.from_codes(np.array(v["by"], np.int8),
+        "shared": shared, "kind": kind, "path": path_str,
+        "offset": V["off"], "inode": _nullable_int(inode, pd.isna(inode), np.uint64),
+        "fd": _nullable_int(V["fd"], ~V["fd_ok"], np.int32), "file": file,
+        "created": V["ts"],
+        "destroyed": _nullable_int(V["d_ts"], ~dead, np.uint64),
+        "created_by": pd.Categorical.from_codes(V["by"].astype(np.int8),
                                                 dtype=vk.CREATED_DTYPE),
         "cause_event": pd.array(cause, dtype="Int64"),
-        "parent_vma": _nullable(v["parent"], "Int64"),
-        "destroyed_by": pd.Categorical.from_codes(d_by, dtype=vk.DESTROYED_DTYPE),
+        "parent_vma": _nullable_int(parent, parent < 0, np.int64),
+        "destroyed_by": pd.Categorical.from_codes(V["d_by"].astype(np.int8),
+                                                  dtype=vk.DESTROYED_DTYPE),
         "lineage": lin,
         "faults": count(), "minor": count(~major), "major": count(major),
         "read": count(acc == 0), "write": count(acc == 1), "exec": count(acc == 2),
         "pages_touched": count(first), "rss_pages": count(weights=rss.astype(np.float64)),
-    })
+    }, copy=False)
 
     faults = ev_f
     faults["vma_id"] = pd.arrays.IntegerArray(np.maximum(vid, 0), ~hit)
     kc = np.where(hit, kind.codes[np.maximum(vid, 0)] if nv else -1, -1)
     faults["vma_kind"] = pd.Categorical.from_codes(kc, dtype=vk.KIND_DTYPE)
-    pcodes, pcats = pd.factorize(pd.Series(path, dtype=object))
     fp = np.where(hit, pcodes[np.maximum(vid, 0)] if nv else -1, -1)
     faults["path"] = pd.Categorical.from_codes(fp, categories=pcats.astype(str))
     isfile = hit & (kc == vk.KINDS.index("file"))
     fo = np.zeros(len(vid), np.uint64)
     if isfile.any():
         w = vid[isfile]
-        fo[isfile] = (np.array(v["off"], np.uint64)[w] + ((f_addr[isfile] >> np.uint64(shift))
+        fo[isfile] = (V["off"][w] + ((f_addr[isfile] >> np.uint64(shift))
                       << np.uint64(shift)) - start[w])
     faults["file_offset"] = pd.arrays.IntegerArray(fo, ~isfile)
     faults["access"] = pd.Categorical.from_codes(acc, dtype=vk.ACCESS_DTYPE)
-    rc = as_faults.reasons(vid, f_pid, f_addr, f_key, M.state_log)
+    rc = as_faults.reasons(vid, f_pid, f_addr, f_key, state_log)
     faults["reason"] = pd.Categorical.from_codes(rc, categories=as_faults.REASONS)
     # the code mapping the faulting instruction was in (user-mode ips only):
     # what tracer.symbols turns into module + symbol + offset
@@ -285,14 +326,13 @@ def assemble(events: pd.DataFrame, M, fidx: np.ndarray, f_pid: np.ndarray,
     user = (ip > 0) & (ip < np.uint64(as_faults.KERNEL_SPACE))
     ip_vid = np.full(len(vid), as_faults.NO_VMA, np.int64)
     if user.any():
-        ip_vid[user] = as_faults.attribute(pid, start, end, bnd, dbnd, f_pid[user], ip[user],
-                                           f_key[user], page_size)
+        ip_vid[user] = attribute(f_pid[user], ip[user], f_key[user])
     faults["ip_vma"] = pd.arrays.IntegerArray(np.maximum(ip_vid, 0), ip_vid < 0)
 
     counts = np.bincount(rc[rc >= 0], minlength=len(as_faults.REASONS))
     cov = Coverage(len(vid), int(hit.sum()),
                    {r: int(n) for r, n in zip(as_faults.REASONS, counts) if n})
-    return AddressSpaces(vmas, faults, cov, bnd, dbnd, f_key, M.brk_log, lin, page_size)
+    return AddressSpaces(vmas, faults, cov, bnd, dbnd, f_key, heap, lin, page_size)
 
 
 def as_faults_cols(ev: pd.DataFrame) -> list[str]:

@@ -12,18 +12,25 @@ Positions: every change has a *boundary* `bnd`; a fault at row position q
 2q+1. A change at row p has bnd 2p+1 (faults after it see it); a stack
 growth caused by the fault at row q has bnd 2q (that fault sees the grown
 stack, as the kernel's expand_stack runs inside the fault).
+
+Versions get provisional ids here (Map.vid); the final vma_id orders them by
+bnd (tracer.as_versions), which is the order of this loop except where a
+fast path made versions ahead of time: a run of brk calls that only move
+the heap's end (Core.brk_run) and the mmap chains of tracer.as_chains.
 """
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
+import numpy as np
+
 from tracer import vma_kinds as vk
 
 BY = vk.BY
-# change types of the loop
-MMAP, MUNMAP, MREMAP, MPROTECT, BRK, FORK, THREAD, EXEC, EXIT, SNAP, GROW = range(11)
+# change types of the loop (CHECK: a range a fast path needs free, tracer.as_chains)
+MMAP, MUNMAP, MREMAP, MPROTECT, BRK, FORK, THREAD, EXEC, EXIT, SNAP, GROW, CHECK = range(12)
 STATE_UNKNOWN, STATE_PARTIAL, STATE_COMPLETE = 0, 1, 2
-ROW_COLS = ("pid", "start", "end", "prot", "shared", "file", "off", "fd", "lin", "ts", "bnd",
+ROW_COLS = ("vid", "pid", "start", "end", "prot", "shared", "file", "off", "fd", "lin", "ts", "bnd",
             "by", "cause", "parent")
 
 
@@ -45,7 +52,7 @@ class Map:
 
 
 class Proc:
-    __slots__ = ("starts", "maps", "state", "heap_start", "brk", "tcand")
+    __slots__ = ("starts", "maps", "state", "heap_start", "brk")
 
     def __init__(self, state: int = STATE_UNKNOWN):
         self.starts: list[int] = []
@@ -53,7 +60,6 @@ class Proc:
         self.state = state
         self.heap_start: int | None = None
         self.brk: int | None = None
-        self.tcand: dict[int, int] = {}     # tid -> lineage of its last anonymous mmap
 
 
 class Core:
@@ -64,20 +70,24 @@ class Core:
         self.stack_limit = stack_limit
         self.guard_gap = guard_gap
         self.procs: dict[int, Proc] = {}
-        self.rows: list[tuple] = []        # one per version: ROW_COLS
-        self.vpath: list = []              # names a snapshot may fill in later
+        self.rows: list[tuple] = []        # one per version made here: ROW_COLS
+        self.nv = 0                        # provisional version ids given so far
+        self.vpath: list = []              # by provisional id: names a snapshot may fill in
         self.vinode: list = []
         self.dead: dict[int, tuple] = {}   # vid -> (ts, bnd, by) of its end
-        self.tstack_lin: set[int] = set()
-        self.nlin = 0
+        self.lin_bnd: list[int] = []       # by lineage: bnd of its first version
+        self.mmap_lin: dict[int, int] = {}  # row position of an mmap -> its lineage
+        self.blocks: list[dict] = []       # versions made in bulk (brk_run), as arrays
         self.brk_log: list[tuple] = []     # (pid, pos, ts, heap bytes)
+        self.brk_blocks: list[tuple] = []  # the same from brk_run, as arrays
         self.state_log: list[tuple] = []   # (pid, bnd, state)
         self.ts = self.bnd = self.pos = 0
 
     # ---- versions ----
     def _new(self, pid: int, m: Map, by: int, parent: int | None) -> None:
-        m.vid = len(self.rows)
-        self.rows.append((pid, m.start, m.end, m.prot, m.shared, m.file, m.off, m.fd, m.lin,
+        m.vid = self.nv
+        self.nv += 1
+        self.rows.append((m.vid, pid, m.start, m.end, m.prot, m.shared, m.file, m.off, m.fd, m.lin,
                           self.ts, self.bnd, by, self.pos, parent))
         self.vpath.append(m.path)
         self.vinode.append(m.inode)
@@ -85,25 +95,14 @@ class Core:
     def _kill(self, vid: int, by: int) -> None:
         self.dead[vid] = (self.ts, self.bnd, by)
 
-    def columns(self) -> dict[str, list]:
-        """The versions as columns (ROW_COLS, path, inode, d_ts, d_bnd, d_by)."""
-        n = len(self.rows)
-        cols = dict(zip(ROW_COLS, map(list, zip(*self.rows)))) if n else {c: [] for c in ROW_COLS}
-        cols["path"], cols["inode"] = self.vpath, self.vinode
-        d_ts, d_bnd, d_by = [None] * n, [None] * n, [-1] * n
-        for vid, (ts, bnd, by) in self.dead.items():
-            d_ts[vid], d_bnd[vid], d_by[vid] = ts, bnd, by
-        cols["d_ts"], cols["d_bnd"], cols["d_by"] = d_ts, d_bnd, d_by
-        return cols
-
     def _piece(self, pid: int, m: Map, s: int, e: int, by: int, prot: int | None = None) -> Map:
         n = m.clone(s, e, prot)
         self._new(pid, n, by, m.vid)
         return n
 
     def _lineage(self) -> int:
-        self.nlin += 1
-        return self.nlin - 1
+        self.lin_bnd.append(self.bnd)
+        return len(self.lin_bnd) - 1
 
     def _state(self, pid: int, P: Proc | None, state: int) -> None:
         if P is not None:
@@ -174,7 +173,7 @@ class Core:
         return P
 
     # ---- syscalls ----
-    def mmap(self, pid, tid, length, prot, flags, fd, off, ret, path=None) -> None:
+    def mmap(self, pid, length, prot, flags, fd, off, ret, path=None) -> None:
         """mm/mmap.c do_mmap -> mmap_region: the result `ret` is where the
         mapping went (hint taken or not, MAP_FIXED or not); whatever was
         there is unmapped first (only MAP_FIXED can overlap anything, and
@@ -192,20 +191,14 @@ class Core:
                         vk.SHARED_ANON if anon and shared else (None if anon else path),
                         0 if anon else off, None,
                         None if anon else fd, bool(flags & vk.MAP_GROWSDOWN), BY["mmap"])
-        if anon and not shared:
-            if flags & vk.MAP_STACK:
-                self.tstack_lin.add(m.lin)
-            P.tcand[tid] = m.lin
-        else:
-            P.tcand.pop(tid, None)
+        self.mmap_lin[self.pos] = m.lin
 
-    def munmap(self, pid, tid, addr, length, ret) -> None:
+    def munmap(self, pid, addr, length, ret) -> None:
         """mm/mmap.c __vm_munmap -> do_vmi_munmap: holes split mappings; an
         unmapped range is not an error."""
         if ret != 0 or addr % self.page:
             return
         P = self.proc(pid)
-        P.tcand.pop(tid, None)
         self.carve(pid, P, addr, addr + vk.page_align(length, self.page), BY["munmap"])
 
     def mprotect(self, pid, addr, length, prot, ret) -> None:
@@ -249,7 +242,7 @@ class Core:
             maps[i:j] = out
             P.starts[i:j] = [m.start for m in out]
 
-    def mremap(self, pid, tid, addr, length, new_len, flags, ret) -> None:
+    def mremap(self, pid, addr, length, new_len, flags, ret) -> None:
         """mm/mremap.c: shrink in place (unmap the tail), grow in place
         (vma_expand of the VMA ending at the old end), or move (move_vma /
         mremap_to: the old range goes, unless MREMAP_DONTUNMAP; the new range
@@ -258,7 +251,6 @@ class Core:
         if ret < 0:
             return
         P = self.proc(pid)
-        P.tcand.pop(tid, None)
         pg, by = self.page, BY["mremap"]
         old, new, a, r = vk.page_align(length, pg), vk.page_align(new_len, pg), addr, ret
         if new == 0:
@@ -307,7 +299,7 @@ class Core:
             self._new(pid, n, by, m.vid)
             self._insert(P, n)
 
-    def brk(self, pid, tid, ret) -> None:
+    def brk(self, pid, ret) -> None:
         """mm/mmap.c brk: the result is the new break (the old one if the
         call failed). Growing maps [PAGE_ALIGN(old), PAGE_ALIGN(new)) with
         do_brk_flags, which expands the heap VMA ending there; shrinking
@@ -315,7 +307,6 @@ class Core:
         if ret <= 0:
             return
         P = self.proc(pid)
-        P.tcand.pop(tid, None)
         pg, by = self.page, BY["brk"]
         if P.heap_start is None:       # right after exec brk == start_brk
             P.heap_start = ret
@@ -339,3 +330,66 @@ class Core:
             self.carve(pid, P, ne, oe, by)
         P.brk = ret
         self.brk_log.append((pid, self.pos, self.ts, ret - P.heap_start))
+
+    # ---- a run of brk calls in bulk ----
+    def heap_top(self, pid: int) -> tuple | None:
+        """(P, i, m, next start) if pid's break is known and the mapping
+        ending at it is the heap a brk would extend (P.maps[i] = m), else None."""
+        P = self.procs.get(pid)
+        if P is None or P.brk is None or P.heap_start is None:
+            return None
+        oe = vk.page_align(P.brk, self.page)
+        i = bisect_left(P.starts, oe) - 1
+        if i < 0:
+            return None
+        m = P.maps[i]
+        if (m.end != oe or m.path != vk.HEAP or m.shared
+                or m.prot != vk.PROT_READ | vk.PROT_WRITE):
+            return None
+        return P, i, m, P.starts[i + 1] if i + 1 < len(P.starts) else None
+
+    def brk_run(self, pid: int, P: Proc, i: int, m: Map, pos: np.ndarray, ts: np.ndarray,
+                bnd: np.ndarray, ret: np.ndarray) -> None:
+        """Successful brk calls of pid (arrays, in order) that, as the caller
+        checked (tracer.as_touch.BrkRuns), only move the end of the heap
+        mapping m = P.maps[i] and never to or below its start: what brk()
+        would do call by call, each new end a new version of m. All but the
+        last version are dead by the end of the run: they go to a block of
+        arrays; the last is an ordinary version."""
+        by, pg = BY["brk"], np.uint64(self.page - 1)
+        e = (ret.astype(np.uint64) + pg) & ~pg
+        prev = np.concatenate([[np.uint64(m.end)], e[:-1]])
+        ch = np.flatnonzero(e != prev)
+        self.brk_blocks.append((np.full(len(pos), pid, np.int64), pos.astype(np.int64),
+                                ts.astype(np.uint64), ret.astype(np.float64) - P.heap_start))
+        P.brk = int(ret[-1])
+        if not len(ch):
+            return
+        self.dead[m.vid] = (int(ts[ch[0]]), int(bnd[ch[0]]), by)
+        nb = len(ch) - 1
+        base = self.nv
+        ids = np.arange(base, base + nb, dtype=np.int64)
+        if nb:
+            b = ch[:-1]
+            self.blocks.append({
+                "vid": ids, "pid": np.full(nb, pid, np.int64),
+                "start": np.full(nb, m.start, np.uint64), "end": e[b],
+                "prot": np.full(nb, m.prot, np.int64), "shared": np.full(nb, m.shared, bool),
+                "file": np.full(nb, m.file, bool),
+                "off": np.full(nb, m.off if m.file else 0, np.uint64),
+                "fd": np.full(nb, -1 if m.fd is None else m.fd, np.int64),
+                "fd_ok": np.full(nb, m.fd is not None, bool),
+                "lin": np.full(nb, m.lin, np.int64), "ts": ts[b].astype(np.uint64),
+                "bnd": bnd[b].astype(np.int64), "by": np.full(nb, by, np.int64),
+                "cause": pos[b].astype(np.int64),
+                "parent": np.concatenate([[m.vid], ids[:-1]]).astype(np.int64),
+                "d_ts": ts[ch[1:]].astype(np.uint64), "d_bnd": bnd[ch[1:]].astype(np.int64),
+                "d_by": np.full(nb, by, np.int64)})
+            self.nv += nb
+            self.vpath.extend([m.path] * nb)
+            self.vinode.extend([m.inode] * nb)
+        last = int(ch[-1])
+        self.ts, self.bnd, self.pos = int(ts[last]), int(bnd[last]), int(pos[last])
+        n = m.clone(m.start, int(e[last]))
+        self._new(pid, n, by, int(ids[-1]) if nb else m.vid)
+        P.maps[i] = n

@@ -1,6 +1,7 @@
-"""The address-space model, continued: process events (fork, thread,
-exit, exec), /proc/PID/maps snapshots, and stack growth by faults. See
-tracer.as_model for the versions and the memory syscalls.
+"""The address-space model, continued: process events (fork, exit, exec),
+/proc/PID/maps snapshots, and stack growth by faults. See tracer.as_model
+for the versions and the memory syscalls; which mmaps were thread stacks is
+found from the event order alone (tracer.as_touch.thread_stacks).
 """
 from __future__ import annotations
 
@@ -62,16 +63,6 @@ class Model(Core):
         C.starts = list(P.starts)
         if C.brk is not None:
             self.brk_log.append((child, self.pos, self.ts, C.brk - C.heap_start))
-
-    def thread(self, pid, tid) -> None:
-        """glibc allocate_stack: mmap (+ mprotect of the guard) then clone. The
-        last anonymous private mmap of the cloning thread, if that thread made
-        no other mmap/munmap/mremap/brk since, was the new thread's stack."""
-        P = self.procs.get(pid)
-        if P is not None:
-            lin = P.tcand.pop(tid, None)
-            if lin is not None:
-                self.tstack_lin.add(lin)
 
     def exit(self, pid, flags) -> None:
         """kernel/exit.c: the last thread's exit_mm drops the address space."""

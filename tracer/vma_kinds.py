@@ -73,9 +73,13 @@ def perms(prot: int, shared: bool) -> str:
         + ("x" if prot & PROT_EXEC else "-") + ("s" if shared else "p")
 
 
-def perms_array(prot: np.ndarray, shared: np.ndarray) -> np.ndarray:
-    table = np.array([perms(p, s) for s in (False, True) for p in range(8)], dtype=object)
-    return table[(prot.astype(np.int64) & 7) + 8 * shared.astype(np.int64)]
+_PERMS = [perms(p, s) for s in (False, True) for p in range(8)]
+
+
+def perms_array(prot: np.ndarray, shared: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """The perms of many mappings, as a pandas string array."""
+    return pd.array(_PERMS, dtype="str").take((prot.astype(np.int64) & 7)
+                                              + 8 * shared.astype(np.int64))
 
 
 def has_file(path: str | None) -> bool:
@@ -130,7 +134,7 @@ def kind_of(path: str | None, prot: int, shared: bool, file: bool, tstack: bool)
 
 
 def classify(path: list, prot: np.ndarray, shared: np.ndarray, file: np.ndarray,
-             tstack: np.ndarray) -> pd.Categorical:
+             tstack: np.ndarray, factorized: tuple | None = None) -> pd.Categorical:
     """Kinds of many mappings, in this order of precedence:
 
     vdso ([vdso], [vvar], [vvar_vclock], [vsyscall]); heap ([heap]); stack
@@ -138,17 +142,23 @@ def classify(path: list, prot: np.ndarray, shared: np.ndarray, file: np.ndarray,
     SysV, memfd); file (any other file); guard (anonymous PROT_NONE); thread
     stack (anonymous, from an mmap that the model took for a thread stack);
     anon (the rest, named anonymous mappings '[anon:...]' included).
+    factorized: pd.factorize(path) if the caller has it.
     """
-    memo: dict[tuple, int] = {}
-    codes = np.empty(len(path), np.int8)
+    n = len(path)
+    if n == 0:
+        return pd.Categorical.from_codes(np.zeros(0, np.int8), dtype=KIND_DTYPE)
+    pcode, names = factorized if factorized is not None else pd.factorize(
+        pd.Series(path, dtype=object), use_na_sentinel=True)
+    key = ((pcode.astype(np.int64) + 1) << 6) | ((np.asarray(prot, np.int64) & 7) << 3) \
+        | (np.asarray(shared, bool).astype(np.int64) << 2) \
+        | (np.asarray(file, bool).astype(np.int64) << 1) | np.asarray(tstack, bool)
+    inv, uniq = pd.factorize(key)
     index = {k: i for i, k in enumerate(KINDS)}
-    for i, key in enumerate(zip(path, (prot & 7).tolist(), shared.tolist(),
-                                file.tolist(), tstack.tolist())):
-        c = memo.get(key)
-        if c is None:
-            c = memo[key] = index[kind_of(*key)]
-        codes[i] = c
-    return pd.Categorical.from_codes(codes, dtype=KIND_DTYPE)
+    names = list(names)
+    table = np.array([index[kind_of(names[(k >> 6) - 1] if k >> 6 else None, (k >> 3) & 7,
+                                    bool(k & 4), bool(k & 2), bool(k & 1))]
+                      for k in uniq.tolist()], np.int8)
+    return pd.Categorical.from_codes(table[inv], dtype=KIND_DTYPE)
 
 
 def access_codes(error_code: np.ndarray) -> np.ndarray:
