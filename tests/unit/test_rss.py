@@ -347,3 +347,11 @@ def test_a_change_sent_alone_before_its_unjoined_fault_is_the_faults():
     assert fr.loc[r, "cause"] == "fault" and fr.loc[other, "cause"] == "kernel"
     assert f not in fr.index                                    # no change of its own
     assert values(fr, r)[1] == 32 * PAGE
+
+
+def test_member_is_isin():
+    rng = np.random.default_rng(7)
+    for n, m in ((0, 5), (5, 0), (100, 40), (1000, 1000)):
+        x = rng.integers(0, 60, n).astype(np.uint64)
+        of = rng.integers(0, 60, m).astype(np.uint64)
+        assert (rss._member(x, of) == np.isin(x, of)).all()
