@@ -198,8 +198,6 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	return 0;
 }
 
-/* An mt_event with its header filled (time, ids, kind, the thread's name;
- * everything else zero), or NULL with the loss counted in `lost`. */
 /* A failed reservation is tried once more: on 6.x a ring buffer's lock is
  * a resilient spinlock whose acquisition can fail with the ring far from
  * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
@@ -232,6 +230,8 @@ static __always_inline struct mt_event *reserve_event(int lost)
 	return ev;
 }
 
+/* An mt_event with its header filled (time, ids, kind, the thread's name;
+ * everything else zero), or NULL with the loss counted in `lost`. */
 static __always_inline struct mt_event *new_event(u32 kind, u32 tgid, u32 tid, int lost)
 {
 	struct mt_event *ev = reserve_event(lost);

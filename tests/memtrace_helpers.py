@@ -9,7 +9,6 @@ conftest.py under the same module name).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import re
 import shutil
@@ -39,16 +38,12 @@ CFLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wall"]
 
 @functools.lru_cache(maxsize=None)
 def live_skip_reason() -> str | None:
-    """Why live (BPF) tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "live BPF test: needs root (run pytest as root, e.g. sudo .venv/bin/pytest)"
-    try:
-        found = importlib.util.find_spec("bcc") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        return (f"live BPF test: bcc is not importable by {sys.executable} "
-                "(install python3-bpfcc; the venv needs --system-site-packages: scripts/setup)")
+    """Why live (BPF) tests cannot run here, or None: what keeps memtrace's
+    own pytest plugin from tracing (root, bcc), and BTF."""
+    from tracer.pytest_plugin import skip_reason
+    why = skip_reason()
+    if why is not None:
+        return "live BPF test: " + why.removeprefix("memtrace: ")
     if not Path("/sys/kernel/btf").exists():
         return "live BPF test: the kernel has no BTF (/sys/kernel/btf missing)"
     return None

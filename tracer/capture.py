@@ -153,11 +153,14 @@ def run(opts: Options, say: Say,
         for fd in probes.ring_fds():
             poller.register(fd, select.EPOLLIN)
         deadline = time.monotonic() + opts.duration if opts.duration else None
+        def drain() -> None:
+            pending.extend(_drain(probes, res, comms, live_pids,
+                                  held if opts.stop_at_exec else None, opts.residency))
+
         last_flush = time.monotonic()
         while True:
             poller.poll(opts.poll_interval)
-            pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
-                                  opts.residency))
+            drain()
             if child is not None and res.exit_status is None:
                 _reap(child.pid, res)
             now = time.monotonic()
@@ -180,8 +183,7 @@ def run(opts: Options, say: Say,
                 break
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
-        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
-                                  opts.residency))
+        drain()
         if child is not None and res.exit_status is None and stop.reason in ("SIGINT", "SIGTERM"):
             # Ctrl-C reached CMD too (same process group); SIGTERM is passed
             # on to the CMD memtrace started, as strace does: give it a moment
@@ -197,8 +199,7 @@ def run(opts: Options, say: Say,
             # between the reads of the event and fault rings would show its
             # faults without its fork row).
             _untrace_all(probes)
-        pending.extend(_drain(probes, res, comms, live_pids, held if opts.stop_at_exec else None,
-                                  opts.residency))
+        drain()
         res.end_ts = time.monotonic_ns()
         res.counters = probes.counters()
         if opts.stacks:

@@ -97,10 +97,7 @@ def render(t: Trace, top: int = 10) -> str:
         lines += ["", f"top {len(sites)} fault call sites (faulting instruction)",
                   f"  {'faults':>8} {'major':>6}  site"]
         for _, s in sites.iterrows():
-            base = s["ip_module"].rsplit("/", 1)[-1] if isinstance(s["ip_module"], str) else ""
-            where = s["ip_site"]
-            if base and not where.startswith(base):   # a symbol: say whose
-                where = f"{where} ({base})"
+            where = _named(s["ip_site"], s["ip_module"])
             lines.append(f"  {int(s['faults']):>8,} {int(s['major']):>6,}  {where[:60]}")
     lines += _call_site_tables(t, top)
     cov = t.model.coverage
@@ -108,12 +105,17 @@ def render(t: Trace, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _where(r: pd.Series) -> str:
-    """A call site with its module's file name (unless the site starts with
-    it) and its caller, cut to fit 80 columns after the counts."""
-    site, module = str(r["call_site"]), r["call_module"]
+def _named(site: str, module) -> str:
+    """A site with its module's file name, unless the site starts with it
+    (an unnamed address is already "module+0xoff"): a symbol says whose."""
     base = module.rsplit("/", 1)[-1] if isinstance(module, str) else ""
-    where = f"{site} ({base})" if base and not site.startswith(base) else site
+    return f"{site} ({base})" if base and not site.startswith(base) else site
+
+
+def _where(r: pd.Series) -> str:
+    """A call site named (_named) with its caller, cut to fit 80 columns
+    after the counts."""
+    where = _named(str(r["call_site"]), r["call_module"])
     return (where + (f" <- {r['caller']}" if r["caller"] else ""))[:60]
 
 
