@@ -146,7 +146,10 @@ def test_change_after_a_fault_that_never_completes(workloads, tmp_path, disk_tmp
     assert kernel[6]["anon"] - kernel[7]["anon"] == 16 * PAGE
     assert _at(t, pid, marker_ts(ev, pid, 6)) == kernel[6]
     r = of_kind(between(ev, pid, 106, 7), "rss")
-    assert ints(r["rss_delta"]) == [-16 * PAGE], _describe(between(ev, pid, 106, 7))
+    # the kernel may report the unmapping in more than one step (one per batch
+    # of page table entries it zapped: -24576 then -40960 in one CI run)
+    assert sum(ints(r["rss_delta"])) == -16 * PAGE and set(r["cause"].astype(str)) == {"munmap"}, \
+        _describe(between(ev, pid, 106, 7))
     assert _at(t, pid, marker_ts(ev, pid, 7)) == kernel[7]
     _no_gap(t)
 
