@@ -41,6 +41,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "residency": opts.residency,
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
+        "fault_mode": opts.fault_mode,
     }
 
 
