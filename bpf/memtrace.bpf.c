@@ -17,7 +17,10 @@ BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
 
-/* tgid -> MT_STATE_*; filled by user space (-p, the spawned CMD) and by fork. */
+/* tgid -> MT_STATE_* in the low byte (MT_STATE_MASK); filled by user space
+ * (-p, the spawned CMD) and by fork. The bits above count the process's
+ * layout changes (MT_GEN_ONE per memory syscall entry and exit, and exec):
+ * the faults of one fault_summary entry all met one layout. */
 BPF_HASH(traced, u32, u32, 65536);
 BPF_PERCPU_ARRAY(counters, u64, MT_NR_COUNTERS);
 BPF_ARRAY(config, u64, MT_NR_CONFIG);
@@ -49,6 +52,8 @@ struct fault_slot {
 	s32 rss[4];        /* pages, by kmem:rss_stat member */
 	u32 alloc;         /* pages allocated (kmem:mm_page_alloc) */
 	u32 summary;       /* --faults=summary: counted at entry under `key` */
+	u32 gen;           /* the process's layout generation at entry */
+	u32 pad;
 	struct mt_summary_key key;
 };
 BPF_PERCPU_ARRAY(fault_slot, struct fault_slot, 1);
@@ -89,9 +94,6 @@ BPF_HASH(building, u32, u32, 16384);
  * entries x CPUs x 80 bytes preallocated, and without preallocation its
  * inserts (one fault in 16 on a first touch) cost more than the ring. */
 BPF_HASH(fault_summary, struct mt_summary_key, struct mt_summary, MT_SUMMARY_ENTRIES);
-/* Layout generation: bumped at the entry and the exit of every memory
- * syscall and at every exec of a traced process. */
-BPF_ARRAY(layout_gen, u64, 1);
 
 /* --stacks: user stacks of memory syscalls and of sampled faults. */
 BPF_STACK_TRACE(stacks, 16384);
@@ -110,11 +112,25 @@ static __always_inline u64 cfg(int idx)
 	return v ? *v : 0;
 }
 
-/* State of the current process, 0 if it is not traced. */
-static __always_inline u32 current_state(u32 tgid)
+/* State and layout generation of a process, 0 if it is not traced. */
+static __always_inline u32 state_word(u32 tgid)
 {
 	u32 *st = traced.lookup(&tgid);
 	return st ? *st : 0;
+}
+
+/* State of a process, 0 if it is not traced. */
+static __always_inline u32 current_state(u32 tgid)
+{
+	return state_word(tgid) & MT_STATE_MASK;
+}
+
+/* The process's layout changes: one more. */
+static __always_inline void bump_layout_gen(u32 tgid)
+{
+	u32 *st = traced.lookup(&tgid);
+	if (st)
+		__sync_fetch_and_add(st, MT_GEN_ONE);
 }
 
 /* The user stack of this event in `stacks` (--stacks), or -1: off, not
@@ -279,14 +295,6 @@ static __always_inline struct mt_exec *new_path_record(u32 kind, u32 tgid, u32 t
 
 /* ---- memory syscalls: entry stores the arguments, exit sends one event ---- */
 
-static __always_inline void bump_layout_gen(void)
-{
-	int zero = 0;
-	u64 *g = layout_gen.lookup(&zero);
-	if (g)
-		__sync_fetch_and_add(g, 1);
-}
-
 static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u64 a2,
 					 u64 a3, u64 a4, u64 a5)
 {
@@ -306,7 +314,7 @@ static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u6
 	e.args[3] = a3; e.args[4] = a4; e.args[5] = a5;
 	e.stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
 	if (kind != MT_EV_OPEN)
-		bump_layout_gen();
+		bump_layout_gen(tgid);
 	if (inflight.update(&tid, &e))
 		count(MT_CNT_MAP_FULL);
 	return 0;
@@ -325,7 +333,7 @@ static __always_inline int syscall_exit(u32 kind, s64 ret)
 		return 0;
 	}
 	count(MT_CNT_SYSCALLS);
-	bump_layout_gen();
+	bump_layout_gen(tgid);
 	struct mt_event *ev = new_event(kind, tgid, tid, MT_CNT_LOST_EVENT);
 	if (!ev) {
 		inflight.delete(&tid);
@@ -472,12 +480,10 @@ static __always_inline void summary_add(struct mt_summary *v, u64 ts, u64 addr)
 static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 tid, u64 ts,
 					  u64 ip)
 {
-	int zero = 0;
-	u64 *gen = layout_gen.lookup(&zero);
 	struct mt_summary_key *k = &fs->key;
 	k->block = fs->addr >> MT_SUMMARY_BLOCK_SHIFT;
 	k->pid = tgid;
-	k->gen = gen ? *gen : 0;
+	k->gen = fs->gen;
 	k->slot = ts >> MT_SUMMARY_SLOT_SHIFT;
 	k->error_code = fs->error_code & (MT_PF_PROT | MT_PF_WRITE | MT_PF_USER | MT_PF_INSTR);
 	k->flags = (fs->error_code & MT_PF_USER) ? 0 : MT_FAULT_KERNEL_MODE;
@@ -520,8 +526,9 @@ static __always_inline int summary_major(struct fault_slot *fs, u64 now)
 		__sync_fetch_and_add(&v->rss_shmem, -fs->rss[3]);
 	} else {
 		/* its entry was drained already (a major fault longer than
-		 * user space's margin): the row holds it as minor */
+		 * user space's margin): a row holds it as minor */
 		count(MT_CNT_SUMMARY_LATE_MAJOR);
+		return 0;
 	}
 	struct mt_summary_key k = fs->key;
 	k.flags |= MT_FAULT_MAJOR;
@@ -551,7 +558,9 @@ static __always_inline int fault_enter(u64 addr, u64 error_code, struct pt_regs 
 	retire_slot(fs);
 	fs->tid = tid;
 	fs->active = 1;
-	fs->state = current_state(tgid);
+	u32 word = state_word(tgid);
+	fs->state = word & MT_STATE_MASK;
+	fs->gen = word >> 8;
 	if (fs->state)
 		unpark(tid);
 	if (fs->state == MT_STATE_TRACED)
@@ -881,9 +890,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	u32 *st = traced.lookup(&tgid);
 	if (!st)
 		return 0;
-	if (*st == MT_STATE_PRE_EXEC)
-		*st = MT_STATE_TRACED;
-	bump_layout_gen();
+	if ((*st & MT_STATE_MASK) == MT_STATE_PRE_EXEC)
+		*st = (*st & ~MT_STATE_MASK) | MT_STATE_TRACED;
+	__sync_fetch_and_add(st, MT_GEN_ONE);
 	u32 old = args->old_pid;
 	/* the new image's counters (its argument pages, the loader's faults) */
 	take_built(old, tgid, tid, 1);

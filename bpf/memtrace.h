@@ -37,6 +37,8 @@
 /* State of a traced process (value of the `traced` map). */
 #define MT_STATE_PRE_EXEC 1
 #define MT_STATE_TRACED 2
+#define MT_STATE_MASK 0xff    /* the state's bits of a `traced` value */
+#define MT_GEN_ONE 0x100      /* one layout change in the bits above them */
 
 /* mt_fault.flags */
 #define MT_FAULT_MAJOR 1
@@ -100,8 +102,8 @@
  * one entry per (process, 64 KiB block, access, major, time slot, layout
  * generation); user space drains the slots no fault can reach any more. */
 #define MT_SUMMARY_BLOCK_SHIFT 16     /* 64 KiB blocks: 16 pages, a u16 bitmap */
-#define MT_SUMMARY_SLOT_SHIFT 27      /* time slots of 2^27 ns (134 ms) */
-#define MT_SUMMARY_ENTRIES 65536
+#define MT_SUMMARY_SLOT_SHIFT 26      /* time slots of 2^26 ns (67 ms) */
+#define MT_SUMMARY_ENTRIES 131072
 #define MT_USER_ADDR_END 0x100000000000000  /* x86-64: user addresses are below (5-level paging: 2^56) */
 
 #define MT_COMM_LEN 16
@@ -129,9 +131,8 @@ struct mt_fault {
 	__s32 stack_id;    /* user stack in the `stacks` map (--stacks), -1 none */
 };
 
-/* Key of a fault_summary entry. `gen` counts the layout changes (memory
- * syscalls, execs) of every traced process: the faults of one entry all
- * met the same address-space layout. */
+/* Key of a fault_summary entry. `gen` counts the process's layout changes
+ * (memory syscalls, execs): the faults of one entry all met one layout. */
 struct mt_summary_key {
 	__u64 block;       /* faulting address >> MT_SUMMARY_BLOCK_SHIFT */
 	__u32 pid;

@@ -1,12 +1,12 @@
 """--faults=summary: the `fault_summary` BPF map drained into fault rows.
 
 BPF counts each fault into a per-CPU hash entry keyed by (process, 64 KiB
-block, access, major, time slot of 2^27 ns, layout generation) instead of
+block, access, major, time slot of 2^26 ns, layout generation) instead of
 sending a record (bpf/memtrace.bpf.c `summarise`, layout: memtrace.h). An
 entry is only written while the clock is in its slot, so user space drains
-the slots that ended two slots (268 ms) ago: no fault can still be adding
-to them (but a major fault slower than that: counted), and deleting them
-loses nothing. At the end of the run, with no
+the slots that ended two slots (134 ms) ago: no fault can still be adding
+to them, and deleting them loses nothing (but the end of a major fault
+slower than that: it stays counted as minor, counter `summary_late_major`). At the end of the run, with no
 process traced any more, every slot is drained.
 
 Each entry becomes one `fault` row with `count` (docs/format.md): the CPUs'

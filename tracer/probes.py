@@ -170,7 +170,8 @@ class Probes:
         self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
 
     def traced_pids(self) -> dict[int, int]:
-        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] for k, v in self._maps["traced"].items()}
+        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] & C["MT_STATE_MASK"]
+                for k, v in self._maps["traced"].items()}
 
     def counters(self) -> dict[str, int]:
         table = self._maps["counters"]
