@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,6 +118,49 @@ def wait_for_trace(out: Path, pred, proc, timeout: float = 60.0, every: float = 
             pass
         time.sleep(every)
     return False
+
+
+def procs(**match: int) -> dict[int, tuple[str, str]]:
+    """pid -> (comm, state) of the processes whose /proc/PID/stat fields
+    match (ppid=..., sid=...): only those a test started, never anyone
+    else's (other tests may run the same programs at the same time)."""
+    fields = {"ppid": 1, "sid": 3}          # after the state letter
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{d}/stat").read_bytes()
+        except OSError:
+            continue
+        rest = data[data.rfind(b")") + 2:].split()
+        if all(int(rest[fields[k]]) == v for k, v in match.items()):
+            comm = data[data.find(b"(") + 1:data.rfind(b")")].decode(errors="replace")
+            out[int(d)] = (comm, rest[0].decode())
+    return out
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILLs what is left of the session a test started (memtrace run
+    with start_new_session: CMD and its children are in it, and stay in it
+    once memtrace is gone)."""
+    for _ in range(40):
+        try:
+            os.killpg(sid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if not procs(sid=sid):
+            return
+        time.sleep(0.05)
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (SigIgn of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {n + 1 for n in range(64) if mask >> n & 1}
+    return set()
 
 
 def _text(b) -> str:

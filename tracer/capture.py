@@ -5,6 +5,9 @@ batches, stream them to the spill, stop when everything traced has exited
 What it guarantees however the run ends (README "Guarantees"):
 - a process BPF stopped at its exec (SIGSTOP, until its maps are read) is
   always continued: normal end, signal or exception (not SIGKILL of memtrace);
+- stopped by a signal, memtrace does not exit leaving the CMD it started
+  running (tracer.cmd_stop); a signal ignored when memtrace started stays
+  ignored by CMD, and SIGHUP by memtrace too (nohup);
 - the spill holds everything up to the last flush (`flush_interval`);
 - a run that fails before tracing starts leaves no file behind, and a stale
   trace at PATH is removed before (so PATH never shows an older run as if it
@@ -27,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import _procfs, writer
+from tracer import _procfs, cmd_stop, writer
 from tracer.fault_summary import SLOT_SHIFT, SummaryReader
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
@@ -104,7 +107,9 @@ def run(opts: Options, say: Say,
     """`live`, if given, is called after each turn of the loop with the
     running Result and a function that reads the BPF counters."""
     res = Result(net_mapped=NetMapped() if live is not None else None)
-    old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:]}
+    # what CMD inherits (nohup; `&` in a script ignores SIGINT): left alone
+    ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN}
+    old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:] if s not in ignored}
     try:
         spill = writer.Spill(opts.output)       # fails early if the output is not writable
     except BaseException:
@@ -126,7 +131,13 @@ def run(opts: Options, say: Say,
     live_pids: set[int] = set()
     held: set[int] = set()        # stopped by BPF at exec, not yet continued
     child: subprocess.Popen | None = None
+    ending: cmd_stop.Ending | None = None
     started = False
+
+    def catch(signals) -> None:
+        for s in signals:
+            old.setdefault(s, signal.getsignal(s))
+            signal.signal(s, stop)
     try:
         probes.set_config(C["MT_CFG_FOLLOW"], int(opts.follow))
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], int(opts.stop_at_exec))
@@ -136,6 +147,11 @@ def run(opts: Options, say: Say,
             summary = SummaryReader(probes.table("fault_summary"))
             probes.set_config(C["MT_CFG_FAULT_MODE"], C["MT_FAULT_MODE_SUMMARY"])
         res.start_ts = time.monotonic_ns()
+        # from here a signal ends tracing normally; caught before CMD starts,
+        # so that one arriving while it starts cannot leave it behind
+        catch(s for s in STOP_SIGNALS if s not in ignored)
+        if stop.reason:
+            raise KeyboardInterrupt(stop.reason)
         if opts.command:
             probes.set_config(C["MT_CFG_SPAWNER_TID"], threading.get_native_id())
             try:
@@ -152,9 +168,8 @@ def run(opts: Options, say: Say,
             live_pids.add(pid)
             pending.extend(_attach_snapshot(pid, res, comms))
         started = True
-        for s in STOP_SIGNALS:
-            old.setdefault(s, signal.getsignal(s))
-            signal.signal(s, stop)
+        # how a script stops a memtrace it started with `&`; CMD has its own
+        catch((signal.SIGINT, signal.SIGTERM))
         res.startup["first_event"] = (time.monotonic_ns() - res.start_ts) / 1e9
         poller = select.epoll()
         for fd in probes.ring_fds():
@@ -196,25 +211,24 @@ def run(opts: Options, say: Say,
             if live is not None:
                 live(res, probes.counters)
             if stop.reason:
-                res.interrupted = stop.reason
-                break
-            if deadline and now >= deadline:
+                res.interrupted = res.interrupted or stop.reason
+                if child is None or res.exit_status is not None:
+                    break
+                ending = ending or cmd_stop.Ending(child.pid, res.processes[child.pid],
+                                                   res.interrupted, say)
+                if not ending.step():
+                    break
+            elif deadline and now >= deadline:
                 res.interrupted = "duration"
+                if child is not None and res.exit_status is None:
+                    say(f"{res.processes[child.pid]} (pid {child.pid}) goes on running,"
+                        " untraced (-d)")
                 break
             if not live_pids and (child is None or res.exit_status is not None):
                 break
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()
-        if child is not None and res.exit_status is None and stop.reason in ("SIGINT", "SIGTERM"):
-            # Ctrl-C reached CMD too (same process group); SIGTERM is passed
-            # on to the CMD memtrace started, as strace does: give it a moment
-            if stop.reason == "SIGTERM":
-                _signal(child.pid, signal.SIGTERM)
-            for _ in range(20):
-                if _reap(child.pid, res):
-                    break
-                time.sleep(0.05)
         if live_pids:
             # Stopped while processes still run: untrace them all in BPF
             # first, so the last drain is a clean cut (else a child forked

@@ -16,8 +16,8 @@ Exit codes of the ``memtrace`` command:
    10  memtrace diff --fail-above: a figure changed by more than the threshold
 
 ``memtrace -- CMD`` exits with CMD's own status when tracing itself went well.
-Ctrl-C while tracing ends tracing normally (the trace is written); Ctrl-C
-before tracing starts exits with 130.
+Ctrl-C while tracing ends tracing normally (the trace is written) once CMD
+has exited (tracer.cmd_stop); Ctrl-C before tracing starts exits with 130.
 """
 
 from __future__ import annotations

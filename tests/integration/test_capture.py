@@ -355,30 +355,24 @@ def test_error_pid_not_a_number(tmp_path):
 
 # ---- g. Ctrl-C ----
 
-def test_ctrl_c_keeps_the_trace(workloads, tmp_path):
+def test_ctrl_c_keeps_the_trace(workloads, tmp_path, memtrace_session):
     out = tmp_path / "intr.parquet"
     # its own session, so the SIGINT goes to memtrace and CMD as a terminal's would
+    # (and the session is killed at teardown: nothing outlives the test);
     # a bounded fault rate: how much is traced before the signal must not
     # depend on how long a loaded machine takes to show the first flush
-    mt = subprocess.Popen(memtrace_cmd("-o", out, "--", workloads["neighbour"], 0, 0, 100_000),
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+    m = memtrace_session(["-o", out, "--", workloads["neighbour"], 0, 0, 100_000])
+    if not wait_for_trace(out, lambda ev: len(faults_of(ev)) > 0, m.proc):
+        pytest.fail(f"memtrace recorded no fault within 60 s: {m.stderr()}")
+    time.sleep(1)
+    os.killpg(m.sid, signal.SIGINT)
     try:
-        if not wait_for_trace(out, lambda ev: len(faults_of(ev)) > 0, mt):
-            os.killpg(mt.pid, signal.SIGKILL)
-            pytest.fail(f"memtrace recorded no fault within 60 s: {mt.communicate()[1]}")
-        time.sleep(1)
-        os.killpg(mt.pid, signal.SIGINT)
-        try:
-            _, err = mt.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            pytest.fail("memtrace did not exit within 60 s of SIGINT")
-    finally:
-        if mt.poll() is None:
-            os.killpg(mt.pid, signal.SIGKILL)
-            mt.wait()
+        m.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"memtrace did not exit within 60 s of SIGINT: {m.stderr()}")
+    err = m.stderr()
     assert "Traceback" not in err, err
-    assert out.exists(), f"no trace after SIGINT (rc {mt.returncode}):\n{err}"
+    assert out.exists(), f"no trace after SIGINT (rc {m.proc.returncode}):\n{err}"
     import tracer
     t = tracer.load(out)
     ev = t.events

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from memtrace_helpers import (
-    REPO, counter, exec_pid, exec_pids, faults_of, kinds, memtrace_cmd, of_kind,
-    run_memtrace, wait_for_trace,
+    REPO, counter, exec_pid, exec_pids, faults_of, kill_session, kinds, memtrace_cmd,
+    of_kind, procs, run_memtrace, wait_for_trace,
 )
 
 live = pytest.mark.live
@@ -76,47 +76,14 @@ def _group_exits(ev) -> set[int]:
     return set(int(p) for p in ex[(ex["flags"].astype("uint64") & 1) == 1]["pid"])
 
 
-def _procs(**match: int) -> dict[int, tuple[str, str]]:
-    """pid -> (comm, state) of the processes whose /proc/PID/stat fields
-    match (ppid=..., sid=...): only those a test started, never anyone
-    else's (other tests may run the same programs at the same time)."""
-    fields = {"ppid": 1, "sid": 3}          # after the state letter
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            data = Path(f"/proc/{d}/stat").read_bytes()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2:].split()
-        if all(int(rest[fields[k]]) == v for k, v in match.items()):
-            comm = data[data.find(b"(") + 1:data.rfind(b")")].decode(errors="replace")
-            out[int(d)] = (comm, rest[0].decode())
-    return out
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILLs what is left of the session a test started (memtrace run
-    with start_new_session: CMD and its children are in it)."""
-    for _ in range(40):
-        try:
-            os.killpg(sid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if not _procs(sid=sid):
-            return
-        time.sleep(0.05)
-
-
 def _stopped(sid: int, settle: float = 0.5) -> dict[int, str]:
     """Processes of session `sid` in a stopped state ('T'), seen twice
     `settle` apart (one between its SIGSTOP and SIGCONT is not left stopped)."""
-    first = {p for p, (_, s) in _procs(sid=sid).items() if s == "T"}
+    first = {p for p, (_, s) in procs(sid=sid).items() if s == "T"}
     if not first:
         return {}
     time.sleep(settle)
-    return {p: c for p, (c, s) in _procs(sid=sid).items() if s == "T" and p in first}
+    return {p: c for p, (c, s) in procs(sid=sid).items() if s == "T" and p in first}
 
 
 def _start(args: list, **kw) -> subprocess.Popen:
@@ -130,7 +97,8 @@ def _finish(mt: subprocess.Popen, timeout: float = 60) -> str:
     try:
         return mt.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
-        mt.kill()
+        # the whole session: a CMD still running holds the pipes open
+        kill_session(mt.pid)
         pytest.fail(f"memtrace did not exit within {timeout} s:\n{mt.communicate()[1]}")
 
 
@@ -223,7 +191,7 @@ def test_sigterm_finishes_and_leaves_nothing_stopped(workloads, tmp_path):
         err = _finish(mt)
         stopped = _stopped(mt.pid)
     finally:
-        _kill_session(mt.pid)
+        kill_session(mt.pid)
     assert not stopped, f"processes left stopped: {stopped}"
     assert "Traceback" not in err, err
     assert mt.returncode == 128 + signal.SIGTERM, (mt.returncode, err)
@@ -249,7 +217,7 @@ def test_sigint_to_memtrace_alone_with_attach(workloads, tmp_path):
         err = _finish(mt)
         assert mt.returncode == 0, err
         time.sleep(0.2)
-        state = _procs(ppid=os.getpid()).get(nb.pid, ("", "gone"))[1]
+        state = procs(ppid=os.getpid()).get(nb.pid, ("", "gone"))[1]
         assert state in ("R", "S", "D"), f"the attached process is in state {state}"
     finally:
         for p in (mt, nb):
@@ -280,7 +248,7 @@ def test_sigkill_leaves_a_readable_partial(workloads, tmp_path):
         t = _load(out)
         pid = exec_pid(t.events, "neighbour")
     finally:
-        _kill_session(mt.pid)
+        kill_session(mt.pid)
     assert not out.exists(), "a final file after SIGKILL"
     assert Path(str(out) + ".partial").exists()
     assert not t.complete
@@ -305,17 +273,17 @@ def test_exception_in_capture_continues_held_processes(monkeypatch):
     monkeypatch.setattr(writer, "exec_batch", broken)
     opts = capture.Options(command=["sleep", "30"], pids=[], follow=True, duration=None,
                            output=tmp / "x.parquet", fmt="parquet")
-    before = set(_procs(ppid=os.getpid()))
+    before = set(procs(ppid=os.getpid()))
     try:
         with pytest.raises(RuntimeError, match="injected"):
             capture.run(opts, lambda s: None)
         time.sleep(0.2)
-        mine = {p: st for p, (c, st) in _procs(ppid=os.getpid()).items()
+        mine = {p: st for p, (c, st) in procs(ppid=os.getpid()).items()
                 if p not in before and c == "sleep"}
         assert len(mine) == 1, f"the sleep CMD: {mine}"
         assert all(st in ("S", "R") for st in mine.values()), f"left stopped: {mine}"
     finally:
-        for p in set(_procs(ppid=os.getpid())) - before:
+        for p in set(procs(ppid=os.getpid())) - before:
             try:
                 os.kill(p, signal.SIGKILL)
                 os.waitpid(p, 0)
@@ -364,7 +332,7 @@ def _fails(args: list, code: int, **kw) -> str:
         err = _finish(mt, timeout=120)
         stopped = _stopped(mt.pid)
     finally:
-        _kill_session(mt.pid)
+        kill_session(mt.pid)
     assert not stopped, f"left stopped: {stopped}"
     assert mt.returncode == code, f"exit {mt.returncode}, expected {code}:\n{err}"
     return _one_line(err)
@@ -453,7 +421,7 @@ def test_stale_trace_is_not_taken_for_this_run(workloads, tmp_path):
         mt.kill()
         mt.wait()
     finally:
-        _kill_session(mt.pid)
+        kill_session(mt.pid)
     assert not out.exists()
     t = _load(out)
     assert not t.complete and len(exec_pids(t.events, "neighbour")) == 1
