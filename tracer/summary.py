@@ -30,7 +30,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "processes": {str(k): v for k, v in sorted(res.processes.items())},
         "start_ts": res.start_ts,
         "end_ts": res.end_ts,
-        "complete": res.interrupted in (None, "duration", "SIGINT", "SIGTERM"),
+        "complete": res.interrupted in (None, "duration", "SIGINT", "SIGTERM", "SIGHUP"),
         "interrupted": res.interrupted,
         "startup_s": {k: round(v, 4) for k, v in res.startup.items()},
         "counters": res.counters,
