@@ -270,3 +270,25 @@ def test_summary_renders_the_table_only_with_a():
     opts.system = None
     assert "by process" not in summary.render(res, summary.metadata(res, opts, []),
                                               Path("t.parquet"), 100)
+
+
+def test_insert_keeps_a_decision_bpf_made_first():
+    """The scan's map update is BPF_NOEXIST: a process BPF decided meanwhile
+    (forked by a traced one, or at its exec) is left to its events."""
+    import errno
+    from tracer import bpfcache
+
+    class FakeMap:
+        def __init__(self):
+            self.d = {}
+
+        def update(self, key, value, flags=0):
+            assert flags == system.BPF_NOEXIST
+            if key in self.d:
+                raise bpfcache.LoadError(errno.EEXIST, "exists")
+            self.d[key] = value
+
+    m = FakeMap()
+    assert system._insert(m, 7, system.TRACED)
+    assert not system._insert(m, 7, system.IGNORED)
+    assert m.d == {(7).to_bytes(4, "little"): system.TRACED.to_bytes(4, "little")}
