@@ -18,12 +18,20 @@ BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
 
 /* tgid -> MT_STATE_* in the low byte (MT_STATE_MASK); filled by user space
- * (-p, the spawned CMD) and by fork. The bits above count the process's
- * layout changes (MT_GEN_ONE per memory syscall entry and exit, and exec):
- * the faults of one fault_summary entry all met one layout. */
+ * (-p, the spawned CMD, -a's processes at start) and by fork; with -a also
+ * by BPF, the first time a process is seen (so each is decided once, not at
+ * every fault). The bits above count the process's layout changes
+ * (MT_GEN_ONE per memory syscall entry and exit, and exec): the faults of
+ * one fault_summary entry all met one layout. */
 BPF_HASH(traced, u32, u32, 65536);
 BPF_PERCPU_ARRAY(counters, u64, MT_NR_COUNTERS);
 BPF_ARRAY(config, u64, MT_NR_CONFIG);
+
+/* -a --comm: the names (zero-padded, as bpf_get_current_comm gives them). */
+struct comm_key {
+	char name[MT_COMM_LEN];
+};
+BPF_HASH(comm_filter, struct comm_key, u8, MT_COMM_FILTERS);
 
 /* Per-thread state; deleted when the thread exits, so a reused tid never
  * inherits it. */
@@ -112,11 +120,73 @@ static __always_inline u64 cfg(int idx)
 	return v ? *v : 0;
 }
 
-/* State and layout generation of a process, 0 if it is not traced. */
+/* PRE_EXEC or TRACED: a process whose address space memtrace follows
+ * (IGNORED and EXCLUDED, like 0, are not). */
+static __always_inline int watched(u32 st)
+{
+	return st == MT_STATE_PRE_EXEC || st == MT_STATE_TRACED;
+}
+
+/* State of process `pid` (any process), 0 if it has none. */
+static __always_inline u32 state_of(u32 pid)
+{
+	u32 *st = traced.lookup(&pid);
+	return st ? *st & MT_STATE_MASK : 0;
+}
+
+/* -a: whether the current task's process matches the filters (AND of
+ * those given), `comm` its name zero-padded. The uid is the real one;
+ * --cgroup matches the cgroup and everything below it. */
+static __always_inline u32 decide(struct comm_key *comm)
+{
+	u64 uid = cfg(MT_CFG_UID);
+	if (uid && (u32)bpf_get_current_uid_gid() != (u32)(uid - 1))
+		return MT_STATE_IGNORED;
+	u64 cg = cfg(MT_CFG_CGROUP);
+	if (cg) {
+		int in = 0;
+#pragma unroll
+		for (int level = 0; level < MT_CGROUP_DEPTH; level++) {
+			u64 id = bpf_get_current_ancestor_cgroup_id(level);
+			if (id == cg)
+				in = 1;
+			if (!id || in)
+				break;
+		}
+		if (!in)
+			return MT_STATE_IGNORED;
+	}
+	if (cfg(MT_CFG_COMM) && !comm_filter.lookup(comm))
+		return MT_STATE_IGNORED;
+	return MT_STATE_TRACED;
+}
+
+static __always_inline u32 decide_current(void)
+{
+	struct comm_key k = {};
+	bpf_get_current_comm(&k.name, sizeof(k.name));
+	return decide(&k);
+}
+
+/* State and layout generation of the current process (`tgid` is the
+ * current task's), 0 if it is not traced. With -a, a process not seen yet
+ * is decided here, once: the decision is kept in `traced` (TRACED or
+ * IGNORED), so a fault still costs one hash lookup. */
 static __always_inline u32 state_word(u32 tgid)
 {
 	u32 *st = traced.lookup(&tgid);
-	return st ? *st : 0;
+	if (st)
+		return *st;
+	if (!(cfg(MT_CFG_ALL) & MT_ALL_NEW))
+		return 0;
+	u32 now = decide_current();
+	if (traced.insert(&tgid, &now)) {
+		st = traced.lookup(&tgid);   /* decided meanwhile on another CPU */
+		if (st)
+			return *st;
+		count(MT_CNT_MAP_FULL);
+	}
+	return now;
 }
 
 /* State of a process, 0 if it is not traced. */
@@ -561,7 +631,7 @@ static __always_inline int fault_enter(u64 addr, u64 error_code, struct pt_regs 
 	u32 word = state_word(tgid);
 	fs->state = word & MT_STATE_MASK;
 	fs->gen = word >> 8;
-	if (fs->state)
+	if (watched(fs->state))
 		unpark(tid);
 	if (fs->state == MT_STATE_TRACED)
 		fs->ts = bpf_ktime_get_ns();
@@ -699,7 +769,9 @@ static __always_inline int rss_other_mm(u32 mm, u32 member, s64 size, u32 tgid, 
 {
 	struct rss_state *rs = rss_mm.lookup(&mm);
 	if (!rs) {
-		if (!current_state(tgid))
+		/* the current task: no decision here (-a), a kernel thread
+		 * (reclaim) may be the one changing another process's mm */
+		if (!watched(state_of(tgid)))
 			return 0;
 		/* an exec tears its old mm down after building the new one:
 		 * while the new one is pending, an unknown mm is the old one */
@@ -724,7 +796,7 @@ static __always_inline int rss_other_mm(u32 mm, u32 member, s64 size, u32 tgid, 
 	u32 owner = rs->owner;
 	if (owner == tgid)
 		rs->owner = owner = 0;
-	else if (owner && current_state(owner) == MT_STATE_TRACED)
+	else if (owner && state_of(owner) == MT_STATE_TRACED)
 		rss_event(owner, tid, member, size, delta, flags);
 	if (!owner && !(rs->last[0] | rs->last[1] | rs->last[2] | rs->last[3]))
 		rss_mm.delete(&mm);
@@ -747,7 +819,7 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 		return 0;
 	int in_fault = fs->tid == tid && fs->active;
 	u32 st = in_fault ? fs->state : current_state(tgid);
-	if (!st)
+	if (!watched(st))
 		return 0;
 	struct rss_state *rs = rss_mm.lookup(&mm);
 	if (!rs) {
@@ -834,11 +906,23 @@ static __always_inline void proc_event(u32 kind, u32 tgid, u32 tid, s32 aux,
 	events.ringbuf_submit(ev, wakeup);
 }
 
+/* -a: a traced process that no longer matches the filters (it exec'd or
+ * was renamed): an exit row (GROUP_DEAD | LEFT) ends it in the trace, and
+ * its per-thread state goes (the other threads' goes at their exit). */
+static __always_inline void leave(u32 tgid, u32 tid, u32 old_tid)
+{
+	inflight.delete(&tid);
+	take_built(old_tid, tgid, tid, 0);
+	proc_event(MT_EV_EXIT, tgid, tid, 0, 0, MT_EXIT_GROUP_DEAD | MT_EXIT_LEFT,
+		   BPF_RB_FORCE_WAKEUP);
+}
+
 TRACEPOINT_PROBE(task, task_newtask)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	if (!current_state(tgid) && tid != cfg(MT_CFG_SPAWNER_TID))
+	u32 st = current_state(tgid);
+	if ((!st || st == MT_STATE_IGNORED) && tid != cfg(MT_CFG_SPAWNER_TID))
 		return 0;
 	u64 flags = args->clone_flags;
 	clone_flags.update(&tid, &flags);
@@ -854,6 +938,8 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 	int spawner = tid == cfg(MT_CFG_SPAWNER_TID);
 	if (!st && !spawner)
 		return 0;
+	if (st == MT_STATE_IGNORED)   /* -a: its children are decided when first seen */
+		return 0;
 	u64 flags = 0;
 	u64 *fl = clone_flags.lookup(&tid);
 	if (fl) {
@@ -865,6 +951,11 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 			proc_event(MT_EV_THREAD, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
 		return 0;
 	}
+	if (st == MT_STATE_EXCLUDED) {   /* memtrace's own helpers, whatever they exec */
+		if (traced.update(&child, &st))
+			count(MT_CNT_MAP_FULL);
+		return 0;
+	}
 	if (spawner && !st) {
 		/* memtrace's own child for `-- CMD`: traced from its exec on */
 		u32 pre = MT_STATE_PRE_EXEC;
@@ -873,6 +964,18 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 		return 0;
 	}
 	int follow = st == MT_STATE_TRACED && cfg(MT_CFG_FOLLOW);
+	if (follow && cfg(MT_CFG_ALL) && cfg(MT_CFG_COMM)) {
+		/* -a --comm: the child is named after the thread that forked it
+		 * (uid and cgroup are the parent's) */
+		struct comm_key k = {};
+		bpf_get_current_comm(&k.name, sizeof(k.name));
+		if (!comm_filter.lookup(&k)) {
+			u32 ign = MT_STATE_IGNORED;
+			if (traced.update(&child, &ign))
+				count(MT_CNT_MAP_FULL);
+			follow = 0;
+		}
+	}
 	if (follow) {
 		if (traced.update(&child, &st))
 			count(MT_CNT_MAP_FULL);
@@ -887,13 +990,31 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	u32 *st = traced.lookup(&tgid);
-	if (!st)
-		return 0;
-	if ((*st & MT_STATE_MASK) == MT_STATE_PRE_EXEC)
-		*st = (*st & ~MT_STATE_MASK) | MT_STATE_TRACED;
-	__sync_fetch_and_add(st, MT_GEN_ONE);
 	u32 old = args->old_pid;
+	u32 *p = traced.lookup(&tgid);
+	u32 st = p ? *p & MT_STATE_MASK : 0;
+	if (st == MT_STATE_PRE_EXEC) {
+		*p = (*p & ~MT_STATE_MASK) | MT_STATE_TRACED;
+		st = MT_STATE_TRACED;
+	} else if (cfg(MT_CFG_ALL) && st != MT_STATE_EXCLUDED) {
+		/* -a: the new program is decided again (name, and uid or
+		 * cgroup changed before the exec: su, systemd's services) */
+		u32 now = decide_current();
+		if (now != st && traced.update(&tgid, &now))
+			count(MT_CNT_MAP_FULL);
+		if (now != MT_STATE_TRACED) {
+			if (st == MT_STATE_TRACED)
+				leave(tgid, tid, old);
+			/* the new image's counters, built while it was traced
+			 * (a rename inside this exec may have untraced it) */
+			take_built(old, tgid, tid, 0);
+			return 0;
+		}
+		st = now;
+	}
+	if (st != MT_STATE_TRACED)
+		return 0;
+	bump_layout_gen(tgid);     /* a new address space */
 	/* the new image's counters (its argument pages, the loader's faults) */
 	take_built(old, tgid, tid, 1);
 	if (old != tid)
@@ -918,14 +1039,20 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	u32 st = current_state(tgid);
+	u32 st = state_of(tgid);
 	if (!st)
 		return 0;
+	u16 dead = args->group_dead ? MT_EXIT_GROUP_DEAD : 0;
+	if (st == MT_STATE_IGNORED || st == MT_STATE_EXCLUDED) {
+		clone_flags.delete(&tid);
+		if (dead)
+			traced.delete(&tgid);
+		return 0;
+	}
 	inflight.delete(&tid);
 	clone_flags.delete(&tid);
 	building.delete(&tid);
 	unpark(tid);
-	u16 dead = args->group_dead ? MT_EXIT_GROUP_DEAD : 0;
 	if (dead)
 		traced.delete(&tgid);   /* its mm's state goes with the teardown */
 	if (st == MT_STATE_TRACED)
@@ -938,7 +1065,29 @@ TRACEPOINT_PROBE(task, task_rename)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32;
-	if (current_state(tgid) != MT_STATE_TRACED)
+	u32 st = current_state(tgid);
+	if ((u32)args->pid == tgid && cfg(MT_CFG_COMM) && cfg(MT_CFG_ALL) &&
+	    (st == MT_STATE_TRACED || st == MT_STATE_IGNORED)) {
+		/* -a --comm: the process (its main thread) takes a new name */
+		struct comm_key k = {};
+#pragma unroll
+		for (int i = 0; i < MT_COMM_LEN - 1; i++) {
+			k.name[i] = args->newcomm[i];
+			if (!k.name[i])
+				break;
+		}
+		u32 now = decide(&k);
+		if (now != st) {
+			if (traced.update(&tgid, &now))
+				count(MT_CNT_MAP_FULL);
+			if (st == MT_STATE_TRACED) {
+				leave(tgid, (u32)id, (u32)id);
+				return 0;
+			}
+			st = now;
+		}
+	}
+	if (st != MT_STATE_TRACED)
 		return 0;
 	/* the tracepoint fires before the copy: take the new name from it */
 	count(MT_CNT_PROC);

@@ -16,7 +16,7 @@
 /* Ring buffer sizes in pages (power of two). */
 #define MT_FAULT_RING_PAGES 8192
 #define MT_EVENT_RING_PAGES 8192
-#define MT_EXEC_RING_PAGES 64
+#define MT_EXEC_RING_PAGES 512   /* exec and open records: -a sees every process's */
 
 /* Event kinds (mt_event.kind, and the `kind` column of the trace). */
 #define MT_EV_BRK 1
@@ -37,6 +37,9 @@
 /* State of a traced process (value of the `traced` map). */
 #define MT_STATE_PRE_EXEC 1
 #define MT_STATE_TRACED 2
+#define MT_STATE_IGNORED 3    /* -a: seen, and not matching the filters (decided again
+				 at exec, and at a rename with --comm) */
+#define MT_STATE_EXCLUDED 4   /* -a: memtrace and the processes it forks: never traced */
 #define MT_STATE_MASK 0xff    /* the state's bits of a `traced` value */
 #define MT_GEN_ONE 0x100      /* one layout change in the bits above them */
 
@@ -47,6 +50,8 @@
 
 /* mt_event.flags */
 #define MT_EXIT_GROUP_DEAD 1
+#define MT_EXIT_LEFT 16       /* exit (with GROUP_DEAD): with -a, the process runs on but
+				 no longer matches the filters (exec, rename): untraced */
 #define MT_RSS_BASELINE 2     /* rss: an absolute value, no change (args[1] 0) */
 #define MT_RSS_NEW_MM 4       /* rss baseline: the process now runs on another mm
 				 (fork's child, exec's new image, vfork) */
@@ -93,7 +98,18 @@
 #define MT_CFG_STOP_AT_EXEC 3
 #define MT_CFG_STACKS 4         /* 0 off; else record user stacks of memory syscalls
 				   and of one fault in this many per CPU */
-#define MT_NR_CONFIG 8
+#define MT_CFG_ALL 5            /* -a: MT_ALL_* bits; 0 without -a */
+#define MT_CFG_UID 6            /* -a --uid: the real uid + 1; 0 no filter */
+#define MT_CFG_CGROUP 7         /* -a --cgroup: cgroup v2 id (the directory's inode) of
+				   the cgroup or one of its ancestors; 0 no filter */
+#define MT_CFG_COMM 8           /* -a --comm: 1 if the names are in `comm_filter` */
+#define MT_NR_CONFIG 16
+
+#define MT_ALL_FILTERS 1        /* the filters apply: decided again at exec, fork, rename */
+#define MT_ALL_NEW 2            /* a process not in `traced` is decided when first seen */
+
+#define MT_COMM_FILTERS 64      /* --comm names at most */
+#define MT_CGROUP_DEPTH 32      /* cgroup levels looked at for --cgroup */
 
 #define MT_FAULT_MODE_EVENTS 0
 #define MT_FAULT_MODE_SUMMARY 1

@@ -240,6 +240,13 @@ def faults_of(events, pid: int | None = None, major: bool | None = None):
     return f
 
 
+def n_faults(events, pid: int | None = None, major: bool | None = None) -> int:
+    """The faults the rows stand for: one each, `count` each in a
+    --faults=summary trace."""
+    f = faults_of(events, pid, major)
+    return int(f["count"].fillna(1).astype("int64").sum()) if "count" in f else len(f)
+
+
 # ---- the workloads' stderr ----
 
 @dataclass

@@ -13,6 +13,7 @@ Field layouts: proc(5), https://man7.org/linux/man-pages/man5/proc.5.html
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 from tracer.errors import NoSuchProcess
@@ -219,3 +220,45 @@ def resolve_path(pid: int, path: str, exe: str | None = None) -> str:
         return os.path.realpath(path)
     except OSError:
         return path
+
+
+def list_pids() -> list[int]:
+    """Every process (thread group) in /proc, in pid order."""
+    return sorted(int(d) for d in os.listdir(PROC) if d.isdigit())
+
+
+def parse_cgroup_v2(data: bytes) -> str | None:
+    """The cgroup v2 path of a /proc/PID/cgroup ('0::/a/b' -> '/a/b'), None
+    without one (a v1-only system)."""
+    for line in data.splitlines():
+        if line.startswith(b"0::"):
+            return _text(line[3:])
+    return None
+
+
+def read_cgroup_v2(pid: int) -> str | None:
+    return parse_cgroup_v2(_read(pid, "cgroup"))
+
+
+def parse_cgroup2_mounts(data: bytes) -> list[tuple[str, str]]:
+    """(root, mount point) of each cgroup2 mount in a mountinfo file
+    (proc(5): fields 4 and 5 are the mount's root and mount point; the file
+    system type follows the ' - ' separator). Octal escapes (\\040 for a
+    space) are decoded."""
+    out = []
+    for line in data.splitlines():
+        head, sep, tail = line.partition(b" - ")
+        if not sep or not tail.startswith(b"cgroup2 "):
+            continue
+        f = head.split()
+        out.append((_unescape(f[3]), _unescape(f[4])))
+    return out
+
+
+def _unescape(field: bytes) -> str:
+    return _text(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def cgroup2_mounts() -> list[tuple[str, str]]:
+    with open(f"{PROC}/self/mountinfo", "rb") as f:
+        return parse_cgroup2_mounts(f.read())

@@ -30,10 +30,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, writer
+from tracer import _procfs, cmd_stop, system, writer
 from tracer.fault_summary import SLOT_SHIFT, SummaryReader
 from tracer.errors import NoSuchProcess, OutputError, UsageError
-from tracer.layout import C
+from tracer.layout import EVENT, C
 from tracer.live import NetMapped
 from tracer.probes import Probes
 
@@ -57,6 +57,7 @@ class Options:
     residency: bool = True       # kmem:rss_stat and kmem:mm_page_alloc attached
     stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
     fault_mode: str = "events"   # "summary": faults counted in BPF (tracer.fault_summary)
+    system: system.Filters | None = None   # -a: every process matching these (tracer/system.py)
 
 
 @dataclass
@@ -81,6 +82,9 @@ class Result:
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
     stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
     net_mapped: NetMapped | None = None              # for the live view (tracer.live)
+    origin: dict | None = None                       # -a: pid -> how it came (system.ORIGINS)
+    left: set = field(default_factory=set)           # -a: pids that left the filters
+    scan: dict = field(default_factory=dict)         # -a: the processes decided at start
 
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
@@ -167,6 +171,15 @@ def run(opts: Options, say: Say,
             probes.trace_pid(pid)
             live_pids.add(pid)
             pending.extend(_attach_snapshot(pid, res, comms))
+        if opts.system is not None:
+            res.origin = {}
+            batches, pids = system.start(
+                probes, opts.system, res, lambda pid: _attach_snapshot(pid, res, comms),
+                lambda: pending.extend(_drain(probes, res, comms, live_pids,
+                                              held if opts.stop_at_exec else None,
+                                              opts.residency)))
+            pending.extend(batches)
+            live_pids |= pids
         started = True
         # how a script stops a memtrace it started with `&`; CMD has its own
         catch((signal.SIGINT, signal.SIGTERM))
@@ -189,6 +202,10 @@ def run(opts: Options, say: Say,
                 if len(rows):
                     pending.append(writer.summary_batch(rows, comms, opts.residency))
                     _account_faults(rows, res, rows["count"])
+                    if res.origin is not None:   # -a: processes first seen by their faults
+                        pending.extend(system.account(
+                            res, np.zeros(0, EVENT), rows, live_pids,
+                            lambda pid: _attach_snapshot(pid, res, comms)))
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]
@@ -224,12 +241,15 @@ def run(opts: Options, say: Say,
                     say(f"{res.processes[child.pid]} (pid {child.pid}) goes on running,"
                         " untraced (-d)")
                 break
-            if not live_pids and (child is None or res.exit_status is not None):
+            if not live_pids and opts.system is None and (child is None
+                                                          or res.exit_status is not None):
                 break
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()
-        if live_pids:
+        if opts.system is not None:   # each process's counters read as it is untraced
+            system.stop(probes, live_pids, res, lambda pid: _read_kernel_counts(pid, res))
+        if live_pids or opts.system is not None:
             # Stopped while processes still run: untrace them all in BPF
             # first, so the last drain is a clean cut (else a child forked
             # between the reads of the event and fault rings would show its
@@ -240,7 +260,7 @@ def run(opts: Options, say: Say,
         res.counters = probes.counters()
         if opts.stacks:
             res.stacks = probes.stacks()
-        for pid in list(live_pids) + list(res.baseline):
+        for pid in [] if opts.system else list(live_pids) + list(res.baseline):
             _read_kernel_counts(pid, res)
         spill.write(pending)
         res.rows = spill.rows
@@ -365,6 +385,8 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
     if len(execs):
         res.counts["exec"] = res.counts.get("exec", 0) + len(execs)
         for pid, comm in zip(execs["pid"].tolist(), execs["comm"].tolist()):
+            if res.origin is not None:   # -a: a process may enter the trace at its exec
+                system.entered(pid, res, held is not None, live_pids)
             res.processes[pid] = comm.decode("utf-8", "replace")
             try:  # the kernel-made mappings: binary, loader, stack, vdso
                 out.append(_maps_rows(pid, res.processes[pid], "exec"))
@@ -392,6 +414,9 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
     if len(faults):
         out.append(writer.fault_batch(faults, comms, residency))
         _account_faults(faults, res)
+    if res.origin is not None:   # -a: forks, processes that left, processes first seen
+        out.extend(system.account(res, events, faults, live_pids,
+                                  lambda pid: _attach_snapshot(pid, res, comms)))
     return out
 
 

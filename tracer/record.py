@@ -1,4 +1,4 @@
-"""`memtrace [-p PID | -- CMD]`: trace, write the trace, print the summary.
+"""`memtrace [-p PID | -a | -- CMD]`: trace, write the trace, print the summary.
 
 Run through sudo (SUDO_UID/SUDO_GID set), CMD runs as the invoking user, as
 any program that user runs would (the environment as sudo left it), unless
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, check, dataset, live, preflight, summary
+from tracer import _procfs, capture, check, dataset, live, preflight, summary, system
 from tracer.budget import EXIT_BUDGET
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
@@ -27,6 +27,8 @@ EPILOG = """examples:
   sudo memtrace -o run.parquet -- make
   sudo memtrace -p 1234 -d 10         # attach to PID 1234 for 10 s
   sudo memtrace -p 1234,1240 --no-follow -o run.csv
+  sudo memtrace -a -d 10              # every process, for 10 s
+  sudo memtrace -a --comm nginx --uid www-data
   sudo memtrace --budget budget.toml --junit budget.xml -- ./myprog
   memtrace report run.parquet         # summarise a trace
 """
@@ -44,6 +46,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pid", type=_pid_list, action="extend", default=[],
                    metavar="PID[,PID...]",
                    help="attach to running processes (all their threads); may be repeated")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="trace every process (system-wide; with --comm, --cgroup, --uid:"
+                   " those matching all the filters given) until -d or Ctrl-C")
+    p.add_argument("--comm", action="append", metavar="NAME",
+                   help="with -a: processes of this name (/proc/PID/comm); may be repeated")
+    p.add_argument("--cgroup", metavar="PATH",
+                   help="with -a: processes in this cgroup v2 or below it")
+    p.add_argument("--uid", metavar="UID|NAME", help="with -a: processes of this (real) user")
     p.add_argument("-o", "--output", type=Path, metavar="PATH",
                    help="trace file, .parquet or .csv (default: memtrace-COMM-TIME.parquet);"
                    " with --dataset, the dataset directory")
@@ -56,9 +66,11 @@ def parser() -> argparse.ArgumentParser:
                    help="print nothing but errors (no status line while tracing)")
     p.add_argument("--no-follow", dest="follow", action="store_false",
                    help="with -p: do not trace children forked after attach")
-    p.add_argument("--no-exec-stop", dest="stop_at_exec", action="store_false",
+    p.add_argument("--no-exec-stop", dest="stop_at_exec", action="store_false", default=None,
                    help="do not hold a process at exec while its maps are read "
-                   "(the exec snapshot is then read late)")
+                   "(the exec snapshot is then read late; the default with -a)")
+    p.add_argument("--exec-stop", dest="stop_at_exec", action="store_true", default=None,
+                   help="with -a: hold every traced process at exec until its maps are read")
     p.add_argument("--ring-pages", type=_power_of_two, metavar="N",
                    help="size of the fault ring buffer in pages (default %d)"
                    % C["MT_FAULT_RING_PAGES"])
@@ -74,10 +86,10 @@ def parser() -> argparse.ArgumentParser:
                    f"fault in N per CPU (default {STACK_SAMPLE}; 1: every fault); walked by "
                    "frame pointers")
     p.add_argument("--faults", dest="fault_mode", choices=("events", "summary"),
-                   default="events",
-                   help="events: one row per page fault (default); summary: faults "
-                   "counted in the kernel per process, 64 KiB block, access and "
-                   "134 ms slot, one row per count (the lowest overhead)")
+                   help="events: one row per page fault (default, but with -a); "
+                   "summary: faults counted in the kernel per process, 64 KiB block, "
+                   "access and 67 ms slot, one row per count (the lowest overhead; "
+                   "the default with -a)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--user", metavar="NAME",
                      help="run CMD as this user (name or uid; default: the user who ran "
@@ -199,14 +211,38 @@ def _power_of_two(text: str) -> int:
     return int(text)
 
 
+
+
+def check_mode(args: argparse.Namespace, command: list[str]) -> system.Filters | None:
+    """What to trace, checked before anything runs: -p, -- CMD or -a (its
+    filters, None without -a)."""
+    if args.all:
+        if command or args.pid:
+            raise UsageError("-a traces every process: not with -p or a command"
+                             " (see memtrace --help)")
+        if args.user is not None or args.as_root:
+            raise UsageError("--user and --as-root choose who runs CMD: not with -a")
+        if not args.follow:
+            raise UsageError("--no-follow is for -p: -a decides each process by itself")
+        if args.stop_at_exec is None:   # not every exec of the machine held (README)
+            args.stop_at_exec = False
+        return system.parse_filters(args.comm, args.cgroup, args.uid)
+    if args.stop_at_exec is None:
+        args.stop_at_exec = True
+    if args.comm or args.cgroup is not None or args.uid is not None:
+        raise UsageError("--comm, --cgroup and --uid choose the processes of -a: give -a")
+    if bool(command) == bool(args.pid):
+        raise UsageError("give either -p PID, -a or -- CMD (see memtrace --help)")
+    if args.pid and (args.user is not None or args.as_root):
+        raise UsageError("--user and --as-root choose who runs CMD: not with -p")
+    return None
+
+
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if bool(command) == bool(args.pid):
-        raise UsageError("give either -p PID or -- CMD (see memtrace --help)")
-    if args.pid and (args.user is not None or args.as_root):
-        raise UsageError("--user and --as-root choose who runs CMD: not with -p")
+    filters = check_mode(args, command)
     budget = check.prepare(args)   # a bad budget fails here, before tracing
     say = (lambda s: None) if args.quiet else (lambda s: print(f"memtrace: {s}", file=sys.stderr))
 
@@ -219,7 +255,8 @@ def main(argv: list[str]) -> int:
     _check_pids(args.pid)
     sudo = _sudo_user()
     run_as = _run_as(args, sudo) if command else None
-    name = Path(command[0]).name if command else _procfs.read_stat(args.pid[0]).comm
+    name = (Path(command[0]).name if command else "all" if filters is not None
+            else _procfs.read_stat(args.pid[0]).comm)
     output = args.output or Path(f"memtrace-{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.parquet")
     run = dataset.start_run(args.output) if args.dataset else None
     if run is not None:
@@ -235,7 +272,8 @@ def main(argv: list[str]) -> int:
                            duration=args.duration, output=output, fmt=fmt,
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
                            run_as=run_as, owner=sudo, residency=args.residency,
-                           stacks=args.stacks, fault_mode=args.fault_mode)
+                           stacks=args.stacks, system=filters,
+                           fault_mode=args.fault_mode or ("summary" if filters else "events"))
     view = live.LiveView.for_stream(sys.stderr, args.quiet, summary.LOST_COUNTERS)
     try:
         res = capture.run(opts, view.wrap(say) if view else say, live=view)

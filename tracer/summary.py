@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import tracer
+from tracer import system
 from tracer.capture import Options, Result
 from tracer.layout import C, SYSCALL_KINDS
 
@@ -42,6 +43,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
         "fault_mode": opts.fault_mode,
+        "system": None if opts.system is None else system.to_meta(res, opts.system),
     }
 
 
@@ -55,6 +57,8 @@ def kernel_check(res: Result) -> dict:
     BPF counts apart (`pre_exec_fault`)."""
     per_pid = {}
     for pid, k in res.kernel.items():
+        if res.origin is not None and not system.with_kernel_figure(res, pid):
+            continue   # -a: the kernel's count covers more than was traced of it
         base = res.baseline.get(pid, {"minflt": 0, "majflt": 0})
         cap = res.faults.get(pid, [0, 0])
         per_pid[str(pid)] = {
@@ -144,6 +148,8 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
         lines.append(f"  LOST      {_n(lost)} events ({', '.join(parts)}): incomplete trace")
     else:
         lines.append("  lost      0 events")
+    if res.origin is not None:
+        lines.extend(system.process_lines(res, meta["kernel"]["per_pid"]))
     per_row = size / res.rows if res.rows else 0
     lines.append(f"  trace     {output} ({_bytes(size)}, {_n(res.rows)} rows, "
                  f"{per_row:.1f} B/row)")
