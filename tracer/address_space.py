@@ -25,7 +25,7 @@ Where the events leave a choice:
   allocate_stack: mmap, mprotect of the guard, clone). Its PROT_NONE part is
   a guard.
 - stack growth: a fault below a [stack] (VM_GROWSDOWN) mapping grows it to
-  the faulting page when the stack stays within stack_limit (RLIMIT_STACK,
+  the faulting page (a summary row: its lowest page) when the stack stays within stack_limit (RLIMIT_STACK,
   8 MiB) and 256 pages clear of an accessible mapping below: the kernel's
   own rule since Linux 4.20 (no distance-from-sp check any more).
 - faults inside execve: the kernel-mode faults of the exec'ing thread after
@@ -47,7 +47,7 @@ import gc
 import numpy as np
 import pandas as pd
 
-from tracer import as_replay, as_touch, as_versions
+from tracer import as_replay, as_summary, as_touch, as_versions
 from tracer import as_model as am
 from tracer import as_process as ap
 from tracer import vma_kinds as vk
@@ -282,6 +282,9 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     f_addr = _num(events["addr"], "uint64", 0, fpos)
     f_key = 2 * fidx.astype(np.int64) + 1
     f_ts = ts[fpos]
+    # where a fault may grow a stack: a summary row's lowest page
+    g_addr = f_addr if "pages" not in events else \
+        as_summary.lowest_page(f_addr, _num(events["pages"], "int64", 0, fpos))
 
     fk = np.flatnonzero(c["type"] == am.FORK)
     forks = list(zip(c["pid"][fk].tolist(), c["child"][fk].tolist()))
@@ -291,7 +294,7 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
         codes, uniq = pd.factorize(f_pid)
         lo = np.array([min((w[0] for w in win.get(int(p), [])), default=0) for p in uniq], np.uint64)
         hi = np.array([max((w[1] for w in win.get(int(p), [])), default=0) for p in uniq], np.uint64)
-        gidx = np.flatnonzero((f_addr >= lo[codes]) & (f_addr < hi[codes]))
+        gidx = np.flatnonzero((g_addr >= lo[codes]) & (g_addr < hi[codes]))
 
     # the loop's entries: changes, snapshots, stack-growth candidates, by boundary
     spos = np.array(sorted(snaps), np.int64)
@@ -309,7 +312,7 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     epid[etype == am.GROW] = f_pid[eref[etype == am.GROW]]
     bases = _exec_bases(etype, eref, epid, c, snaps, page_size)
 
-    R = as_replay.Replay(c, snaps, bases, ebnd, etype, eref, epid, fidx, f_pid, f_addr, f_key, f_ts,
+    R = as_replay.Replay(c, snaps, bases, ebnd, etype, eref, epid, fidx, f_pid, g_addr, f_key, f_ts,
                 page_size, stack_limit, gap)
     if fast:
         R.prepare({p: max(w[1] for w in ws) for p, ws in win.items()})
