@@ -37,6 +37,10 @@ Where the events leave a choice:
   not the parent.
 - a mapping the model lacks (mremap of an unknown range) is taken as
   anonymous read-write.
+- a summary fault row (`count` faults, `--faults=summary`) is attributed as
+  one fault at its first fault's time and address: no layout change of its
+  process came between its faults. Its pages in other mappings of its
+  64 KiB block make parts of their own (tracer.as_summary.split).
 - order: the rows in table order (sorted by ts); a change at row p is seen
   by the faults after it; a stack growth by its own fault.
 """
@@ -51,7 +55,6 @@ from tracer import as_replay, as_summary, as_touch, as_versions
 from tracer import as_model as am
 from tracer import as_process as ap
 from tracer import vma_kinds as vk
-from tracer.as_faults import KERNEL_SPACE
 from tracer.as_frames import AddressSpaces, Coverage, assemble
 from tracer.maps_text import compare_maps, render
 
@@ -347,7 +350,7 @@ def _exec_faults(events, fidx, fpos, f_pid, c) -> tuple[np.ndarray, np.ndarray]:
     if not execs or not len(fidx):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     f_tid = events["tid"].to_numpy()[fpos]
-    user = _num(events["ip"], "uint64", 0, fpos) < np.uint64(KERNEL_SPACE)
+    user = as_summary.user_mode(events[["ip", "error_code"]].iloc[fpos])
     pid_of = c["pid"]
     idx, keys = [], []
     for k in execs:

@@ -40,6 +40,18 @@ def bitmaps(frame: pd.DataFrame) -> np.ndarray:
     return frame["pages"].to_numpy(dtype=np.int64, na_value=0)
 
 
+def user_mode(frame: pd.DataFrame) -> np.ndarray:
+    """Each fault row's mode: a user-space ip, or where the row has none (a
+    summary row of major faults), its error code's user bit."""
+    ip = frame["ip"]
+    user = ip.to_numpy(dtype=np.uint64, na_value=0) < np.uint64(1 << 63)
+    none = ip.isna().to_numpy()
+    if none.any() and "error_code" in frame:
+        ec = frame["error_code"].to_numpy(dtype=np.int64, na_value=4)
+        user[none] = (ec[none] & 4) != 0
+    return user
+
+
 def block_of(addr: np.ndarray) -> np.ndarray:
     return np.asarray(addr, np.uint64) & _BLOCK_MASK
 
@@ -115,7 +127,8 @@ def split(vid: np.ndarray, pid: np.ndarray, addr: np.ndarray, key: np.ndarray,
     one part per mapping (no mapping: one part too, vid -1): a part's count
     is the popcount of its pages; what the bitmap does not place (count -
     popcount: pages that faulted more than once) stays with the part holding
-    the row's address, the main part, which keeps the row's address. All
+    the row's address, the main part, which keeps the row's address
+    (_allocate: a bitmap naming more pages than faults). All
     vectorised: the pages of the rows that leave their mapping are located
     at once with locate(pid, addr, key) -> vid (keys in any order); a row
     whose pages all lie in its own mapping is not looked at."""
@@ -153,12 +166,11 @@ def split(vid: np.ndarray, pid: np.ndarray, addr: np.ndarray, key: np.ndarray,
     inv = inv.ravel()
     g_bits = np.zeros(uniq.shape[1], np.int64)
     np.bitwise_or.at(g_bits, inv, bit)
-    g_count = np.bincount(inv, minlength=uniq.shape[1]).astype(np.int64)
+    g_pop = np.bincount(inv, minlength=uniq.shape[1]).astype(np.int64)
     g_row, g_vid, g_addr = uniq[0], uniq[1], pages[first]     # pages ascend within a row
-    m_count = one.count.copy()
-    np.subtract.at(m_count, g_row, g_count)
     m_bits = bits.copy()
     np.bitwise_and.at(m_bits, g_row, ~g_bits)
+    m_count, g_count = _allocate(one.count, popcount(m_bits), g_row, g_pop)
     row = np.concatenate([np.arange(n), g_row])
     order = np.argsort(row, kind="stable")     # each row's main part, then its others
     return Parts(row[order], np.concatenate([vid, g_vid])[order],
@@ -166,6 +178,25 @@ def split(vid: np.ndarray, pid: np.ndarray, addr: np.ndarray, key: np.ndarray,
                  np.concatenate([m_count, g_count])[order],
                  np.concatenate([m_bits, g_bits])[order],
                  np.concatenate([np.ones(n, bool), np.zeros(len(g_row), bool)])[order])
+
+
+def _allocate(count: np.ndarray, main_pop: np.ndarray, g_row: np.ndarray,
+              g_pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The counts of the main parts (one per row) and of the extra parts
+    (g_row: their rows, ascending; g_pop: their popcounts): each part at
+    most its popcount, the main part first, then the others in turn, the
+    rest (faults beyond one per page) to the main part; the parts of a row
+    add up to its count. A bitmap can name more pages than the row has
+    faults (a fault counted at its entry and moved to a major row at its
+    end leaves its bit): the parts beyond the count then get none."""
+    cs = np.cumsum(g_pop)
+    start = np.flatnonzero(np.r_[True, g_row[1:] != g_row[:-1]]) if len(g_row) else g_row
+    run = np.repeat(start, np.diff(np.r_[start, len(g_row)]))
+    before = cs - g_pop - (cs - g_pop)[run]        # popcounts of the row's earlier extras
+    c, p0 = count[g_row], main_pop[g_row]
+    g_count = np.clip(c - np.minimum(p0, c) - before, 0, g_pop)
+    extra = np.bincount(g_row, weights=g_count, minlength=len(count)).astype(np.int64)
+    return count - extra, g_count
 
 
 def spread(ts: np.ndarray, last_ts: np.ndarray | None, count: np.ndarray,

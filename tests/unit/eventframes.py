@@ -122,43 +122,47 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 
 
 LAYOUT_CHANGES = ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "exec")
-SLOT_SHIFT = 27                       # summary time slots of 2**27 ns
+SLOT_SHIFT = 26                       # summary time slots of 2**26 ns (bpf/memtrace.h)
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """The summary-mode form of a full trace frame (docs/format.md, written
-    here apart from tracer/ from the format's definition): its fault rows
-    aggregated per (pid, major, error_code, 64 KiB block, time slot) between
-    two layout changes (memory syscalls, execs) of any process, one row each
-    at its first fault's place and index label: the first fault's ts, tid,
-    comm, addr, ip; count; last_ts; the pages bitmap; the mean latency
-    (floor); summed rss_* and alloc; no stack."""
+    """The `--faults=summary` form of a full trace frame (docs/format.md,
+    written here apart from tracer/): its fault rows aggregated per (pid,
+    major, error_code, 64 KiB block, time slot) between two layout changes
+    (memory syscalls, execs) of their process, one row each at its first
+    fault's place and index label: the first fault's ts, tid, comm, addr
+    and ip (null on major rows, as the capture leaves it); count; last_ts;
+    the pages bitmap; latency the mean (floor) on major rows, null on minor
+    ones; summed rss_*; no alloc, no stack."""
     kind = df["kind"].astype(str).to_numpy()
-    gen = pd.Series(pd.Series(kind).isin(LAYOUT_CHANGES).cumsum().to_numpy(), index=df.index)
+    change = pd.Series(np.isin(kind, LAYOUT_CHANGES).astype(np.int64), index=df.index)
+    gen = change.groupby(df["pid"].to_numpy()).cumsum()
     f = df[kind == "fault"]
     addr = f["addr"].to_numpy(np.int64)
-    keys = pd.DataFrame({"pid": f["pid"], "major": f["major"].fillna(False),
+    major = f["major"].fillna(False).to_numpy(bool)
+    keys = pd.DataFrame({"pid": f["pid"], "major": major,
                          "ec": f["error_code"].astype("Int64").fillna(-1),
                          "block": addr >> 16, "slot": f["ts"].to_numpy(np.int64) >> SLOT_SHIFT,
                          "gen": gen[f.index]}, index=f.index)
     group = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
     g = f.groupby(group, sort=False)
-    first = g.head(1)
-    out = first.copy()
+    out = g.head(1).copy()
     n = g.size().to_numpy()
     out["count"] = pd.array(n, dtype="UInt32")
     out["last_ts"] = pd.array(g["ts"].max().to_numpy(), dtype="UInt64")
     bits = np.zeros(len(out), np.int64)
     np.bitwise_or.at(bits, group, 1 << ((addr >> 12) & 15))
     out["pages"] = pd.array(bits, dtype="UInt16")
+    row_major = out["major"].fillna(False).to_numpy(bool)
     lat = g["latency"].sum().to_numpy() // n
-    out["latency"] = pd.array(lat, dtype="UInt32")
-    for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap", "alloc"):
-        out[c] = pd.array(g[c].sum(min_count=1).to_numpy(), dtype="Int32" if c != "alloc"
-                          else "UInt32")
+    out["latency"] = pd.array(np.where(row_major, lat, 0), dtype="UInt32")
+    out.loc[~row_major, "latency"] = pd.NA
+    out.loc[row_major, "ip"] = pd.NA
+    for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap"):
+        out[c] = pd.array(g[c].sum(min_count=1).to_numpy(), dtype="Int32")
+    out["alloc"] = pd.array([None] * len(out), dtype="UInt32")
     out["stack_id"] = pd.array([None] * len(out), dtype="Int32")
-    rest = df[kind != "fault"]
-    both = pd.concat([rest, out])
+    both = pd.concat([df[kind != "fault"], out])
     pos = pd.Series(np.arange(len(df)), index=df.index)
     both = both.iloc[np.argsort(pos[both.index].to_numpy(), kind="stable")]
     for c, dt in DTYPES.items():
