@@ -17,7 +17,10 @@ BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
 
-/* tgid -> MT_STATE_*; filled by user space (-p, the spawned CMD) and by fork. */
+/* tgid -> MT_STATE_* in the low byte (MT_STATE_MASK); filled by user space
+ * (-p, the spawned CMD) and by fork. The bits above count the process's
+ * layout changes (MT_GEN_ONE per memory syscall entry and exit, and exec):
+ * the faults of one fault_summary entry all met one layout. */
 BPF_HASH(traced, u32, u32, 65536);
 BPF_PERCPU_ARRAY(counters, u64, MT_NR_COUNTERS);
 BPF_ARRAY(config, u64, MT_NR_CONFIG);
@@ -48,7 +51,10 @@ struct fault_slot {
 	u32 active;        /* a fault of `tid` is in progress */
 	s32 rss[4];        /* pages, by kmem:rss_stat member */
 	u32 alloc;         /* pages allocated (kmem:mm_page_alloc) */
+	u32 summary;       /* --faults=summary: counted at entry under `key` */
+	u32 gen;           /* the process's layout generation at entry */
 	u32 pad;
+	struct mt_summary_key key;
 };
 BPF_PERCPU_ARRAY(fault_slot, struct fault_slot, 1);
 
@@ -83,6 +89,12 @@ BPF_HASH(rss_mm, u32, struct rss_state, 65536);
  * taken over at sched_process_fork / sched_process_exec. */
 BPF_HASH(building, u32, u32, 16384);
 
+/* --faults=summary: faults counted, not sent (layout: memtrace.h). One
+ * value shared by the CPUs, added to atomically: a per-CPU hash would need
+ * entries x CPUs x 80 bytes preallocated, and without preallocation its
+ * inserts (one fault in 16 on a first touch) cost more than the ring. */
+BPF_HASH(fault_summary, struct mt_summary_key, struct mt_summary, MT_SUMMARY_ENTRIES);
+
 /* --stacks: user stacks of memory syscalls and of sampled faults. */
 BPF_STACK_TRACE(stacks, 16384);
 BPF_PERCPU_ARRAY(stack_tick, u64, 1);
@@ -100,11 +112,25 @@ static __always_inline u64 cfg(int idx)
 	return v ? *v : 0;
 }
 
-/* State of the current process, 0 if it is not traced. */
-static __always_inline u32 current_state(u32 tgid)
+/* State and layout generation of a process, 0 if it is not traced. */
+static __always_inline u32 state_word(u32 tgid)
 {
 	u32 *st = traced.lookup(&tgid);
 	return st ? *st : 0;
+}
+
+/* State of a process, 0 if it is not traced. */
+static __always_inline u32 current_state(u32 tgid)
+{
+	return state_word(tgid) & MT_STATE_MASK;
+}
+
+/* The process's layout changes: one more. */
+static __always_inline void bump_layout_gen(u32 tgid)
+{
+	u32 *st = traced.lookup(&tgid);
+	if (st)
+		__sync_fetch_and_add(st, MT_GEN_ONE);
 }
 
 /* The user stack of this event in `stacks` (--stacks), or -1: off, not
@@ -139,7 +165,8 @@ static __always_inline void retire_slot(struct fault_slot *fs)
 	if (!fs->active)
 		return;
 	fs->active = 0;
-	if (fs->state != MT_STATE_TRACED)
+	/* summary mode: no end is seen of a minor fault (not attached) */
+	if (fs->state != MT_STATE_TRACED || fs->summary)
 		return;
 	count(MT_CNT_FAULT_UNFINISHED);
 	if (fs->rss[0] || fs->rss[1] || fs->rss[2] || fs->rss[3])
@@ -286,6 +313,8 @@ static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u6
 	e.args[0] = a0; e.args[1] = a1; e.args[2] = a2;
 	e.args[3] = a3; e.args[4] = a4; e.args[5] = a5;
 	e.stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
+	if (kind != MT_EV_OPEN)
+		bump_layout_gen(tgid);
 	if (inflight.update(&tid, &e))
 		count(MT_CNT_MAP_FULL);
 	return 0;
@@ -304,6 +333,7 @@ static __always_inline int syscall_exit(u32 kind, s64 ret)
 		return 0;
 	}
 	count(MT_CNT_SYSCALLS);
+	bump_layout_gen(tgid);
 	struct mt_event *ev = new_event(kind, tgid, tid, MT_CNT_LOST_EVENT);
 	if (!ev) {
 		inflight.delete(&tid);
@@ -408,7 +438,115 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
 
 /* ---- page faults: entry (tracepoint, error code) + end (perf event, minor/major) ---- */
 
-static __always_inline int fault_enter(u64 addr, u64 error_code)
+/* ---- --faults=summary: each fault counted in fault_summary at its entry ----
+ *
+ * Counting at entry spares the PAGE_FAULTS_MIN perf event (not attached in
+ * this mode), the costliest hook of a minor fault. The kernel counts a fault
+ * when it completes (mm_account_fault); an entry that does not complete
+ * (SIGSEGV, a kernel access fixed up with EFAULT) is counted here as a minor
+ * fault: the run's reconciliation with the kernel's counters shows them.
+ * A major fault is moved from its minor entry to a major one at its end
+ * (PAGE_FAULTS_MAJ), with its latency. */
+
+static __always_inline u64 now_ns(void) { return bpf_ktime_get_ns(); }
+
+/* The entry of `k`, created with this fault as its first if new; NULL if
+ * the map is full. */
+static __always_inline struct mt_summary *summary_entry(struct mt_summary_key *k, u64 ts,
+							u64 addr, u64 ip, u32 tid)
+{
+	struct mt_summary *v = fault_summary.lookup(k);
+	if (v)
+		return v;
+	/* BPF_NOEXIST: of two CPUs inserting the same key, the second finds
+	 * the first's entry, never replaces it (a replaced entry would lose
+	 * what was added to it) */
+	struct mt_summary n = {};
+	n.first_ts = ts;
+	n.addr = addr;
+	n.ip = ip;
+	n.tid = tid;
+	fault_summary.insert(k, &n);
+	return fault_summary.lookup(k);
+}
+
+static __always_inline void summary_add(struct mt_summary *v, u64 ts, u64 addr)
+{
+	__sync_fetch_and_add(&v->count, 1);
+	v->last_ts = ts;                           /* racy: the later of two */
+	v->pages |= 1 << ((addr >> 12) & 15);      /* racy: see mt_summary */
+}
+
+static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 tid, u64 ts,
+					  u64 ip)
+{
+	struct mt_summary_key *k = &fs->key;
+	k->block = fs->addr >> MT_SUMMARY_BLOCK_SHIFT;
+	k->pid = tgid;
+	k->gen = fs->gen;
+	k->slot = ts >> MT_SUMMARY_SLOT_SHIFT;
+	k->error_code = fs->error_code & (MT_PF_PROT | MT_PF_WRITE | MT_PF_USER | MT_PF_INSTR);
+	k->flags = (fs->error_code & MT_PF_USER) ? 0 : MT_FAULT_KERNEL_MODE;
+	struct mt_summary *v = summary_entry(k, ts, fs->addr, ip, tid);
+	if (!v) {
+		count(MT_CNT_SUMMARY_FULL);
+		return;
+	}
+	fs->summary = 1;
+	count(MT_CNT_SUMMARY_FAULTS);
+	summary_add(v, ts, fs->addr);
+}
+
+/* A resident-set change inside a counted fault: onto its entry. */
+static __always_inline void summary_rss(struct fault_slot *fs, u32 member, s32 pages)
+{
+	struct mt_summary *v = fault_summary.lookup(&fs->key);
+	if (!v)
+		return;
+	if (member == 0)
+		__sync_fetch_and_add(&v->rss_file, pages);
+	else if (member == 1)
+		__sync_fetch_and_add(&v->rss_anon, pages);
+	else if (member == 2)
+		__sync_fetch_and_add(&v->rss_swap, pages);
+	else
+		__sync_fetch_and_add(&v->rss_shmem, pages);
+}
+
+/* The fault counted at entry ended as a major fault: moved to a major entry
+ * of the same key, with its resident-set changes and its latency. */
+static __always_inline int summary_major(struct fault_slot *fs, u64 now)
+{
+	struct mt_summary *v = fault_summary.lookup(&fs->key);
+	if (v) {
+		__sync_fetch_and_add(&v->count, -1);
+		__sync_fetch_and_add(&v->rss_file, -fs->rss[0]);
+		__sync_fetch_and_add(&v->rss_anon, -fs->rss[1]);
+		__sync_fetch_and_add(&v->rss_swap, -fs->rss[2]);
+		__sync_fetch_and_add(&v->rss_shmem, -fs->rss[3]);
+	} else {
+		/* its entry was drained already (a major fault longer than
+		 * user space's margin): a row holds it as minor */
+		count(MT_CNT_SUMMARY_LATE_MAJOR);
+		return 0;
+	}
+	struct mt_summary_key k = fs->key;
+	k.flags |= MT_FAULT_MAJOR;
+	struct mt_summary *m = summary_entry(&k, fs->ts, fs->addr, 0, fs->tid);
+	if (!m) {
+		count(MT_CNT_SUMMARY_FULL);
+		return 0;
+	}
+	summary_add(m, fs->ts, fs->addr);
+	__sync_fetch_and_add(&m->latency, now - fs->ts);
+	__sync_fetch_and_add(&m->rss_file, fs->rss[0]);
+	__sync_fetch_and_add(&m->rss_anon, fs->rss[1]);
+	__sync_fetch_and_add(&m->rss_swap, fs->rss[2]);
+	__sync_fetch_and_add(&m->rss_shmem, fs->rss[3]);
+	return 0;
+}
+
+static __always_inline int fault_enter(u64 addr, u64 error_code, struct pt_regs *regs)
 {
 	int zero = 0;
 	struct fault_slot *fs = fault_slot.lookup(&zero);
@@ -420,7 +558,9 @@ static __always_inline int fault_enter(u64 addr, u64 error_code)
 	retire_slot(fs);
 	fs->tid = tid;
 	fs->active = 1;
-	fs->state = current_state(tgid);
+	u32 word = state_word(tgid);
+	fs->state = word & MT_STATE_MASK;
+	fs->gen = word >> 8;
 	if (fs->state)
 		unpark(tid);
 	if (fs->state == MT_STATE_TRACED)
@@ -429,6 +569,20 @@ static __always_inline int fault_enter(u64 addr, u64 error_code)
 	fs->error_code = error_code;
 	fs->rss[0] = fs->rss[1] = fs->rss[2] = fs->rss[3] = 0;
 	fs->alloc = 0;
+	fs->summary = 0;
+	if (fs->state != MT_STATE_TRACED) {
+		if (fs->state == MT_STATE_PRE_EXEC && cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY)
+			count(MT_CNT_PRE_EXEC_FAULT);   /* counted at entry, as the mode counts */
+		return 0;
+	}
+	if (cfg(MT_CFG_FAULT_MODE) != MT_FAULT_MODE_SUMMARY)
+		return 0;
+	/* a kernel-mode fault on a kernel address is no fault of the process */
+	if (!(error_code & MT_PF_USER) && addr >= MT_USER_ADDR_END)
+		return 0;
+	u64 ip = 0;
+	bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
+	summary_enter(fs, tgid, tid, fs->ts, ip);
 	return 0;
 }
 
@@ -438,12 +592,12 @@ static __always_inline int fault_enter(u64 addr, u64 error_code)
  * (arch/x86/include/asm/trace/exceptions.h): plain integers, no struct read. */
 RAW_TRACEPOINT_PROBE(page_fault_user)
 {
-	return fault_enter(ctx->args[0], ctx->args[2]);
+	return fault_enter(ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
 }
 
 RAW_TRACEPOINT_PROBE(page_fault_kernel)
 {
-	return fault_enter(ctx->args[0], ctx->args[2]);
+	return fault_enter(ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
 }
 
 static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
@@ -458,10 +612,12 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 	if (entry)
 		fs->active = 0;
 	if (st != MT_STATE_TRACED) {
-		if (st == MT_STATE_PRE_EXEC)
+		if (st == MT_STATE_PRE_EXEC && cfg(MT_CFG_FAULT_MODE) != MT_FAULT_MODE_SUMMARY)
 			count(MT_CNT_PRE_EXEC_FAULT);
 		return 0;
 	}
+	if (entry && fs->summary)
+		return summary_major(fs, now_ns());
 	struct mt_fault *f = reserve_fault();
 	if (!f)
 		return 0;
@@ -625,6 +781,8 @@ TRACEPOINT_PROBE(kmem, rss_stat)
 	rs->last[member] = size;
 	if (in_fault) {
 		fs->rss[member] += delta >> 12;
+		if (fs->summary)
+			summary_rss(fs, member, delta >> 12);
 		return 0;
 	}
 	/* outside a fault: an event of its own */
@@ -732,8 +890,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	u32 *st = traced.lookup(&tgid);
 	if (!st)
 		return 0;
-	if (*st == MT_STATE_PRE_EXEC)
-		*st = MT_STATE_TRACED;
+	if ((*st & MT_STATE_MASK) == MT_STATE_PRE_EXEC)
+		*st = (*st & ~MT_STATE_MASK) | MT_STATE_TRACED;
+	__sync_fetch_and_add(st, MT_GEN_ONE);
 	u32 old = args->old_pid;
 	/* the new image's counters (its argument pages, the loader's faults) */
 	take_built(old, tgid, tid, 1);

@@ -37,6 +37,8 @@
 /* State of a traced process (value of the `traced` map). */
 #define MT_STATE_PRE_EXEC 1
 #define MT_STATE_TRACED 2
+#define MT_STATE_MASK 0xff    /* the state's bits of a `traced` value */
+#define MT_GEN_ONE 0x100      /* one layout change in the bits above them */
 
 /* mt_fault.flags */
 #define MT_FAULT_MAJOR 1
@@ -78,6 +80,10 @@
 #define MT_CNT_RSS_STRANDED 13
 #define MT_CNT_STACK_LOST 14  /* --stacks: a stack not stored (map full, collision) */
 #define MT_CNT_RESERVE_RETRIED 15  /* a ring reservation failed once, then succeeded */
+#define MT_CNT_SUMMARY_FULL 16     /* --faults=summary: a fault not counted (the map was full) */
+#define MT_CNT_SUMMARY_FAULTS 17   /* --faults=summary: faults counted in the map */
+#define MT_CNT_SUMMARY_LATE_MAJOR 18  /* --faults=summary: a major fault whose entry was
+				      drained before its end (in a row as minor) */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */
@@ -91,6 +97,14 @@
 
 #define MT_FAULT_MODE_EVENTS 0
 #define MT_FAULT_MODE_SUMMARY 1
+
+/* --faults=summary: faults are counted in the `fault_summary` per-CPU hash,
+ * one entry per (process, 64 KiB block, access, major, time slot, layout
+ * generation); user space drains the slots no fault can reach any more. */
+#define MT_SUMMARY_BLOCK_SHIFT 16     /* 64 KiB blocks: 16 pages, a u16 bitmap */
+#define MT_SUMMARY_SLOT_SHIFT 26      /* time slots of 2^26 ns (67 ms) */
+#define MT_SUMMARY_ENTRIES 131072
+#define MT_USER_ADDR_END 0x100000000000000  /* x86-64: user addresses are below (5-level paging: 2^56) */
 
 #define MT_COMM_LEN 16
 #define MT_PATH_LEN 256
@@ -115,6 +129,37 @@ struct mt_fault {
 			      page-cache memory (a copy-on-write copy, a zeroed page,
 			      read-ahead), from kmem:mm_page_alloc */
 	__s32 stack_id;    /* user stack in the `stacks` map (--stacks), -1 none */
+};
+
+/* Key of a fault_summary entry. `gen` counts the process's layout changes
+ * (memory syscalls, execs): the faults of one entry all met one layout. */
+struct mt_summary_key {
+	__u64 block;       /* faulting address >> MT_SUMMARY_BLOCK_SHIFT */
+	__u32 pid;
+	__u32 gen;
+	__u32 slot;        /* fault end time >> MT_SUMMARY_SLOT_SHIFT */
+	__u16 error_code;  /* MT_PF_* */
+	__u16 flags;       /* MT_FAULT_* */
+};
+
+/* Value of a fault_summary entry, shared by the CPUs: counts and sums are
+ * added atomically; last_ts and pages are not (two CPUs adding to one entry
+ * at the same instant may leave the earlier time or lose a page's bit). */
+struct mt_summary {
+	__s64 count;
+	__u64 first_ts;    /* the first fault: its time, address, ip, thread */
+	__u64 last_ts;
+	__u64 addr;
+	__u64 ip;
+	__u64 latency;     /* ns, summed */
+	__s32 rss_anon;    /* summed */
+	__s32 rss_file;
+	__s32 rss_shmem;
+	__s32 rss_swap;
+	__u32 alloc;       /* summed */
+	__u32 tid;
+	__u16 pages;       /* bit i: the block's page i took a fault */
+	__u16 pad[3];
 };
 
 /* A memory syscall (entry and exit joined), or a process event. */

@@ -67,6 +67,10 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
     t: dict[str, list[str] | None] = {
         "untraced": [],
         "memtrace": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench.parquet"), "--"],
+        "memtrace-summary": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
+                             str(tmp / "bench-summary.parquet"), "--"],
+        "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
+                                   "-o", str(tmp / "bench-summary-norss.parquet"), "--"],
         # residency off (issue 10: the overhead with and without it)
         "memtrace-norss": [PY, "-m", "tracer", "-q", "--no-rss", "-o",
                            str(tmp / "bench-norss.parquet"), "--"],
@@ -96,7 +100,9 @@ def trace_stats(path: Path) -> dict:
     import tracer
     t = tracer.load(path)
     k = t.meta["kernel"]["total"]
-    return {"faults": int((t.events["kind"] == "fault").sum()), "lost": t.meta["lost"],
+    fault = (t.events["kind"] == "fault").to_numpy(bool)
+    count = t.events["count"].fillna(1) if "count" in t.events else 1
+    return {"faults": int((fault * count).sum()), "lost": t.meta["lost"],
             "kernel_minor": k["kernel_minor"], "kernel_major": k["kernel_major"],
             "unseen_minor": k["unseen_minor"], "bytes_per_row": path.stat().st_size / max(len(t.events), 1)}
 

@@ -71,6 +71,8 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_DELETE_BATCH = 27
 BPF_PROG_LOAD = 5
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
@@ -307,6 +309,55 @@ class Map:
             v = self.lookup(k)
             if v is not None:
                 yield k, v
+
+    def lookup_batch(self, chunk: int = 8192) -> tuple[bytes, bytes, int]:
+        """Every entry in a few syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6):
+        the keys and the values laid end to end (per-CPU values: a slot of
+        each CPU), and how many. Entries added or deleted meanwhile may be
+        missed or seen."""
+        keys, values, n = [], [], 0
+        kbuf = ct.create_string_buffer(chunk * self.d.key_size)
+        vbuf = ct.create_string_buffer(chunk * self.value_bytes)
+        token_in = ct.create_string_buffer(8)
+        token_out = ct.create_string_buffer(8)
+        first = True
+        while True:
+            a = _attr()
+            struct.pack_into("<QQQQIIQQ", a, 0, 0 if first else ct.addressof(token_in),
+                             ct.addressof(token_out), ct.addressof(kbuf), ct.addressof(vbuf),
+                             chunk, self.fd, 0, 0)
+            done = False
+            try:
+                _bpf(BPF_MAP_LOOKUP_BATCH, a)
+            except LoadError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                done = True
+            got = struct.unpack_from("<I", a, 32)[0]
+            if got:
+                keys.append(kbuf.raw[:got * self.d.key_size])
+                values.append(vbuf.raw[:got * self.value_bytes])
+                n += got
+            if done:
+                return b"".join(keys), b"".join(values), n
+            ct.memmove(token_in, token_out, 8)
+            first = False
+
+    def delete_batch(self, keys: bytes) -> int:
+        """Deletes the entries of `keys` (laid end to end) in one syscall
+        (BPF_MAP_DELETE_BATCH); how many were deleted."""
+        n = len(keys) // self.d.key_size
+        if not n:
+            return 0
+        kbuf = ct.create_string_buffer(keys, len(keys))
+        a = _attr()
+        struct.pack_into("<QQQQIIQQ", a, 0, 0, 0, ct.addressof(kbuf), 0, n, self.fd, 0, 0)
+        try:
+            _bpf(BPF_MAP_DELETE_BATCH, a)
+        except LoadError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        return struct.unpack_from("<I", a, 32)[0]
 
     def percpu_values(self, key: bytes) -> list[bytes]:
         v = self.lookup(key)

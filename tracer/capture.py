@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from tracer import _procfs, writer
+from tracer.fault_summary import SLOT_SHIFT, SummaryReader
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
 from tracer.live import NetMapped
@@ -52,6 +53,7 @@ class Options:
     owner: tuple[int, int] | None = None               # chown the output files to uid, gid
     residency: bool = True       # kmem:rss_stat and kmem:mm_page_alloc attached
     stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
+    fault_mode: str = "events"   # "summary": faults counted in BPF (tracer.fault_summary)
 
 
 @dataclass
@@ -111,7 +113,8 @@ def run(opts: Options, say: Say,
     chown(spill.path, opts.owner, say)
     try:
         _remove_stale(opts.output)
-        probes = Probes(opts.fault_ring_pages, residency=opts.residency)
+        probes = Probes(opts.fault_ring_pages, residency=opts.residency,
+                        summary=opts.fault_mode == "summary")
     except BaseException:
         _restore(old)
         _discard(spill)
@@ -128,6 +131,10 @@ def run(opts: Options, say: Say,
         probes.set_config(C["MT_CFG_FOLLOW"], int(opts.follow))
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], int(opts.stop_at_exec))
         probes.set_config(C["MT_CFG_STACKS"], opts.stacks)
+        summary = None
+        if opts.fault_mode == "summary":
+            summary = SummaryReader(probes.table("fault_summary"))
+            probes.set_config(C["MT_CFG_FAULT_MODE"], C["MT_FAULT_MODE_SUMMARY"])
         res.start_ts = time.monotonic_ns()
         if opts.command:
             probes.set_config(C["MT_CFG_SPAWNER_TID"], threading.get_native_id())
@@ -153,9 +160,24 @@ def run(opts: Options, say: Say,
         for fd in probes.ring_fds():
             poller.register(fd, select.EPOLLIN)
         deadline = time.monotonic() + opts.duration if opts.duration else None
-        def drain() -> None:
+        summary_slot = [0]
+
+        def drain(final: bool = False) -> None:
             pending.extend(_drain(probes, res, comms, live_pids,
                                   held if opts.stop_at_exec else None, opts.residency))
+            if summary is None:
+                return
+            now = time.monotonic_ns()
+            if final or now >> SLOT_SHIFT != summary_slot[0]:   # a slot has ended
+                summary_slot[0] = now >> SLOT_SHIFT
+                rows = summary.drain(now, final)
+                if len(rows):
+                    pending.append(writer.summary_batch(rows, comms, opts.residency))
+                    _account_faults(rows, res, rows["count"])
+
+        def watermark() -> int:
+            marks = [r.drained_to for r in probes.rings.values()]
+            return min(marks + ([summary.drained_to] if summary is not None else []))
 
         last_flush = time.monotonic()
         while True:
@@ -166,7 +188,7 @@ def run(opts: Options, say: Say,
             now = time.monotonic()
             if now - last_flush >= opts.flush_interval:
                 # rows newer than a ring's watermark wait: time order across flushes
-                spill.write(pending, before=min(r.drained_to for r in probes.rings.values()))
+                spill.write(pending, before=watermark())
                 pending = []
                 last_flush = now
                 if live_pids:  # exited, though its exit event was lost
@@ -199,7 +221,7 @@ def run(opts: Options, say: Say,
             # between the reads of the event and fault rings would show its
             # faults without its fork row).
             _untrace_all(probes)
-        drain()
+        drain(final=True)
         res.end_ts = time.monotonic_ns()
         res.counters = probes.counters()
         if opts.stacks:
@@ -392,12 +414,15 @@ def _account_events(ev: np.ndarray, res: Result, live_pids: set[int]) -> None:
         live_pids.discard(pid)
 
 
-def _account_faults(f: np.ndarray, res: Result) -> None:
-    res.counts["fault"] = res.counts.get("fault", 0) + len(f)
+def _account_faults(f: np.ndarray, res: Result, count: np.ndarray | None = None) -> None:
+    """Faults by process, minor and major; `count`: the faults each row
+    stands for (summary rows), else one."""
+    n = np.ones(len(f)) if count is None else count.astype(np.float64)
+    res.counts["fault"] = res.counts.get("fault", 0) + int(n.sum())
     major = (f["flags"] & C["MT_FAULT_MAJOR"]) != 0
     pids, inv = np.unique(f["pid"], return_inverse=True)
-    minor_n = np.bincount(inv, weights=~major, minlength=len(pids))
-    major_n = np.bincount(inv, weights=major, minlength=len(pids))
+    minor_n = np.bincount(inv, weights=n * ~major, minlength=len(pids))
+    major_n = np.bincount(inv, weights=n * major, minlength=len(pids))
     for pid, mi, ma in zip(pids.tolist(), minor_n.tolist(), major_n.tolist()):
         acc = res.faults.setdefault(pid, [0, 0])
         acc[0] += int(mi)

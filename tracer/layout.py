@@ -63,6 +63,8 @@ C = constants()
 FAULT = dtypes()["mt_fault"]
 EVENT = dtypes()["mt_event"]
 EXEC = dtypes()["mt_exec"]
+SUMMARY_KEY = dtypes()["mt_summary_key"]
+SUMMARY = dtypes()["mt_summary"]
 
 # MT_EV_* -> the trace's `kind` names
 KIND_NAMES = {v: k[len("MT_EV_"):].lower() for k, v in C.items() if k.startswith("MT_EV_")}

@@ -35,6 +35,9 @@ RINGS = {"faults": layout.FAULT, "events": layout.EVENT, "execs": layout.EXEC}
 # (bcc's function name, how bcc's own loader names the attachment)
 RESIDENCY = {"tracepoint__kmem__rss_stat": ("tracepoint", b"kmem:rss_stat"),
              "raw_tracepoint__mm_page_alloc": ("raw_tracepoint", b"mm_page_alloc")}
+# --faults=summary: faults are counted at entry; a minor fault's end and the
+# page allocations inside it are not followed (the costliest hooks)
+SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
 STACK_DEPTH = 127        # bcc's BPF_STACK_TRACE value: u64 ips[127]
 
 _U32 = struct.Struct("<I")
@@ -50,13 +53,14 @@ class Probes:
     memtrace loaded before the cache, kept as the last resort)."""
 
     def __init__(self, fault_ring_pages: int | None = None, cache=None,
-                 residency: bool = True) -> None:
+                 residency: bool = True, summary: bool = False) -> None:
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
         if fault_ring_pages:
             cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
         self.fault_ring_pages = fault_ring_pages or C["MT_FAULT_RING_PAGES"]
         self.bpf = None               # bcc.BPF, on the last-resort path only
-        self._skip = frozenset() if residency else frozenset(RESIDENCY)
+        self._skip = frozenset(() if residency else RESIDENCY) | frozenset(
+            SUMMARY_SKIP if summary else ())
         self.cache_key: str | None = None
         self.cache_status = ""
         self.startup: dict[str, float] = {"import": 0.0, "compile": 0.0, "load": 0.0,
@@ -126,7 +130,7 @@ class Probes:
         from bcc import BPF  # import late: bcc is slow and needs root
         t1 = time.monotonic()
         self.bpf = b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        for fn in self._skip:        # bcc attached every tracepoint program
+        for fn in self._skip & RESIDENCY.keys():   # bcc attached every tracepoint program
             kind, target = RESIDENCY[fn]
             if kind == "tracepoint":
                 b.detach_tracepoint(target)
@@ -134,6 +138,8 @@ class Probes:
                 b.detach_raw_tracepoint(target)
         t2 = time.monotonic()
         for fn, events in PERF_EVENTS.items():
+            if fn in self._skip:
+                continue
             for ev_type, ev_config, period in events:
                 b.attach_perf_event(ev_type=ev_type, ev_config=ev_config,
                                     fn_name=fn.encode(), sample_period=period)
@@ -164,7 +170,8 @@ class Probes:
         self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
 
     def traced_pids(self) -> dict[int, int]:
-        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] for k, v in self._maps["traced"].items()}
+        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] & C["MT_STATE_MASK"]
+                for k, v in self._maps["traced"].items()}
 
     def counters(self) -> dict[str, int]:
         table = self._maps["counters"]

@@ -13,7 +13,7 @@ import tracer
 from tracer.capture import Options, Result
 from tracer.layout import C, SYSCALL_KINDS
 
-LOST_COUNTERS = ("lost_fault", "lost_event", "lost_exec", "lost_rss", "map_full")
+LOST_COUNTERS = ("lost_fault", "lost_event", "lost_exec", "lost_rss", "map_full", "summary_full")
 
 
 def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
@@ -41,6 +41,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "residency": opts.residency,
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
+        "fault_mode": opts.fault_mode,
     }
 
 
@@ -113,6 +114,9 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     minor = sum(v[0] for v in res.faults.values())
     major = sum(v[1] for v in res.faults.values())
     lines.append(f"  faults    {_n(faults)}: {_n(minor)} minor, {_n(major)} major")
+    late = res.counters.get("summary_late_major", 0)
+    if late:   # --faults=summary: ended after their entry was written
+        lines.append(f"            {_n(late)} major counted as minor (their end came late)")
     k = meta["kernel"]["total"]
     if k["processes_with_kernel_counts"]:
         lines.append(f"  kernel    {_n(k['kernel_minor'])} minor, {_n(k['kernel_major'])} major"

@@ -32,6 +32,9 @@ _NP = {pa.uint64(): np.uint64, pa.int64(): np.int64, pa.uint32(): np.uint32,
 def _array(values: Any, typ: pa.DataType, valid: np.ndarray | None = None) -> pa.Array:
     """A numpy array (and validity mask) as an Arrow array of `typ`, zero-copy
     when contiguous; anything else, or another dtype, through pa.array."""
+    if isinstance(values, np.ndarray) and typ in _NP and values.dtype != _NP[typ] \
+            and values.dtype.kind in "iu":       # e.g. int16 ring fields, int32 columns
+        values = values.astype(_NP[typ])
     if not isinstance(values, np.ndarray) or (typ != pa.bool_() and values.dtype != _NP.get(typ)):
         return pa.array(values, typ, mask=None if valid is None or valid.all() else ~valid)
     n = len(values)
@@ -78,12 +81,13 @@ SCHEMA = pa.schema([
     ("ret", pa.int64()), ("duration", pa.uint64()),
     ("ip", pa.uint64()), ("major", pa.bool_()), ("error_code", pa.uint16()),
     ("latency", pa.uint32()),
-    ("rss_anon", pa.int16()), ("rss_file", pa.int16()),
-    ("rss_shmem", pa.int16()), ("rss_swap", pa.int16()),
+    ("rss_anon", pa.int32()), ("rss_file", pa.int32()),
+    ("rss_shmem", pa.int32()), ("rss_swap", pa.int32()),
     ("child", pa.int32()), ("path", _STR_DICT),
     ("member", pa.int8()), ("rss_size", pa.int64()), ("rss_delta", pa.int64()),
     ("cause", _STR_DICT), ("inode", pa.uint64()),
     ("alloc", pa.uint32()), ("stack_id", pa.int32()),
+    ("count", pa.uint32()), ("last_ts", pa.uint64()), ("pages", pa.uint16()),
 ])
 META_KEY = b"memtrace"
 PARTIAL_SUFFIX = ".partial"
@@ -103,7 +107,7 @@ ROW_GROUP = 1 << 17
 SPILL_BATCH = 1 << 16        # rows per IPC batch of the spill (bounds reading it back)
 _PARQUET_DICT = ["pid", "tid", "comm", "kind", "prot", "flags", "fd", "ip", "major",
                  "error_code", "rss_anon", "rss_file", "rss_shmem", "rss_swap",
-                 "child", "path", "member", "cause", "alloc", "stack_id"]
+                 "child", "path", "member", "cause", "alloc", "stack_id", "count", "pages"]
 _PARQUET_ENCODING = {"ts": "DELTA_BINARY_PACKED", "addr": "DELTA_BINARY_PACKED"}
 _PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row groups
 
@@ -229,6 +233,30 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa
         **rss_cols,
         "alloc": (rec["alloc"], res),
         "stack_id": (rec["stack_id"], rec["stack_id"] >= 0),
+        "count": np.ones(n, np.uint32),
+    })
+
+
+def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
+    """Merged fault_summary entries (tracer.fault_summary.ROW) -> `fault`
+    rows that each stand for `count` faults (docs/format.md): `latency`
+    (mean) only on major rows, `ip` the first fault's (null on major rows),
+    `alloc` null (not followed in this mode)."""
+    n = len(rows)
+    flags = rows["flags"]
+    entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
+    rss_cols = {c: rows[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
+                if residency}
+    return _batch(n, {
+        "ts": rows["ts"], "pid": rows["pid"].view(np.int32), "tid": rows["tid"].view(np.int32),
+        "comm": comms.array(rows["tid"]),
+        "kind": _kind_array(np.full(n, KIND_INDEX["fault"])),
+        "addr": rows["addr"], "ip": (rows["ip"], rows["ip"] != 0),
+        "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
+        "error_code": (rows["error_code"], entry),
+        **rss_cols,
+        "latency": (rows["latency"], (flags & _C["MT_FAULT_MAJOR"]) != 0),
+        "count": rows["count"], "last_ts": rows["last_ts"], "pages": rows["pages"],
     })
 
 

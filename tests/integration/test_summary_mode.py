@@ -1,0 +1,159 @@
+"""`--faults=summary` (issue 4): the capture acceptance tests' checks on
+rows that each stand for `count` faults, against the kernel's own counts.
+
+In this mode BPF counts each fault at its entry (exceptions:page_fault_user
+/kernel) in a hash keyed by process, 64 KiB block, access, major, time slot
+and layout generation; the end of a minor fault is not followed, a major
+fault is moved to a major row at its end. What the counts must satisfy is
+the same as in test_capture.py: kernel minflt == captured minor +
+pre_exec_fault + GUP faults (no perf event, no tracer sees them).
+
+A row never spans a memory syscall of a traced process (the layout
+generation changes), so splitting rows at a marker (an madvise) is exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memtrace_helpers import (
+    MARK_RUSAGE, between, counter, exec_pid, kernel_counts, map_line, marker_ts, of_kind,
+    pre_exec_faults, run_memtrace, rusage_line,
+)
+
+pytestmark = pytest.mark.live
+
+PAGE = 4096
+GUP_MAX = 4
+AFTER_RUSAGE_MAX = 12
+
+
+def _faults(ev, pid: int, major: bool | None = None):
+    f = ev[(ev["kind"] == "fault") & (ev["pid"] == pid)]
+    if major is not None:
+        f = f[f["major"].astype(bool) == major]
+    return f
+
+
+def _n(f) -> int:
+    return int(f["count"].astype("int64").sum())
+
+
+def _pages(f) -> set[int]:
+    """Page addresses the rows' bitmaps name."""
+    out: set[int] = set()
+    for addr, bits in zip(f["addr"].astype("uint64").tolist(), f["pages"].astype(int).tolist()):
+        block = addr & ~0xFFFF
+        out.update(block + i * PAGE for i in range(16) if bits >> i & 1)
+    return out
+
+
+def _clean(meta: dict) -> None:
+    assert meta.get("fault_mode") == "summary", meta.get("fault_mode")
+    assert meta.get("lost") == 0, meta.get("counters")
+    assert not counter(meta, "summary_full"), meta.get("counters")
+    assert not counter(meta, "summary_late_major"), meta.get("counters")
+
+
+def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
+    mib, rounds = 64, 3
+    proc, t = run_memtrace(["--faults=summary", "--", workloads["faults"], mib, rounds],
+                           tmp_path)
+    ev, meta = t.events, t.meta
+    _clean(meta)
+    pid = exec_pid(ev, "faults")
+    minor = _faults(ev, pid, major=False)
+    assert _n(_faults(ev, pid, major=True)) == 0
+    assert (minor["count"].astype(int) >= 1).all() and minor["last_ts"].notna().all()
+    assert (minor["last_ts"].astype("uint64") >= minor["ts"].astype("uint64")).all()
+    # rows aggregate: far fewer rows than faults
+    assert len(minor) * 4 < _n(minor), (len(minor), _n(minor))
+
+    per_round = mib * 256
+    maps = of_kind(ev, "mmap")
+    maps = maps[(maps["pid"] == pid) & (maps["len"] == mib << 20)]
+    unmaps = of_kind(ev, "munmap")
+    unmaps = unmaps[(unmaps["pid"] == pid) & (unmaps["len"] == mib << 20)]
+    assert len(maps) == rounds and len(unmaps) == rounds
+    for r, (m, u) in enumerate(zip(maps.itertuples(), unmaps.itertuples())):
+        start = int(m.ret)
+        f = minor[(minor["ts"] > m.ts) & (minor["ts"] < u.ts)]
+        a = f["addr"].astype("uint64")
+        f = f[(a >= start) & (a < start + (mib << 20))]
+        assert _n(f) == per_round, f"round {r}: {_n(f)} faults counted, {per_round} pages"
+        assert _pages(f) == {start + i * PAGE for i in range(per_round)}, f"round {r}"
+        ec = f["error_code"].astype(int)
+        assert ((ec & 6) == 6).all(), f"round {r}: not all user write faults"
+        assert int(f["rss_anon"].astype("int64").sum()) == per_round, f"round {r}: rss_anon"
+
+    ru = rusage_line(proc.stderr)
+    pre = pre_exec_faults(meta)
+    t_ru = marker_ts(ev, pid, MARK_RUSAGE)
+    before = _n(minor[minor["ts"] < t_ru])
+    after = _n(minor) - before
+    gup = ru.minflt - pre - before
+    assert 0 <= gup <= GUP_MAX, (ru.minflt, pre, before)
+    assert after <= AFTER_RUSAGE_MAX, after
+    k = kernel_counts(meta, pid)
+    assert int(k["majflt"]) == 0
+    assert int(k["minflt"]) - ru.minflt == after
+    assert int(k["minflt"]) - pre - _n(minor) == gup
+    # the run's own count of what BPF counted equals the rows' sum
+    assert counter(meta, "summary_faults") == _n(ev[ev["kind"] == "fault"])
+
+
+def test_summary_major_faults(workloads, tmp_path, disk_tmp):
+    data = disk_tmp / "filemajor.dat"
+    mib = 32
+    proc, t = run_memtrace(["--faults=summary", "--", workloads["filemajor"], data, mib],
+                           tmp_path)
+    assert "CACHED" not in proc.stderr, proc.stderr
+    ev, meta = t.events, t.meta
+    _clean(meta)
+    pid = exec_pid(ev, "filemajor")
+    addr, length = map_line(proc.stderr)
+    pages = length // PAGE
+    ru = rusage_line(proc.stderr)
+    assert ru.majflt == pages
+    major = _faults(ev, pid, major=True)
+    a = major["addr"].astype("uint64")
+    assert ((a >= addr) & (a < addr + length)).all()
+    assert _n(major) == pages
+    assert _pages(major) == {addr + i * PAGE for i in range(pages)}
+    assert major["latency"].notna().all() and (major["latency"].astype(int) > 0).all()
+    assert _n(_faults(between(ev, pid, 1, 2), pid, major=True)) == pages
+    k = kernel_counts(meta, pid)
+    assert int(k["majflt"]) == pages
+    minor = _n(_faults(ev, pid, major=False))
+    unseen = int(k["minflt"]) - pre_exec_faults(meta) - minor
+    assert 0 <= unseen <= GUP_MAX, (k, minor)
+
+
+def test_summary_follows_forked_children(workloads, tmp_path):
+    """A process tree: the counted faults of CMD and its child against
+    wait4's counts for them both (the child is reaped by CMD, so its own
+    /proc/PID/stat is gone before memtrace could read it), and CMD's
+    against its own counters."""
+    proc, t = run_memtrace(["--faults=summary", "--", workloads["cowfork"]], tmp_path)
+    ev, meta = t.events, t.meta
+    _clean(meta)
+    pids = sorted(set(ev.loc[ev["kind"] == "fault", "pid"].astype(int)))
+    assert len(pids) == 2, pids
+    child = int(of_kind(ev, "fork")["child"].iloc[0])
+    assert child in pids
+    # the child's 8 copy-on-write faults: present|write|user, one row or more
+    start, length = map_line(proc.stderr)
+    cow = _faults(between(ev, child, 3, 4), child)
+    a = cow["addr"].astype("uint64")
+    cow = cow[(a >= start) & (a < start + length)]
+    assert _n(cow) == 8 and (cow["error_code"].astype(int) == 7).all(), cow
+    f = ev[ev["kind"] == "fault"]
+    total = meta["kernel"]["wait4"]
+    assert int(total["majflt"]) == _n(f[f["major"].astype(bool)])
+    unseen = int(total["minflt"]) - pre_exec_faults(meta) - _n(f[~f["major"].astype(bool)])
+    assert 0 <= unseen <= 2 * GUP_MAX, (total, meta["kernel"])
+    parent = exec_pid(ev, "cowfork")
+    k = kernel_counts(meta, parent)
+    assert k is not None
+    got = _n(_faults(ev, parent, major=False))
+    assert 0 <= int(k["minflt"]) - pre_exec_faults(meta) - got <= GUP_MAX, (k, got)
