@@ -25,9 +25,10 @@ Where the events leave a choice:
   allocate_stack: mmap, mprotect of the guard, clone). Its PROT_NONE part is
   a guard.
 - stack growth: a fault below a [stack] (VM_GROWSDOWN) mapping grows it to
-  the faulting page (a summary row: its lowest page) when the stack stays within stack_limit (RLIMIT_STACK,
-  8 MiB) and 256 pages clear of an accessible mapping below: the kernel's
-  own rule since Linux 4.20 (no distance-from-sp check any more).
+  the faulting page (a summary row: its lowest page) when the stack stays
+  within stack_limit (RLIMIT_STACK, 8 MiB) and 256 pages clear of an
+  accessible mapping below: the kernel's own rule since Linux 4.20 (no
+  distance-from-sp check any more).
 - faults inside execve: the kernel-mode faults of the exec'ing thread after
   its last user-mode fault and last syscall, before the exec row (which is
   sent at the end of execve), are the ELF loader's writes into the new

@@ -168,6 +168,8 @@ def split(vid: np.ndarray, pid: np.ndarray, addr: np.ndarray, key: np.ndarray,
     np.bitwise_or.at(g_bits, inv, bit)
     g_pop = np.bincount(inv, minlength=uniq.shape[1]).astype(np.int64)
     g_row, g_vid, g_addr = uniq[0], uniq[1], pages[first]     # pages ascend within a row
+    o = np.lexsort((g_addr, g_row))                 # a row's parts by address
+    g_row, g_vid, g_addr, g_bits, g_pop = g_row[o], g_vid[o], g_addr[o], g_bits[o], g_pop[o]
     m_bits = bits.copy()
     np.bitwise_and.at(m_bits, g_row, ~g_bits)
     m_count, g_count = _allocate(one.count, popcount(m_bits), g_row, g_pop)
@@ -188,7 +190,8 @@ def _allocate(count: np.ndarray, main_pop: np.ndarray, g_row: np.ndarray,
     rest (faults beyond one per page) to the main part; the parts of a row
     add up to its count. A bitmap can name more pages than the row has
     faults (a fault counted at its entry and moved to a major row at its
-    end leaves its bit): the parts beyond the count then get none."""
+    end leaves its bit): the parts beyond the count (in address order)
+    then get none."""
     cs = np.cumsum(g_pop)
     start = np.flatnonzero(np.r_[True, g_row[1:] != g_row[:-1]]) if len(g_row) else g_row
     run = np.repeat(start, np.diff(np.r_[start, len(g_row)]))

@@ -84,6 +84,10 @@ class Trace:
 
     @property
     def faults(self) -> pd.DataFrame:
+        """The fault rows joined to their mappings, with `count` (the faults
+        each stands for: 1, or a summary row's); a summary row whose pages
+        fall in several mappings is one row per mapping, the event's index
+        repeated (docs/format.md, Summary fault rows)."""
         return self.model.faults
 
     @cached_property

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from eventframes import (ANON, PAGE, PRIVATE, RW, Events, summarise,
+from eventframes import (PAGE, PRIVATE, Events, summarise,
                          without_new_columns)
 from tracer import as_summary, budget, check, dataset, diff, metrics, plots, report, writer
 from tracer.trace import Trace, load, schema
@@ -19,7 +20,7 @@ from tracer.trace import Trace, load, schema
 A, B = 100, 200
 PROG, DATA, BSS = 0x400000, 0x600000, 0x602000       # .data (file) and .bss share a block
 SMALL, BIG, FILE = 0x7f0000000000, 0x7f1000000000, 0x7f2000000000
-SLOT = 1 << 27                                        # a summary time slot (ns)
+SLOT = 1 << 26                                        # a summary time slot (ns)
 MiB = 1 << 20
 META = {"page_size": PAGE, "complete": True, "start_ts": 0, "lost": 0, "format_version": 1}
 
@@ -219,31 +220,30 @@ def test_spread_over_a_rows_span():
 
 def test_split_puts_each_page_in_its_mapping():
     """Three mappings in one block; the remainder (faults beyond one per
-    page) stays with the part at the row's address."""
-    starts = np.array([0x10000, 0x14000, 0x18000], np.uint64)
-    ends = np.array([0x14000, 0x18000, 0x20000], np.uint64)
+    page) stays with the part at the row's address; the other parts come
+    by address."""
+    starts = np.array([0x18000, 0x14000, 0x10000], np.uint64)   # ids not in address order
+    ends = np.array([0x20000, 0x18000, 0x14000], np.uint64)
 
     def locate(pid, addr, key):
-        a = np.asarray(addr, np.uint64)
-        return np.searchsorted(starts, a, "right") - 1
+        a = np.asarray(addr, np.int64)
+        return np.where(a < 0x14000, 2, np.where(a < 0x18000, 1, 0))
 
     bits = np.array([(1 << 1) | (1 << 5) | (1 << 6) | (1 << 12), 0b1], np.int64)
-    P = as_summary.split(np.array([1, 0]), np.array([7, 7]),
+    P = as_summary.split(np.array([1, 2]), np.array([7, 7]),
                          np.array([0x15008, 0x10000], np.uint64), np.array([1, 3]),
                          np.array([9, 1]), bits, starts, ends, locate)
     assert P.row.tolist() == [0, 0, 0, 1]
-    assert P.vid.tolist() == [1, 0, 2, 0]
+    assert P.vid.tolist() == [1, 2, 0, 2]
     assert P.count.tolist() == [9 - 2, 1, 1, 1]
     assert P.bits.tolist() == [(1 << 5) | (1 << 6), 1 << 1, 1 << 12, 1]
     assert P.addr.tolist() == [0x15008, 0x11000, 0x1c000, 0x10000]
     assert P.main.tolist() == [True, False, False, True]
     # a bitmap naming more pages than faults: the parts beyond get none
-    P = as_summary.split(np.array([1]), np.array([7]), np.array([0x15008], np.uint64),
-                         np.array([1]), np.array([2]), bits[:1], starts, ends, locate)
-    assert P.vid.tolist() == [1, 0, 2] and P.count.tolist() == [2, 0, 0]
-    P = as_summary.split(np.array([1]), np.array([7]), np.array([0x15008], np.uint64),
-                         np.array([1]), np.array([3]), bits[:1], starts, ends, locate)
-    assert P.count.tolist() == [2, 1, 0]
+    for count, parts in ((2, [2, 0, 0]), (3, [2, 1, 0]), (4, [2, 1, 1]), (5, [3, 1, 1])):
+        P = as_summary.split(np.array([1]), np.array([7]), np.array([0x15008], np.uint64),
+                             np.array([1]), np.array([count]), bits[:1], starts, ends, locate)
+        assert P.vid.tolist() == [1, 2, 0] and P.count.tolist() == parts, count
 
 
 def test_a_summary_row_grows_the_stack_to_its_lowest_page():
@@ -299,6 +299,16 @@ def test_an_old_trace_file_loads_with_count_one(tmp_path):
     pd.testing.assert_frame_equal(old.vmas, new.vmas)
     cols = [c for c in new.events.columns if c not in ("count", "last_ts", "pages")]
     pd.testing.assert_frame_equal(old.events[cols], new.events[cols])
+    # the same as CSV (strings for the dictionary columns, as the writer's)
+    table = pq.read_table(tmp_path / "old.parquet")
+    table = table.cast(pa.schema([pa.field(f.name, pa.string()) if
+                                  pa.types.is_dictionary(f.type) else f for f in table.schema]))
+    pacsv.write_csv(table.replace_schema_metadata(None), tmp_path / "old.csv")
+    (tmp_path / "old.csv.meta.json").write_text(json.dumps(META))
+    csv = load(tmp_path / "old.csv")
+    assert csv.events["count"].isna().all() and str(csv.events["rss_anon"].dtype) == "Int32"
+    pd.testing.assert_frame_equal(csv.vmas, new.vmas)
+    pd.testing.assert_frame_equal(csv.timeline(A), new.timeline(A))
 
 
 @pytest.fixture(scope="module")
