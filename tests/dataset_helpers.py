@@ -18,10 +18,12 @@ def pandas_totals(trace) -> dict:
     apart from tracer/query.py's SQL, so the two check each other)."""
     e = trace.events
     f = e[e.kind == "fault"]
+    n = f["count"].fillna(1).astype("int64")           # a summary row: `count` faults
+    major = f.major.astype(bool)
     mm = e[(e.kind == "mmap") & (e.ret >= 0)]
     mu = e[(e.kind == "munmap") & (e.ret == 0)]
-    return {"processes": int(e.pid.nunique()), "faults": len(f),
-            "minor": int((~f.major.astype(bool)).sum()), "major": int(f.major.astype(bool).sum()),
+    return {"processes": int(e.pid.nunique()), "faults": int(n.sum()),
+            "minor": int(n[~major].sum()), "major": int(n[major].sum()),
             "syscalls": int(e.kind.isin(SYSCALLS).sum()),
             "mmap_bytes": int(mm["len"].sum()), "munmap_bytes": int(mu["len"].sum())}
 

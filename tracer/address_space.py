@@ -25,9 +25,10 @@ Where the events leave a choice:
   allocate_stack: mmap, mprotect of the guard, clone). Its PROT_NONE part is
   a guard.
 - stack growth: a fault below a [stack] (VM_GROWSDOWN) mapping grows it to
-  the faulting page when the stack stays within stack_limit (RLIMIT_STACK,
-  8 MiB) and 256 pages clear of an accessible mapping below: the kernel's
-  own rule since Linux 4.20 (no distance-from-sp check any more).
+  the faulting page (a summary row: its lowest page) when the stack stays
+  within stack_limit (RLIMIT_STACK, 8 MiB) and 256 pages clear of an
+  accessible mapping below: the kernel's own rule since Linux 4.20 (no
+  distance-from-sp check any more).
 - faults inside execve: the kernel-mode faults of the exec'ing thread after
   its last user-mode fault and last syscall, before the exec row (which is
   sent at the end of execve), are the ELF loader's writes into the new
@@ -37,6 +38,10 @@ Where the events leave a choice:
   not the parent.
 - a mapping the model lacks (mremap of an unknown range) is taken as
   anonymous read-write.
+- a summary fault row (`count` faults, `--faults=summary`) is attributed as
+  one fault at its first fault's time and address: no layout change of its
+  process came between its faults. Its pages in other mappings of its
+  64 KiB block make parts of their own (tracer.as_summary.split).
 - order: the rows in table order (sorted by ts); a change at row p is seen
   by the faults after it; a stack growth by its own fault.
 """
@@ -47,11 +52,10 @@ import gc
 import numpy as np
 import pandas as pd
 
-from tracer import as_replay, as_touch, as_versions
+from tracer import as_replay, as_summary, as_touch, as_versions
 from tracer import as_model as am
 from tracer import as_process as ap
 from tracer import vma_kinds as vk
-from tracer.as_faults import KERNEL_SPACE
 from tracer.as_frames import AddressSpaces, Coverage, assemble
 from tracer.maps_text import compare_maps, render
 
@@ -282,6 +286,9 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     f_addr = _num(events["addr"], "uint64", 0, fpos)
     f_key = 2 * fidx.astype(np.int64) + 1
     f_ts = ts[fpos]
+    # where a fault may grow a stack: a summary row's lowest page
+    g_addr = f_addr if "pages" not in events else \
+        as_summary.lowest_page(f_addr, _num(events["pages"], "int64", 0, fpos))
 
     fk = np.flatnonzero(c["type"] == am.FORK)
     forks = list(zip(c["pid"][fk].tolist(), c["child"][fk].tolist()))
@@ -291,7 +298,7 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
         codes, uniq = pd.factorize(f_pid)
         lo = np.array([min((w[0] for w in win.get(int(p), [])), default=0) for p in uniq], np.uint64)
         hi = np.array([max((w[1] for w in win.get(int(p), [])), default=0) for p in uniq], np.uint64)
-        gidx = np.flatnonzero((f_addr >= lo[codes]) & (f_addr < hi[codes]))
+        gidx = np.flatnonzero((g_addr >= lo[codes]) & (g_addr < hi[codes]))
 
     # the loop's entries: changes, snapshots, stack-growth candidates, by boundary
     spos = np.array(sorted(snaps), np.int64)
@@ -309,7 +316,7 @@ def _build(events, page_size, stack_limit, stack_guard_gap, fast):
     epid[etype == am.GROW] = f_pid[eref[etype == am.GROW]]
     bases = _exec_bases(etype, eref, epid, c, snaps, page_size)
 
-    R = as_replay.Replay(c, snaps, bases, ebnd, etype, eref, epid, fidx, f_pid, f_addr, f_key, f_ts,
+    R = as_replay.Replay(c, snaps, bases, ebnd, etype, eref, epid, fidx, f_pid, g_addr, f_key, f_ts,
                 page_size, stack_limit, gap)
     if fast:
         R.prepare({p: max(w[1] for w in ws) for p, ws in win.items()})
@@ -344,7 +351,7 @@ def _exec_faults(events, fidx, fpos, f_pid, c) -> tuple[np.ndarray, np.ndarray]:
     if not execs or not len(fidx):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     f_tid = events["tid"].to_numpy()[fpos]
-    user = _num(events["ip"], "uint64", 0, fpos) < np.uint64(KERNEL_SPACE)
+    user = as_summary.user_mode(events[["ip", "error_code"]].iloc[fpos])
     pid_of = c["pid"]
     idx, keys = [], []
     for k in execs:

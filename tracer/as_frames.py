@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tracer import as_faults, maps_text
+from tracer import as_faults, as_summary, maps_text
 from tracer import vma_kinds as vk
 
 _CLASS = {"heap": "anon", "anon": "anon", "stack": "anon", "thread_stack": "anon",
@@ -17,7 +17,7 @@ _CLASS_CODE = np.array([{"anon": 0, "file": 1, "shm": 2}.get(_CLASS[k], -1) for 
 _TIMELINE_COLS = ["mapped", "mapped_anon", "mapped_file", "mapped_shm", "heap",
                   "minor_faults", "major_faults", "pages_touched"]
 _FAULT_COLS = ["ts", "pid", "tid", "comm", "addr", "ip", "major", "error_code", "latency",
-               "rss_anon", "rss_file", "rss_shmem", "rss_swap"]
+               "rss_anon", "rss_file", "rss_shmem", "rss_swap", "count", "last_ts", "pages"]
 
 
 @dataclass
@@ -160,7 +160,8 @@ class AddressSpaces:
         stacks, guards; file; shm), heap bytes (break - heap start),
         cumulative minor and major faults, and pages touched (first faults
         of a page within a mapping and its splits: a page counts again once
-        it was unmapped and mapped anew)."""
+        it was unmapped and mapped anew). A summary fault row counts all its
+        faults and pages at its first fault's time (ts)."""
         v = self.vmas
         sel = np.flatnonzero(v["pid"].to_numpy() == pid)
         size = v["size"].to_numpy()[sel].astype(np.int64)
@@ -203,16 +204,24 @@ class AddressSpaces:
             d = np.where(cls == k, size, 0)
             out["mapped_" + c] = total(n_b, d) - total(n_d, d[dead][d_o])
         if len(fsel):
-            major = f["major"].array[fsel].to_numpy(dtype=bool, na_value=False)
-            vid = f["vma_id"].array[fsel].to_numpy(dtype=np.int64, na_value=-1)
-            page = f["addr"].array[fsel].to_numpy(np.uint64) // np.uint64(self._page)
-            lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)
-            new = _first_of_pairs(lin, page) & (vid >= 0)
+            fs = f[[c for c in ("major", "vma_id", "addr", "count", "pages") if c in f]]
+            fs = fs.iloc[fsel]
+            major = fs["major"].to_numpy(dtype=bool, na_value=False)
+            cnt = as_summary.counts(fs)
+            vid = fs["vma_id"].to_numpy(dtype=np.int64, na_value=-1)
+            # every page of a fault row (a summary row's bitmap), first
+            # touches per lineage counted on the row
+            prow, ppage = as_summary.expand(fs["addr"].to_numpy(np.uint64),
+                                            as_summary.bitmaps(fs))
+            page = ppage // np.uint64(self._page)
+            lin = np.where(vid >= 0, self._lineage_of[np.maximum(vid, 0)], -1)[prow]
+            new = _first_of_pairs(lin, page) & (lin >= 0)
+            new = np.bincount(prow, weights=new, minlength=len(fsel)).astype(np.int64)
         else:
-            major = new = np.zeros(0, bool)
-        out["minor_faults"] = total(n_f, (~major).astype(np.int64))
-        out["major_faults"] = total(n_f, major.astype(np.int64))
-        out["pages_touched"] = total(n_f, new.astype(np.int64))
+            major, cnt, new = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        out["minor_faults"] = total(n_f, np.where(major, 0, cnt))
+        out["major_faults"] = total(n_f, np.where(major, cnt, 0))
+        out["pages_touched"] = total(n_f, new)
         # heap: the last change's value (-1 there: unknown from then on)
         h = np.concatenate([[np.nan], hb["heap"].to_numpy(np.float64, na_value=-1)])
         h = h[n_h]
@@ -248,6 +257,7 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
     attribute = as_faults.attributor(V, page_size, f_pid, f_key, join)
 
     vid = attribute(f_pid, f_addr, f_key, main=True)
+    akey = f_key                          # the boundary each fault was attributed at
     if retry is not None and len(retry[0]):
         ri, rk = retry
         keep = vid[ri] < 0
@@ -255,27 +265,42 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
         o = np.argsort(rk, kind="stable")
         ri, rk = ri[o], rk[o]
         vid[ri] = attribute(f_pid[ri], f_addr[ri], rk)
+        akey = f_key.copy()
+        akey[ri[vid[ri] >= 0]] = rk[vid[ri] >= 0]
+    ev_f = events[as_faults_cols(events)].iloc[fidx if at is None else at[fidx]]
+    # a summary row whose pages fall in several mappings: one part per mapping
+    P = as_summary.split(vid, f_pid, f_addr, akey, as_summary.counts(ev_f),
+                         as_summary.bitmaps(ev_f), start, end,
+                         lambda p, a, k: _locate(attribute, p, a, k))
+    if P.split:
+        ev_f, f_pid, f_key = _parts(ev_f, P), f_pid[P.row], f_key[P.row]
+        f_addr, vid = P.addr, P.vid
+    cnt = P.count
     hit = vid >= 0
     hv = vid[hit]
-    ev_f = events[as_faults_cols(events)].iloc[fidx if at is None else at[fidx]]
     major = ev_f["major"].to_numpy(dtype=bool, na_value=False)
     ec = ev_f["error_code"].to_numpy(dtype=np.int64, na_value=-1)
     acc = np.where(ec < 0, -1, vk.access_codes(np.maximum(ec, 0))).astype(np.int8)
     rss = sum(ev_f[c].to_numpy(dtype=np.int64, na_value=0) for c in
               ("rss_anon", "rss_file", "rss_shmem"))
 
-    def count(mask=None, weights=None):
-        sel = hv if mask is None else vid[hit & mask]
-        w = None if weights is None else weights[hit]
-        return np.bincount(sel, weights=w, minlength=nv).astype(np.int64)[:nv]
+    def count(mask=None, weights=cnt):
+        """Per version: the faults (or weights) of the parts where mask."""
+        m = hit if mask is None else hit & mask
+        return np.bincount(vid[m], weights=weights[m], minlength=nv).astype(np.int64)[:nv]
     shift = page_size.bit_length() - 1
-    fpage = (f_addr >> np.uint64(shift)).astype(np.int64)
     spage = (start >> np.uint64(shift)).astype(np.int64)
     npages = (end >> np.uint64(shift)).astype(np.int64) - spage
     base = np.concatenate([[0], np.cumsum(npages)[:-1]]) if nv else np.zeros(0, np.int64)
-    first = np.zeros(len(vid), bool)
-    if hit.any():
-        first[hit] = as_faults.first_touch(base[hv] + fpage[hit] - spage[hv])
+    # distinct pages per version: every page of each part (its bitmap's, or
+    # its address's)
+    prow, ppage = as_summary.expand(f_addr, P.bits)
+    pv = vid[prow]
+    ph = pv >= 0
+    fpage = (ppage[ph] >> np.uint64(shift)).astype(np.int64)
+    first = as_faults.first_touch(base[pv[ph]] + fpage - spage[pv[ph]]) if ph.any() \
+        else np.zeros(0, bool)
+    touched = np.bincount(pv[ph][first], minlength=nv).astype(np.int64)[:nv]
 
     cause = events.index.to_numpy()[V["cause"] if at is None else at[V["cause"]]] \
         if nv else []
@@ -301,10 +326,11 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
         "lineage": lin,
         "faults": count(), "minor": count(~major), "major": count(major),
         "read": count(acc == 0), "write": count(acc == 1), "exec": count(acc == 2),
-        "pages_touched": count(first), "rss_pages": count(weights=rss.astype(np.float64)),
+        "pages_touched": touched, "rss_pages": count(weights=rss),
     }, copy=False)
 
     faults = ev_f
+    faults["count"] = cnt
     faults["vma_id"] = pd.arrays.IntegerArray(np.maximum(vid, 0), ~hit)
     kc = np.where(hit, kind.codes[np.maximum(vid, 0)] if nv else -1, -1)
     faults["vma_kind"] = pd.Categorical.from_codes(kc, dtype=vk.KIND_DTYPE)
@@ -329,10 +355,40 @@ def assemble(events: pd.DataFrame, at: np.ndarray | None, V: dict, tstack_lin: n
         ip_vid[user] = attribute(f_pid[user], ip[user], f_key[user])
     faults["ip_vma"] = pd.arrays.IntegerArray(np.maximum(ip_vid, 0), ip_vid < 0)
 
-    counts = np.bincount(rc[rc >= 0], minlength=len(as_faults.REASONS))
-    cov = Coverage(len(vid), int(hit.sum()),
+    miss = rc >= 0
+    counts = np.bincount(rc[miss], weights=cnt[miss], minlength=len(as_faults.REASONS))
+    cov = Coverage(int(cnt.sum()), int(cnt[hit].sum()),
                    {r: int(n) for r, n in zip(as_faults.REASONS, counts) if n})
     return AddressSpaces(vmas, faults, cov, bnd, dbnd, f_key, heap, lin, page_size)
+
+
+def _locate(attribute, pid: np.ndarray, addr: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """attribute() for points whose keys are in any order."""
+    o = np.argsort(key, kind="stable")
+    out = np.empty(len(key), np.int64)
+    out[o] = attribute(pid[o], addr[o], key[o])
+    return out
+
+
+def _parts(ev_f: pd.DataFrame, P: as_summary.Parts) -> pd.DataFrame:
+    """The fault rows as the parts P (tracer.as_summary.split): a row split
+    across mappings repeats with the label of its event; a part other than
+    the main one has its own address, count and pages, and null resident
+    changes and allocations (unknown per page: all go with the main part,
+    which keeps the row's)."""
+    out = ev_f.iloc[P.row].copy()
+    extra = ~P.main
+    out["addr"] = pd.arrays.IntegerArray(P.addr.astype(np.uint64),
+                                         out["addr"].isna().to_numpy() & P.main)
+    if "pages" in out:
+        out["pages"] = pd.arrays.IntegerArray(P.bits.astype(np.uint16),
+                                              out["pages"].isna().to_numpy())
+    for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap", "alloc"):
+        if c in out:
+            a = out[c].array.copy()
+            a[extra] = pd.NA
+            out[c] = a
+    return out
 
 
 def as_faults_cols(ev: pd.DataFrame) -> list[str]:

@@ -274,6 +274,7 @@ def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
     """row (its first unit, `rep`) -> the instruction that faulted most in
     its mappings (for a count metric, among the faults counted)."""
     import numpy as np
+    import pandas as pd
     from tracer import symbols
     f = t.faults
     f = f[f["vma_id"].isin(lin["vma_id"].tolist())]
@@ -289,7 +290,8 @@ def _fault_sites(t, lin, metric: str, rep) -> dict[int, str]:
     s = symbols.fault_sites(SimpleNamespace(faults=f, vmas=t.vmas))["ip_site"]
     unit = _units(t.vmas)[f["vma_id"].to_numpy(dtype=np.int64)]
     row = rep.reindex(unit).to_numpy()
-    g = s.groupby([row, s.fillna("?").to_numpy()]).size()
+    n = pd.Series(f["count"].to_numpy(np.int64))      # a summary row: `count` faults
+    g = n.groupby([row, s.fillna("?").to_numpy()]).sum()
     best = g.sort_values(ascending=False, kind="stable").groupby(level=0).head(1)
     return {int(k[0]): str(k[1]) for k in best.index}
 

@@ -164,20 +164,26 @@ def _free_name(p: Path) -> Path:
 def mapping_summary(events_path: Path) -> list[dict]:
     """Faults per process and mapping (kind and path), from the
     address-space model: the `mappings` of the sidecar. Every fault of the
-    trace is in one row (vma_kind null: the model found no mapping)."""
+    trace is in one row (vma_kind null: the model found no mapping); a
+    summary row's faults are split between mappings as t.faults splits
+    them (tracer.as_summary.split)."""
+    import numpy as np
     import pandas as pd
 
     from tracer.trace import load
     f = load(events_path).faults
-    access = f["access"].astype(object)
+    access = f["access"].astype(object).to_numpy()
+    n = f["count"].to_numpy(np.int64)          # a summary row stands for `count` faults
+    major = f["major"].to_numpy(dtype=bool, na_value=False)
     g = pd.DataFrame({
-        "pid": f["pid"].astype("int64"),
-        "vma_kind": f["vma_kind"].astype(object), "path": f["path"].astype(object),
-        "faults": 1, "minor": (~f["major"].fillna(False)).astype("int64"),
-        "major": f["major"].fillna(False).astype("int64"),
-        "read": (access == "read").astype("int64"), "write": (access == "write").astype("int64"),
-        "exec": (access == "exec").astype("int64"),
-        "latency_ns": f["latency"].fillna(0).astype("int64"),
+        "pid": f["pid"].to_numpy(np.int64),
+        "vma_kind": f["vma_kind"].astype(object).to_numpy(),
+        "path": f["path"].astype(object).to_numpy(),
+        "faults": n, "minor": np.where(major, 0, n), "major": np.where(major, n, 0),
+        "read": np.where(access == "read", n, 0), "write": np.where(access == "write", n, 0),
+        "exec": np.where(access == "exec", n, 0),
+        # a summary row's latency is its faults' mean: times count, their sum
+        "latency_ns": f["latency"].to_numpy(np.int64, na_value=0) * n,
     }).groupby(["pid", "vma_kind", "path"], dropna=False, sort=True).sum().reset_index()
     g = g.astype(object).where(g.notna(), None)
     return g.to_dict("records")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracer import capture, markers, preflight, summary
+from tracer import as_summary, capture, markers, preflight, summary
 from tracer.errors import SetupError, UsageError
 from tracer.trace import load
 
@@ -137,16 +137,18 @@ def _step_line(label: str, step: pd.DataFrame, before: pd.DataFrame, heap_start:
     heap = f"{(int(brks.iloc[-1]) - heap_start) / KiB:,.0f} KiB" if heap_start and len(brks) else "-"
     faults = step[step["kind"] == "fault"]
     if len(faults):
-        major = int(faults["major"].sum())
-        write = int(((faults["error_code"].fillna(0).astype(int) & 2) != 0).sum())
+        n = as_summary.counts(faults)              # a summary row: `count` faults
+        total = int(n.sum())
+        major = int(n[faults["major"].to_numpy(dtype=bool, na_value=False)].sum())
+        write = int(n[(faults["error_code"].fillna(0).astype(int) & 2).to_numpy() != 0].sum())
         parts = []
         if major:
             parts.append(f"{major} major")
-        if len(faults) - major:
-            parts.append(f"{len(faults) - major} minor")
+        if total - major:
+            parts.append(f"{total - major} minor")
         kinds = []
-        if len(faults) - write:
-            kinds.append(f"{len(faults) - write}r")
+        if total - write:
+            kinds.append(f"{total - write}r")
         if write:
             kinds.append(f"{write}w")
         fault_text = " ".join(parts) + f" ({' '.join(kinds)})"

@@ -48,7 +48,9 @@ def per_process(t) -> pd.DataFrame:
         f = faults[faults["pid"] == pid]
         tl = t.timeline(int(pid))
         ok = e["ret"].fillna(-1) >= 0
-        file_write = ((f["vma_kind"] == "file") & (f["access"] == "write")).sum()
+        n = f["count"].to_numpy(np.int64)              # the faults each row stands for
+        major = f["major"].to_numpy(dtype=bool, na_value=False)
+        file_write = n[((f["vma_kind"] == "file") & (f["access"] == "write")).to_numpy(bool)].sum()
         rows[key] = {
             "peak_mapped": int(tl["mapped"].max()) if len(tl) else 0,
             "peak_heap": int(tl["heap"].max()) if len(tl) and tl["heap"].notna().any() else 0,
@@ -56,8 +58,8 @@ def per_process(t) -> pd.DataFrame:
             and pd.notna(peaks.loc[pid, "peak"]) else 0,
             "bytes_mapped": int(e.loc[(e["kind"] == "mmap") & ok, "len"].sum()),
             "pages_touched": int(tl["pages_touched"].max()) if len(tl) else 0,
-            "minor_faults": int((~f["major"].fillna(False).astype(bool)).sum()),
-            "major_faults": int(f["major"].fillna(False).astype(bool).sum()),
+            "minor_faults": int(n[~major].sum()),
+            "major_faults": int(n[major].sum()),
             "file_write_faults": int(file_write),
             "brk_calls": int((e["kind"] == "brk").sum()),
             "mmap_calls": int((e["kind"] == "mmap").sum()),

@@ -18,6 +18,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from tracer import as_summary  # noqa: E402
+
 KIND_COLOURS = {
     "heap": "#d62728", "anon": "#1f77b4", "file": "#2ca02c", "stack": "#9467bd",
     "thread_stack": "#8c564b", "vdso": "#7f7f7f", "shm": "#e377c2", "guard": "#c7c7c7",
@@ -31,8 +33,12 @@ def busiest_pid(t) -> int:
     """The process with the most faults (or events): the one to draw."""
     ev = t.events
     faults = ev[ev["kind"] == "fault"]
-    counts = (faults if len(faults) else ev)["pid"].value_counts()
-    return int(counts.index[0])
+    if not len(faults):
+        return int(ev["pid"].value_counts().index[0])
+    counts = pd.Series(as_summary.counts(faults), index=faults["pid"].to_numpy())
+    counts = counts.groupby(level=0, sort=False).sum()
+    # the most faults; among equal, the process seen first (value_counts' order)
+    return int(counts.index[np.argmax(counts.to_numpy())])
 
 
 class AddressAxis:
@@ -100,9 +106,14 @@ def address_space_figure(t, pid: int):
         pc.set_rasterized(len(verts) > RASTER_ABOVE)
         ax.add_collection(pc)
     if len(faults):
-        fx = _seconds(faults["ts"].to_numpy(np.uint64), t0)
-        fy = axis(faults["addr"].to_numpy(np.float64))
-        if len(faults) <= SCATTER_MAX:
+        # a point per fault; a summary row's: one per page of its bitmap,
+        # at its first fault's time
+        row, page = as_summary.expand(faults["addr"].to_numpy(np.uint64),
+                                      as_summary.bitmaps(faults))
+        fx = _seconds(faults["ts"].to_numpy(np.uint64)[row], t0)
+        fy = axis(np.where(as_summary.bitmaps(faults)[row] != 0, page,
+                           faults["addr"].to_numpy(np.uint64)[row]).astype(np.float64))
+        if len(fx) <= SCATTER_MAX:
             sc = ax.scatter(fx, fy, s=2, c="black", alpha=0.35, linewidths=0)
         else:
             sc = ax.hexbin(fx, fy, gridsize=(160, 80), bins="log", mincnt=1, cmap="Greys",
@@ -115,7 +126,7 @@ def address_space_figure(t, pid: int):
     ax.set_xlabel("seconds")
     ax.set_ylabel("address (gaps between mapped runs compressed)")
     ax.set_title(f"address space of {pid}: each mapping a bar over its lifetime; "
-                 f"faults in black ({len(faults):,})", fontsize=10)
+                 f"faults in black ({int(faults['count'].sum()):,})", fontsize=10)
     present = [k for k in KIND_COLOURS if k in set(kinds)]
     ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in present],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
@@ -158,13 +169,18 @@ def fault_rate_figure(t, pid: int, bins: int = 200):
     edges = np.linspace(0, span, bins + 1)
     width = edges[1] - edges[0]
     x = _seconds(f["ts"].to_numpy(np.uint64), t0)
+    # a summary row's faults spread over its first to last fault
+    last = _seconds(f["last_ts"].to_numpy(np.float64, na_value=np.nan), t0) \
+        if "last_ts" in f else None
+    n = f["count"].to_numpy(np.int64)
     major = f["major"].fillna(False).to_numpy(bool)
     access = f["access"].astype(str).to_numpy()
     for gid, label, mask, style in (
             ("minor", "minor", ~major, "-"), ("major", "major", major, "-"),
             ("read", "read", access == "read", ":"), ("write", "write", access == "write", ":"),
             ("exec", "exec", access == "exec", ":")):
-        counts, _ = np.histogram(x[mask], edges)
+        counts = as_summary.spread(x[mask], None if last is None else last[mask], n[mask],
+                                   edges)
         (line,) = ax.plot(edges[:-1], counts / width, style, label=label)
         line.set_gid(gid)
     ax.set_xlabel("seconds")

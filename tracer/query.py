@@ -29,14 +29,19 @@ from tracer.errors import SetupError, TraceFileError, UsageError
 SYSCALLS = ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise")
 _IN_SYSCALLS = "(" + ", ".join(f"'{k}'" for k in SYSCALLS) + ")"
 
+# the faults a fault row stands for: `count` (a summary row's), 1 in a
+# trace written before the column (null there)
+_N = "COALESCE(count, 1)"
+
 VIEWS = {
     # one row per run: the figures a fleet compares run against run
     "run_totals": f"""
 SELECT host, date, run,
        COUNT(DISTINCT pid) AS processes,
-       CAST(SUM(CASE WHEN kind = 'fault' THEN 1 ELSE 0 END) AS BIGINT) AS faults,
-       CAST(SUM(CASE WHEN kind = 'fault' AND NOT major THEN 1 ELSE 0 END) AS BIGINT) AS minor,
-       CAST(SUM(CASE WHEN kind = 'fault' AND major THEN 1 ELSE 0 END) AS BIGINT) AS major,
+       CAST(SUM(CASE WHEN kind = 'fault' THEN {_N} ELSE 0 END) AS BIGINT) AS faults,
+       CAST(SUM(CASE WHEN kind = 'fault' AND NOT major THEN {_N} ELSE 0 END) AS BIGINT)
+            AS minor,
+       CAST(SUM(CASE WHEN kind = 'fault' AND major THEN {_N} ELSE 0 END) AS BIGINT) AS major,
        CAST(SUM(CASE WHEN kind IN {_IN_SYSCALLS} THEN 1 ELSE 0 END) AS BIGINT) AS syscalls,
        CAST(SUM(CASE WHEN kind = 'mmap' AND ret >= 0 THEN CAST(len AS BIGINT) ELSE 0 END)
             AS BIGINT) AS mmap_bytes,
@@ -45,11 +50,12 @@ SELECT host, date, run,
 FROM events
 GROUP BY host, date, run""",
     # error_code bits (x86): 2 write, 4 user mode, 16 instruction fetch
-    "faults": """
+    "faults": f"""
 SELECT host, date, run, ts, pid, tid, comm, addr, ip, major,
        (error_code & 2) <> 0 AS is_write, (error_code & 4) <> 0 AS is_user,
        (error_code & 16) <> 0 AS is_fetch, latency,
-       rss_anon, rss_file, rss_shmem, rss_swap
+       rss_anon, rss_file, rss_shmem, rss_swap,
+       CAST({_N} AS BIGINT) AS count, last_ts, pages
 FROM events WHERE kind = 'fault'""",
     "syscalls": f"""
 SELECT host, date, run, ts, pid, tid, comm, kind AS call, addr, len, prot,
@@ -57,6 +63,7 @@ SELECT host, date, run, ts, pid, tid, comm, kind AS call, addr, len, prot,
 FROM events WHERE kind IN {_IN_SYSCALLS}""",
 }
 
+_SQL_TYPES = {pa.uint32(): "UINTEGER", pa.uint64(): "UBIGINT", pa.uint16(): "USMALLINT"}
 _KEY = [("host", pa.string()), ("date", pa.date32()), ("run", pa.string())]
 RUNS = pa.schema(_KEY + [
     ("hostname", pa.string()), ("command", pa.string()), ("start", pa.timestamp("ms")),
@@ -136,20 +143,25 @@ def connect(ds: "dataset.Dataset"):  # -> duckdb.DuckDBPyConnection
     except ImportError:
         raise SetupError("memtrace query needs DuckDB: scripts/setup installs it, "
                          "or pip install 'memtrace[sql]'") from None
+    from tracer.trace import ADDED, schema
     con = duckdb.connect()
     if ds.paths:
         files = ", ".join(_literal(str(p / dataset.EVENTS)) for p in ds.paths)
+        # runs written before a column was added (tracer.trace.ADDED) lack
+        # it: by name, null there; and null everywhere if no run has it
+        read = (f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
+                "hive_types = {'host': VARCHAR, 'date': DATE, 'run': VARCHAR})")
         try:     # reads the files' footers: a damaged one fails here
-            con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet([{files}], "
-                        "hive_partitioning = true, "
-                        "hive_types = {'host': VARCHAR, 'date': DATE, 'run': VARCHAR})")
+            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {read}").fetchall()}
         except duckdb.Error as e:
             raise TraceFileError(f"{ds.root}: a run's events are unreadable: {_first_line(e)}"
                                  ) from None
+        added = "".join(f", CAST(NULL AS {_SQL_TYPES[t]}) AS {n}"
+                        for n, t in ADDED if n not in have)
+        con.execute(f"CREATE VIEW events AS SELECT *{added} FROM {read}")
     else:
-        from tracer.writer import SCHEMA
         empty = pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type)
-                                    else f.type) for f in SCHEMA] + _KEY).empty_table()
+                                    else f.type) for f in schema()] + _KEY).empty_table()
         con.register("_no_events", empty)
         con.execute("CREATE VIEW events AS SELECT * FROM _no_events")
     for name, table in (("runs", runs_table(ds.paths, ds.sidecars)),
@@ -169,8 +181,9 @@ WITH ev AS (
     SELECT host, run, pid,
            arg_max(comm, ts) FILTER (WHERE comm IS NOT NULL) AS comm,
            arg_max(path, ts) FILTER (WHERE kind = 'exec') AS exe,
-           count(*) FILTER (WHERE kind = 'fault') AS faults,
-           count(*) FILTER (WHERE kind = 'fault' AND major) AS major
+           CAST(sum(COALESCE(count, 1)) FILTER (WHERE kind = 'fault') AS BIGINT) AS faults,
+           CAST(sum(COALESCE(count, 1)) FILTER (WHERE kind = 'fault' AND major) AS BIGINT)
+               AS major
     FROM events GROUP BY host, run, pid)
 SELECT p.host, p.date, p.run, p.pid, coalesce(ev.comm, p.comm) AS comm, ev.exe,
        coalesce(ev.faults, 0) AS faults, coalesce(ev.major, 0) AS major,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tracer import as_summary
 from tracer.errors import OutputError, UsageError
 from tracer.trace import Trace, load
 
@@ -64,14 +65,18 @@ def render(t: Trace, top: int = 10) -> str:
     lines += ["", "processes", f"  {'pid':>7} {'comm':<15} {'faults':>9} {'major':>6} "
               f"{'syscalls':>8} {'peak map':>9} {'touched':>8}"]
     faults = ev[ev["kind"] == "fault"]
+    # faults per process: a summary row stands for `count` of them
+    n = pd.DataFrame({"pid": faults["pid"].to_numpy(), "n": as_summary.counts(faults)})
+    n["major"] = n["n"].where(faults["major"].to_numpy(dtype=bool, na_value=False), 0)
+    per_pid = n.groupby("pid").sum()
     sys_kinds = ["brk", "mmap", "munmap", "mremap", "mprotect", "madvise"]
     for pid, g in ev.groupby("pid", sort=True):
         comm = g["comm"].dropna().iloc[-1] if g["comm"].notna().any() else "?"
-        f = faults[faults["pid"] == pid]
+        nf, nmaj = per_pid.loc[pid] if pid in per_pid.index else (0, 0)
         tl = t.timeline(int(pid))
         peak = tl["mapped"].max() if len(tl) else 0
         touched = tl["pages_touched"].max() if len(tl) else 0
-        lines.append(f"  {pid:>7} {str(comm)[:15]:<15} {len(f):>9,} {int(f['major'].sum()):>6,} "
+        lines.append(f"  {pid:>7} {str(comm)[:15]:<15} {int(nf):>9,} {int(nmaj):>6,} "
                      f"{int(g['kind'].isin(sys_kinds).sum()):>8,} {_size(peak or 0):>9} "
                      f"{_size(4096 * (touched or 0)):>8}")
     if len(vmas):

@@ -30,6 +30,10 @@ on one CPU and ended on another (it slept, e.g. reading a file, and moved)
 is sent without its entry (error_code null) and its changes as `rss` rows
 with no cause just before it; those rows get cause `fault` (nothing else
 happens on a thread between a change inside its fault and the fault's end).
+A summary fault row (`--faults=summary`) stands for `count` faults: its
+`rss_*` are their sums, so summing rows stays exact. Its faults are counted
+at their entry, so none lacks its entry and the join above never applies to
+it.
 
 Known gaps of the capture (bpf/memtrace.bpf.c), which `check` shows where a
 later counter value disagrees: see tests/integration/test_rss_live.py (xfail).

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tracer import symbols
+from tracer import as_summary, symbols
 from tracer import vma_kinds as vk
 
 # the C library and the dynamic loader (glibc, musl), by file name
@@ -351,7 +351,7 @@ def top_call_sites(t, by: str = "bytes_mapped", n: int = 10) -> pd.DataFrame:
         extra = {}
     else:
         f = ev[(ev["kind"] == "fault").to_numpy(bool)]
-        total = int((f["ip"].to_numpy(np.uint64, na_value=0) < np.uint64(1 << 63)).sum())
+        total = int(as_summary.counts(f)[as_summary.user_mode(f)].sum())
         idx = f.index[f.index.isin(S.rows.index)]
         major = f.loc[idx, "major"].to_numpy(bool, na_value=False)
         df = S.rows.loc[idx].assign(faults=np.int64(S.sample), major=major * np.int64(S.sample))

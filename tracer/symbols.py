@@ -118,8 +118,9 @@ def fault_sites(t) -> pd.DataFrame:
     was in) and `ip_site` ("symbol+0xoff", or "module+0xoff" unnamed,
     "[kernel]", "[anon]" for JIT or other anonymous code, or missing)."""
     f, v = t.faults, t.vmas
-    module = pd.Series(pd.NA, index=f.index, dtype="object")
-    site = pd.Series(pd.NA, index=f.index, dtype="object")
+    # by position: a summary row split across mappings repeats its label
+    module = np.full(len(f), pd.NA, dtype=object)
+    site = np.full(len(f), pd.NA, dtype=object)
     ip = f["ip"].to_numpy(dtype=np.uint64, na_value=0)
     site[ip >= np.uint64(KERNEL_SPACE)] = "[kernel]"
     located = f["ip_vma"].notna().to_numpy()
@@ -140,18 +141,20 @@ def fault_sites(t) -> pd.DataFrame:
                 n = syms.name(o) if syms is not None else None
                 cache[key] = n if n else f"{p.rsplit('/', 1)[-1]}+0x{o:x}"
             names.append(cache[key])
-        idx = f.index[located]
-        module[idx] = [p if isinstance(p, str) else pd.NA for p in path.tolist()]
-        site[idx] = names
-    return pd.DataFrame({"ip_module": module, "ip_site": site})
+        module[located] = [p if isinstance(p, str) else pd.NA for p in path.tolist()]
+        site[located] = names
+    return pd.DataFrame({"ip_module": module, "ip_site": site}, index=f.index)
 
 
 def top_sites(t, n: int = 10) -> pd.DataFrame:
-    """The call sites with the most faults: site, module, faults, major."""
+    """The call sites with the most faults: site, module, faults, major
+    (a summary row counts `count` faults at its first fault's site)."""
     s = fault_sites(t)
-    s["major"] = t.faults["major"].fillna(False).astype(bool)
+    weight = t.faults["count"].to_numpy(np.int64)
+    s["faults"] = weight
+    s["major"] = np.where(t.faults["major"].to_numpy(dtype=bool, na_value=False), weight, 0)
     g = s.dropna(subset=["ip_site"]).groupby(["ip_site", "ip_module"], dropna=False)
-    out = g.agg(faults=("major", "size"), major=("major", "sum")).reset_index()
+    out = g.agg(faults=("faults", "sum"), major=("major", "sum")).reset_index()
     return out.sort_values("faults", ascending=False).head(n).reset_index(drop=True)
 
 

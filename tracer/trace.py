@@ -21,6 +21,38 @@ _NULLABLE = {
     pa.int8(): pd.Int8Dtype(), pa.bool_(): pd.BooleanDtype(),
 }
 
+# Columns a trace written before them lacks (docs/format.md): null when it
+# is read. The resident-change columns were int16 before: read as int32.
+ADDED = (("count", pa.uint32()), ("last_ts", pa.uint64()), ("pages", pa.uint16()))
+_WIDER = {c: pa.int32() for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")}
+
+
+def schema() -> pa.Schema:
+    """The columns of a trace as loaded: the writer's, with the ADDED ones
+    and the wider resident-change columns of traces written before them."""
+    fields = [pa.field(f.name, _WIDER.get(f.name, f.type)) for f in writer.SCHEMA]
+    have = set(writer.SCHEMA.names)
+    return pa.schema(fields + [pa.field(n, t) for n, t in ADDED if n not in have])
+
+
+def _complete(table: pa.Table) -> pa.Table:
+    """The table with the columns of schema(): the ADDED ones it lacks as
+    nulls, the resident-change columns widened."""
+    cols = []
+    for f in schema():
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(len(table), f.type))
+            continue
+        c = table.column(f.name)
+        cols.append(c.cast(f.type) if f.name in _WIDER and c.type != f.type else c)
+    return pa.Table.from_arrays(cols, names=schema().names)
+
+
+def _required() -> list[str]:
+    """The columns every trace has (all but the ADDED ones)."""
+    added = {n for n, _ in ADDED}
+    return [n for n in writer.SCHEMA.names if n not in added]
+
 
 class Trace:
     """A loaded trace: `events` (docs/format.md), `meta`, and the address-space
@@ -30,7 +62,7 @@ class Trace:
         self.path = path
         self.meta = meta
         self.complete = bool(meta.get("complete", False))
-        self._table = table
+        self._table = _complete(table) if table is not None else None
 
     @cached_property
     def events(self) -> pd.DataFrame:
@@ -52,6 +84,10 @@ class Trace:
 
     @property
     def faults(self) -> pd.DataFrame:
+        """The fault rows joined to their mappings, with `count` (the faults
+        each stands for: 1, or a summary row's); a summary row whose pages
+        fall in several mappings is one row per mapping, the event's index
+        repeated (docs/format.md, Summary fault rows)."""
         return self.model.faults
 
     @cached_property
@@ -133,7 +169,7 @@ def _read_parquet(p: Path) -> tuple[pa.Table, dict]:
     if raw is None:
         raise TraceFileError(f"{p}: a Parquet file, but not a memtrace trace (no metadata)")
     meta = _meta_of(raw, p)
-    missing = [n for n in writer.SCHEMA.names if n not in table.schema.names]
+    missing = [n for n in _required() if n not in table.schema.names]
     if missing:
         raise TraceFileError(f"{p}: not a whole memtrace trace: no column {', '.join(missing)}")
     return table.replace_schema_metadata(None), meta
@@ -156,14 +192,18 @@ def _read_csv(p: Path) -> tuple[pa.Table, dict]:
         raise TraceFileError(f"{p}: not a memtrace trace (no Parquet header, no {side.name})")
     try:
         meta = _meta_of(side.read_bytes(), side)
-        plain = writer._plain(writer.SCHEMA)
+        full = schema()
+        plain = writer._plain(full)
         table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
             column_types=plain, strings_can_be_null=True, quoted_strings_can_be_null=False))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise TraceFileError(f"{p}: not a readable memtrace CSV trace ({_first_line(e)})") from None
-    if table.schema.names != plain.names:
+    names = table.schema.names
+    # the writer's columns in its order; a trace written before the ADDED
+    # columns has none of them
+    if names != [n for n in plain.names if n in names] or not set(_required()) <= set(names):
         raise TraceFileError(f"{p}: CSV columns are not those of a memtrace trace")
-    return table.cast(writer.SCHEMA), meta
+    return table.cast(pa.schema([full.field(n) for n in names])), meta
 
 
 def _read_partial(p: Path) -> pa.Table:

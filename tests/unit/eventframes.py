@@ -2,6 +2,7 @@
 tracer.trace.Trace.events gives them), for the address-space model's tests."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from tracer.writer import KINDS  # the trace's own kinds, one list
@@ -10,10 +11,11 @@ DTYPES = {
     "addr": "UInt64", "len": "UInt64", "prot": "Int32", "flags": "UInt64", "fd": "Int32",
     "off": "UInt64", "new_len": "UInt64", "new_addr": "UInt64", "ret": "Int64",
     "duration": "UInt64", "ip": "UInt64", "major": "boolean", "error_code": "UInt16",
-    "latency": "UInt32", "rss_anon": "Int16", "rss_file": "Int16", "rss_shmem": "Int16",
-    "rss_swap": "Int16", "child": "Int32", "path": "category", "member": "Int8",
+    "latency": "UInt32", "rss_anon": "Int32", "rss_file": "Int32", "rss_shmem": "Int32",
+    "rss_swap": "Int32", "child": "Int32", "path": "category", "member": "Int8",
     "rss_size": "Int64", "rss_delta": "Int64", "cause": "category", "inode": "UInt64",
-    "stack_id": "Int32",
+    "alloc": "UInt32", "stack_id": "Int32", "count": "UInt32", "last_ts": "UInt64",
+    "pages": "UInt16",
 }
 PAGE = 4096
 R, W, X = 1, 2, 4
@@ -74,6 +76,7 @@ class Events:
     def fault(self, addr: int, write: bool = False, exec_: bool = False, major: bool = False,
               rss_anon: int = 0, rss_file: int = 0, ip: int = 0x401000, **kw) -> int:
         ec = 4 | (2 if write else 0) | (16 if exec_ else 0)
+        kw.setdefault("count", 1)                 # a full trace: each fault a row
         return self.add("fault", addr=addr, ip=ip, major=major, error_code=ec,
                         latency=500, rss_anon=rss_anon, rss_file=rss_file, rss_shmem=0,
                         rss_swap=0, **kw)
@@ -116,3 +119,62 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(v, dtype=dt if dt else pd.CategoricalDtype(KINDS))
                        for (c, dt), v in zip(DTYPES.items(), data.values())})
     return df
+
+
+LAYOUT_CHANGES = ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "exec")
+SLOT_SHIFT = 26                       # summary time slots of 2**26 ns (bpf/memtrace.h)
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """The `--faults=summary` form of a full trace frame (docs/format.md,
+    written here apart from tracer/): its fault rows aggregated per (pid,
+    major, error_code, 64 KiB block, time slot) between two layout changes
+    (memory syscalls, execs) of their process, one row each at its first
+    fault's place and index label: the first fault's ts, tid, comm, addr
+    and ip (null on major rows, as the capture leaves it); count; last_ts;
+    the pages bitmap; latency the mean (floor) on major rows, null on minor
+    ones; summed rss_*; no alloc, no stack."""
+    kind = df["kind"].astype(str).to_numpy()
+    change = pd.Series(np.isin(kind, LAYOUT_CHANGES).astype(np.int64), index=df.index)
+    gen = change.groupby(df["pid"].to_numpy()).cumsum()
+    f = df[kind == "fault"]
+    addr = f["addr"].to_numpy(np.int64)
+    major = f["major"].fillna(False).to_numpy(bool)
+    keys = pd.DataFrame({"pid": f["pid"], "major": major,
+                         "ec": f["error_code"].astype("Int64").fillna(-1),
+                         "block": addr >> 16, "slot": f["ts"].to_numpy(np.int64) >> SLOT_SHIFT,
+                         "gen": gen[f.index]}, index=f.index)
+    group = keys.groupby(list(keys.columns), sort=False).ngroup().to_numpy()
+    g = f.groupby(group, sort=False)
+    out = g.head(1).copy()
+    n = g.size().to_numpy()
+    out["count"] = pd.array(n, dtype="UInt32")
+    out["last_ts"] = pd.array(g["ts"].max().to_numpy(), dtype="UInt64")
+    bits = np.zeros(len(out), np.int64)
+    np.bitwise_or.at(bits, group, 1 << ((addr >> 12) & 15))
+    out["pages"] = pd.array(bits, dtype="UInt16")
+    row_major = out["major"].fillna(False).to_numpy(bool)
+    lat = g["latency"].sum().to_numpy() // n
+    out["latency"] = pd.array(np.where(row_major, lat, 0), dtype="UInt32")
+    out.loc[~row_major, "latency"] = pd.NA
+    out.loc[row_major, "ip"] = pd.NA
+    for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap"):
+        out[c] = pd.array(g[c].sum(min_count=1).to_numpy(), dtype="Int32")
+    out["alloc"] = pd.array([None] * len(out), dtype="UInt32")
+    out["stack_id"] = pd.array([None] * len(out), dtype="Int32")
+    both = pd.concat([df[kind != "fault"], out])
+    pos = pd.Series(np.arange(len(df)), index=df.index)
+    both = both.iloc[np.argsort(pos[both.index].to_numpy(), kind="stable")]
+    for c, dt in DTYPES.items():
+        if dt is not None and c in both:
+            both[c] = both[c].astype(dt)
+    return both
+
+
+def without_new_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame as a trace written before `count`, `last_ts` and `pages` loads
+    (tracer.trace adds them as nulls)."""
+    out = df.copy()
+    for c in ("count", "last_ts", "pages"):
+        out[c] = pd.array([None] * len(out), dtype=DTYPES[c])
+    return out
