@@ -76,6 +76,7 @@ class Result:
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
     stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
     net_mapped: NetMapped | None = None              # for the live view (tracer.live)
+    memtrace_vmhwm: int | None = None                # our own VmHWM when CMD started
 
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
@@ -138,6 +139,8 @@ def run(opts: Options, say: Say,
                                  f"{_as_whom(opts.run_as)}: {e.strerror or e}") from None
             finally:
                 probes.set_config(C["MT_CFG_SPAWNER_TID"], 0)
+            # wait4's ru_maxrss of CMD counts the image it exec'd from: ours
+            res.memtrace_vmhwm = _vm_peaks(os.getpid())[0]
             live_pids.add(child.pid)
             res.processes[child.pid] = Path(opts.command[0]).name[:15]
         for pid in opts.pids:
@@ -206,6 +209,7 @@ def run(opts: Options, say: Say,
             res.stacks = probes.stacks()
         for pid in list(live_pids) + list(res.baseline):
             _read_kernel_counts(pid, res)
+            _read_kernel_peaks(pid, res)
         spill.write(pending)
         res.rows = spill.rows
         return res
@@ -431,5 +435,26 @@ def _reap(pid: int, res: Result) -> bool:
     if res.exit_status < 0:  # killed by a signal: report it as a shell does
         res.exit_status = 128 - res.exit_status
     res.kernel_total = {"minflt": ru.ru_minflt, "majflt": ru.ru_majflt,
-                        "source": "wait4 (CMD and the children it waited for)"}
+                        "source": "wait4 (CMD and the children it waited for)",
+                        # the largest RSS of CMD (counting the image it exec'd
+                        # from: memtrace's) and of the children it waited for
+                        "maxrss": ru.ru_maxrss * 1024, "memtrace_vmhwm": res.memtrace_vmhwm}
     return True
+
+
+def _vm_peaks(pid: int) -> tuple[int | None, int | None]:
+    """The kernel's VmHWM and VmPeak of a running process (bytes), since it
+    started; None if it is gone (an exited process has no mm)."""
+    try:
+        st = _procfs.read_status(pid)
+    except (NoSuchProcess, OSError):
+        return None, None
+    hwm, peak = st.get("VmHWM"), st.get("VmPeak")
+    return (hwm if isinstance(hwm, int) else None, peak if isinstance(peak, int) else None)
+
+
+def _read_kernel_peaks(pid: int, res: Result) -> None:
+    """A process still there at the end: its own peaks, as the kernel has them."""
+    hwm, peak = _vm_peaks(pid)
+    if pid in res.kernel and hwm is not None:
+        res.kernel[pid].update(vmhwm=hwm, vmpeak=peak)
