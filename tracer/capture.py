@@ -387,7 +387,8 @@ def _account_events(ev: np.ndarray, res: Result, live_pids: set[int]) -> None:
     res.bytes_unmapped += int(ev["args"][munmap, 1].sum())
     for e in ev[ev["kind"] == C["MT_EV_FORK"]]:
         live_pids.add(int(e["aux"]))
-        res.processes[int(e["aux"])] = e["comm"].decode("utf-8", "replace")
+        # the parent's name, unless the child's exec, read first, named it
+        res.processes.setdefault(int(e["aux"]), e["comm"].decode("utf-8", "replace"))
     res.threads += int((ev["kind"] == C["MT_EV_THREAD"]).sum())
     dead = (ev["kind"] == C["MT_EV_EXIT"]) & ((ev["flags"] & C["MT_EXIT_GROUP_DEAD"]) != 0)
     for pid in ev["pid"][dead].tolist():

@@ -149,3 +149,18 @@ def test_metadata_without_a_spill_has_no_peaks(tmp_path):
     meta = summary.metadata(res, opts, ["--", "prog"])
     assert meta["peaks"] is None
     assert "peak" not in summary.render(res, meta, tmp_path / "t.parquet", 0)
+
+
+def test_a_childs_exec_name_outlives_its_fork_read_after_it():
+    """_drain reads the exec ring before the event ring: a child that forked
+    and exec'd between two drains keeps its exec's name, not its parent's."""
+    res = capture.Result(processes={10: "sh", 11: "faults"})   # 11's exec: read first
+    ev = np.zeros(2, layout.EVENT)
+    ev["kind"] = C["MT_EV_FORK"]
+    ev["pid"] = ev["tid"] = 10
+    ev["aux"] = [11, 12]
+    ev["comm"] = b"sh"
+    ev["ret"] = -1
+    live: set[int] = set()
+    capture._account_events(ev, res, live)
+    assert res.processes == {10: "sh", 11: "faults", 12: "sh"} and live == {11, 12}
