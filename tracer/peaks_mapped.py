@@ -281,8 +281,8 @@ def _windows(ops: Ops, end: np.ndarray, size: int | None = None) -> list[Ops]:
     ops = ops.where(np.argsort(ops.seq, kind="stable"))
     n = len(ops.seq)
     # cut every `size` ops, never between two ops of one seq (one row)
-    cuts = np.unique(np.searchsorted(ops.seq, ops.seq[np.arange(0, n, size)])) if n else [0]
-    bounds = [*cuts.tolist(), n] if n else [0, 0]
+    cuts = np.unique(np.searchsorted(ops.seq, ops.seq[np.arange(0, n, size)]))
+    bounds = [*cuts.tolist(), n] if n else [0, 0]          # nothing: one empty window
     out: list[Ops] = []
     carry = Ops(_NONE, _NONE, _NONE, _NONE, _NONE)
     for i, (c, nxt) in enumerate(zip(bounds[:-1], bounds[1:])):
