@@ -85,6 +85,7 @@ class Result:
     origin: dict | None = None                       # -a: pid -> how it came (system.ORIGINS)
     left: set = field(default_factory=set)           # -a: pids that left the filters
     scan: dict = field(default_factory=dict)         # -a: the processes decided at start
+    memtrace_vmhwm: int | None = None                # our own VmHWM when CMD started
 
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
@@ -165,6 +166,8 @@ def run(opts: Options, say: Say,
                                  f"{_as_whom(opts.run_as)}: {e.strerror or e}") from None
             finally:
                 probes.set_config(C["MT_CFG_SPAWNER_TID"], 0)
+            # wait4's ru_maxrss of CMD counts the image it exec'd from: ours
+            res.memtrace_vmhwm = _vm_peaks(os.getpid())[0]
             live_pids.add(child.pid)
             res.processes[child.pid] = Path(opts.command[0]).name[:15]
         for pid in opts.pids:
@@ -262,6 +265,7 @@ def run(opts: Options, say: Say,
             res.stacks = probes.stacks()
         for pid in [] if opts.system else list(live_pids) + list(res.baseline):
             _read_kernel_counts(pid, res)
+            _read_kernel_peaks(pid, res)
         spill.write(pending)
         res.rows = spill.rows
         return res
@@ -444,7 +448,8 @@ def _account_events(ev: np.ndarray, res: Result, live_pids: set[int]) -> None:
     res.bytes_unmapped += int(ev["args"][munmap, 1].sum())
     for e in ev[ev["kind"] == C["MT_EV_FORK"]]:
         live_pids.add(int(e["aux"]))
-        res.processes[int(e["aux"])] = e["comm"].decode("utf-8", "replace")
+        # the parent's name, unless the child's exec, read first, named it
+        res.processes.setdefault(int(e["aux"]), e["comm"].decode("utf-8", "replace"))
     res.threads += int((ev["kind"] == C["MT_EV_THREAD"]).sum())
     dead = (ev["kind"] == C["MT_EV_EXIT"]) & ((ev["flags"] & C["MT_EXIT_GROUP_DEAD"]) != 0)
     for pid in ev["pid"][dead].tolist():
@@ -495,5 +500,26 @@ def _reap(pid: int, res: Result) -> bool:
     if res.exit_status < 0:  # killed by a signal: report it as a shell does
         res.exit_status = 128 - res.exit_status
     res.kernel_total = {"minflt": ru.ru_minflt, "majflt": ru.ru_majflt,
-                        "source": "wait4 (CMD and the children it waited for)"}
+                        "source": "wait4 (CMD and the children it waited for)",
+                        # the largest RSS of CMD (counting the image it exec'd
+                        # from: memtrace's) and of the children it waited for
+                        "maxrss": ru.ru_maxrss * 1024, "memtrace_vmhwm": res.memtrace_vmhwm}
     return True
+
+
+def _vm_peaks(pid: int) -> tuple[int | None, int | None]:
+    """The kernel's VmHWM and VmPeak of a running process (bytes), since it
+    started; None if it is gone (an exited process has no mm)."""
+    try:
+        st = _procfs.read_status(pid)
+    except (NoSuchProcess, OSError):
+        return None, None
+    hwm, peak = st.get("VmHWM"), st.get("VmPeak")
+    return (hwm if isinstance(hwm, int) else None, peak if isinstance(peak, int) else None)
+
+
+def _read_kernel_peaks(pid: int, res: Result) -> None:
+    """A process still there at the end: its own peaks, as the kernel has them."""
+    hwm, peak = _vm_peaks(pid)
+    if pid in res.kernel and hwm is not None:
+        res.kernel[pid].update(vmhwm=hwm, vmpeak=peak)

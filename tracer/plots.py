@@ -143,12 +143,17 @@ def memory_figure(t, pid: int):
     x = _seconds(tl.index.to_numpy(np.uint64), t0)
     series = [("mapped", "mapped (virtual)", "#1f77b4"), ("mapped_anon", "mapped anon", "#aec7e8"),
               ("mapped_file", "mapped file", "#98df8a"), ("heap", "heap (break - start)", "#d62728")]
-    if "rss_total" in tl:
-        series.append(("rss_total", "resident", "#ff7f0e"))
     for col, label, colour in series:
         y = tl[col].astype("Float64").ffill().fillna(0).to_numpy(np.float64) / MiB
         (line,) = ax.step(x, y, where="post", label=label, color=colour)
         line.set_gid(col)
+    # resident (anon + file + shmem) where all three are known: a gap where
+    # not (e.g. after -p, until a counter changes); none with --no-rss
+    rss = tl["rss_total"].astype("Float64") if "rss_total" in tl else None
+    if rss is not None and rss.notna().any():
+        (line,) = ax.step(x, rss.to_numpy(np.float64, na_value=np.nan) / MiB, where="post",
+                          label="resident", color="#ff7f0e")
+        line.set_gid("rss_total")
     touched = tl["pages_touched"].astype("Float64").ffill().fillna(0).to_numpy(np.float64)
     (line,) = ax.step(x, touched * 4096 / MiB, where="post", label="pages touched",
                       color="#2ca02c", linestyle="--")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import tracer
-from tracer import system
+from tracer import peaks, system
 from tracer.capture import Options, Result
 from tracer.layout import C, SYSCALL_KINDS
 
@@ -44,7 +44,17 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "stack_sample": opts.stacks,
         "fault_mode": opts.fault_mode,
         "system": None if opts.system is None else system.to_meta(res, opts.system),
+        "peaks": _peaks(res, opts),
     }
+
+
+def _peaks(res: Result, opts: Options) -> dict | None:
+    """Peak mapped and resident bytes (tracer.peaks), read back from the
+    spill, which holds every row by now; None without one."""
+    spill = getattr(res, "spill", None)
+    if spill is None or not os.path.exists(spill.path):
+        return None
+    return peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency)
 
 
 def kernel_check(res: Result) -> dict:
@@ -67,6 +77,8 @@ def kernel_check(res: Result) -> dict:
             "kernel_major": k["majflt"] - base["majflt"],
             "source": k["source"] + (" minus the value at attach" if pid in res.baseline else ""),
         }
+        if "vmhwm" in k:   # still running at the end: its peaks since it started
+            per_pid[str(pid)].update(vmhwm=k["vmhwm"], vmpeak=k["vmpeak"])
     out: dict = {"per_pid": per_pid, "pre_exec_faults": res.counters.get("pre_exec_fault", 0)}
     all_min = sum(v[0] for v in res.faults.values())
     all_maj = sum(v[1] for v in res.faults.values())
@@ -141,6 +153,8 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     lines.extend(_wrap(f"  syscalls  {_n(total_sc)}: ", sc))
     lines.append(f"  mapped    {_bytes(res.bytes_mapped)} mapped, "
                  f"{_bytes(res.bytes_unmapped)} unmapped (successful mmap/munmap)")
+    if meta.get("peaks") is not None:
+        lines.extend(peak_lines(meta["peaks"], res.processes, meta["kernel"]))
     lost = meta["lost"]
     if lost:
         parts = [f"{name[5:] if name.startswith('lost_') else name} {_n(res.counters[name])}"
@@ -171,6 +185,7 @@ def as_dict(res: Result, meta: dict, output: Path, size: int) -> dict:
         "kernel": meta["kernel"],
         "bytes_mapped": res.bytes_mapped,
         "bytes_unmapped": res.bytes_unmapped,
+        "peaks": meta.get("peaks"),
         "lost": meta["lost"],
         "lost_by_counter": {name: res.counters.get(name, 0) for name in LOST_COUNTERS},
         "complete": meta["complete"],
@@ -188,3 +203,60 @@ def _wrap(head: str, items: list[str], width: int = 79) -> list[str]:
         line += it + "  "
     out.append(line.rstrip())
     return out
+
+
+TOP_PROCESSES = 5
+
+
+def peak_lines(pk: dict, processes: dict, kernel: dict) -> list[str]:
+    """The peaks table: per process (the TOP_PROCESSES largest) and for the
+    tree, mapped beside resident; then the kernel's own figure."""
+    rows = pk["per_pid"]
+    resident = pk.get("residency", True)
+    order = sorted(rows, key=lambda p: (-(rows[p]["rss"] or 0), -rows[p]["mapped"], int(p)))
+    out = [f"  peak      {'mapped':>11}  {'resident':>12}  (the largest over time)"]
+    for p in order[:TOP_PROCESSES]:
+        out.append(_peak_row(rows[p], f"{p} {processes.get(int(p), '?')}"))
+    if len(order) > TOP_PROCESSES:
+        out.append(f"            ... {len(order) - TOP_PROCESSES} more processes (--json: all)")
+    if len(order) > 1:
+        out.append(_peak_row(pk["total"], f"the tree: {len(order)} processes at once"))
+    if not resident:
+        out.append("            resident bytes not recorded (--no-rss)")
+    out.extend(_kernel_peak_lines(rows, order, processes, kernel) if resident else [])
+    return out
+
+
+def _peak_row(v: dict, who: str) -> str:
+    rss = "-" if v["rss"] is None else (">=" if not v["rss_exact"] else "") + _bytes(v["rss"])
+    return f"            {_bytes(v['mapped']):>11}  {rss:>12}  {who}"[:79]
+
+
+def _kernel_peak_lines(rows: dict, order: list[str], processes: dict, kernel: dict) -> list[str]:
+    """wait4's ru_maxrss (-- CMD), else the VmHWM of the processes still
+    running, beside our largest peak of one process."""
+    w = kernel.get("wait4") or {}
+    if w.get("maxrss"):
+        best = max((p for p in order if rows[p]["rss"] is not None),
+                   key=lambda p: rows[p]["rss"], default=None)
+        ours = "none" if best is None else \
+            f"{_bytes(rows[best]['rss'])}, {best} {processes.get(int(best), '?')}"
+        own = w.get("memtrace_vmhwm")
+        if own is not None and w["maxrss"] <= own:
+            # the kernel counts the image CMD exec'd from (memtrace's own
+            # memory, its VmHWM `own` by CMD's start): it may be all this is
+            return [f"  kernel    ru_maxrss {_bytes(w['maxrss'])} (wait4), at most memtrace's own "
+                    f"{_bytes(own)}",
+                    "            when CMD started, which the kernel counts for CMD's exec: CMD's",
+                    "            own peak is not told",
+                    f"            ours (one process): {ours}"]
+        # mm->hiwater_rss is set from get_mm_rss(), which reads the per-CPU
+        # counters' shared count without their CPUs' pending parts
+        return [f"  kernel    ru_maxrss {_bytes(w['maxrss'])} (wait4): the high-water mark of one "
+                "process,",
+                "            kept from per-CPU counts, not their sum (approximate)",
+                f"            ours (one process): {ours}"]
+    per = kernel.get("per_pid", {})
+    return [f"  kernel    VmHWM {_bytes(per[p]['vmhwm'])} of {p} {processes.get(int(p), '?')}"
+            " (since it started)" for p in order[:TOP_PROCESSES]
+            if per.get(p, {}).get("vmhwm") is not None]

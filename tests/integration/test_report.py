@@ -31,5 +31,8 @@ def test_report_writes_tables_plots_and_page(argv, tmp_path):
            for el in ET.parse(out / f"{name}.svg").iter() if el.get("id")}
     assert {"faults", "vmas-file", "vmas-stack", "mapped", "heap", "pages_touched",
             "minor", "major", "read", "write"} <= ids, ids
+    # virtual and resident bytes over time on one figure
+    memory = {el.get("id") for el in ET.parse(out / "memory.svg").iter() if el.get("id")}
+    assert {"mapped", "rss_total"} <= memory, memory
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 3 and "top 10 mappings by faults" in page

@@ -1,0 +1,204 @@
+"""Peak mapped and peak resident bytes, per process and for the traced tree,
+from a trace's rows with numpy alone: computed at the end of every run (the
+summary, the metadata's `peaks`), where the recorder has no pandas (0.6 s to
+import) and the address-space model (tracer.address_space) costs seconds on
+a syscall-heavy run.
+
+- resident: the largest anon + file + shmem of a process over time, the
+  running values of t.rss (tracer.rss: the absolute values of `rss` rows,
+  the changes of faults and `rss` rows, everything 0 at the exit of the last
+  thread); `exact` False when a part was still unknown there (a lower bound:
+  e.g. after -p, a counter that never changed).
+- mapped: the largest mapped bytes of a process over time, from its memory
+  syscalls and the layouts read at attach and exec (tracer.peaks_mapped).
+- the tree: the largest sum over the traced processes at one instant (pages
+  shared between processes count in each).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from tracer import peaks_mapped, writer
+from tracer.layout import C
+
+COLUMNS = ("ts", "pid", "kind", "addr", "len", "new_len", "ret", "flags", "child", "path",
+           "rss_anon", "rss_file", "rss_shmem", "member", "rss_size", "rss_delta")
+RESIDENT = ("anon", "file", "shmem")
+_MEMBER = {"file": 0, "anon": 1, "shmem": 3}        # kmem:rss_stat member
+_K = writer.KIND_INDEX
+
+
+def of_spill(path: str | Path, page_size: int = 4096, residency: bool = True) -> dict:
+    """The peaks of the spill (writer.Spill, an Arrow IPC stream): only
+    COLUMNS are read; a stream cut short gives its whole batches."""
+    fields = [writer.SCHEMA.get_field_index(n) for n in COLUMNS]
+    batches = []
+    with pa.memory_map(str(path)) as src:
+        try:
+            reader = ipc.open_stream(src, options=ipc.IpcReadOptions(included_fields=fields))
+            for b in reader:
+                batches.append(b)
+        except (pa.ArrowException, OSError):
+            pass
+    schema = pa.schema([f for f in writer.SCHEMA if f.name in COLUMNS])   # in file order
+    return of_table(pa.Table.from_batches(batches, schema), page_size, residency)
+
+
+def of_table(table: pa.Table, page_size: int = 4096, residency: bool = True) -> dict:
+    """{"per_pid": {pid: {mapped, mapped_ts, rss, rss_ts, rss_exact}},
+    "total": the same for the tree, "residency"}: bytes and trace ts; rss
+    None where nothing resident is known (--no-rss: everywhere)."""
+    c = Rows(table)
+    per_pid: dict[int, dict] = {}
+    mapped, tree_mapped = peaks_mapped.peaks(c, page_size)
+    for pid, (v, ts) in mapped.items():
+        per_pid.setdefault(pid, _empty()).update(mapped=v, mapped_ts=ts)
+    total = _empty()
+    total.update(mapped=tree_mapped[0], mapped_ts=tree_mapped[1])
+    if residency:
+        rss, tree_rss = resident(c, page_size)
+        for pid, (v, ts, exact) in rss.items():
+            per_pid.setdefault(pid, _empty()).update(rss=v, rss_ts=ts, rss_exact=exact)
+        if tree_rss is not None:
+            total.update(rss=tree_rss[0], rss_ts=tree_rss[1], rss_exact=tree_rss[2])
+    return {"per_pid": {str(p): per_pid[p] for p in sorted(per_pid)},
+            "total": total, "residency": residency}
+
+
+def _empty() -> dict:
+    return {"mapped": 0, "mapped_ts": None, "rss": None, "rss_ts": None, "rss_exact": None}
+
+
+class Rows:
+    """The columns of a trace table as numpy, rows in time order. `raw`
+    gives a column's values buffer: where the column is null, whatever the
+    buffer holds (callers select the rows where it applies); read once,
+    without pyarrow's to_numpy (which imports pandas)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+        self._cache: dict[str, np.ndarray] = {}
+        self._order = None
+        ts = self.raw("ts")
+        self.n = len(ts)
+        if self.n > 1 and (ts[1:] < ts[:-1]).any():
+            self._order = np.argsort(ts, kind="stable")
+            self._cache.clear()
+
+    def raw(self, name: str) -> np.ndarray:
+        v = self._cache.get(name)
+        if v is None:
+            col = self._table.column(name)
+            parts = [_values(ch) for ch in col.chunks]
+            v = np.concatenate(parts) if len(parts) != 1 else parts[0]
+            if self._order is not None:
+                v = v[self._order]
+            self._cache[name] = v
+        return v
+
+    def valid(self, name: str) -> np.ndarray:
+        parts = [_bits(ch) for ch in self._table.column(name).chunks]
+        v = np.concatenate(parts) if parts else np.zeros(0, bool)
+        return v if self._order is None else v[self._order]
+
+    def codes(self, name: str, names: list[str]) -> np.ndarray:
+        """A dictionary column as positions in `names` (-1: other, null)."""
+        key = name + "\0" + "\0".join(names)
+        v = self._cache.get(key)
+        if v is None:
+            parts = []
+            for ch in self._table.column(name).chunks:
+                lookup = np.array([names.index(s) if s in names else -1
+                                   for s in ch.dictionary.to_pylist()] + [-1], np.int8)
+                idx = _values(ch.indices).astype(np.int64)
+                parts.append(lookup[np.where(_bits(ch.indices), idx, len(lookup) - 1)])
+            v = np.concatenate(parts) if parts else np.zeros(0, np.int8)
+            if self._order is not None:
+                v = v[self._order]
+            self._cache[key] = v
+        return v
+
+
+def _values(ch: pa.Array) -> np.ndarray:
+    typ = ch.type.index_type if pa.types.is_dictionary(ch.type) else ch.type
+    dt = np.dtype(writer._NP[typ])
+    buf = ch.buffers()[1]
+    if buf is None:
+        return np.zeros(len(ch), dt)
+    return np.frombuffer(buf, dt, count=len(ch), offset=ch.offset * dt.itemsize)
+
+
+def _bits(ch: pa.Array) -> np.ndarray:
+    buf = ch.buffers()[0]
+    if buf is None:
+        return np.full(len(ch), ch.null_count == 0)
+    bits = np.unpackbits(np.frombuffer(buf, np.uint8), bitorder="little")
+    return bits[ch.offset:ch.offset + len(ch)].astype(bool)
+
+
+def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
+    """pid -> (peak, ts, exact) and the tree's (peak, ts, exact), or None
+    where no row says anything resident."""
+    kind = c.codes("kind", writer.KINDS)
+    is_fault = kind == _K["fault"]
+    changed = np.zeros(c.n, bool)
+    for k in RESIDENT:
+        changed |= c.raw("rss_" + k) != 0
+    is_exit = (kind == _K["exit"]) & ((c.raw("flags") & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0)
+    rows = np.flatnonzero((is_fault & changed) | (kind == _K["rss"]) | is_exit)
+    if not len(rows):
+        return {}, None
+    p = c.raw("pid")[rows]
+    ts = c.raw("ts")[rows]
+    rss = kind[rows] == _K["rss"]
+    ext = is_exit[rows]
+    fault = is_fault[rows]
+    member = np.where(rss, c.raw("member")[rows], -1)
+    absolute = rss & ~c.valid("rss_delta")[rows]
+    size = c.raw("rss_size")[rows]
+    delta = c.raw("rss_delta")[rows]
+    # per process, its rows in time order: a stable sort by pid
+    o = np.argsort(p, kind="stable")
+    n = len(o)
+    p_o = p[o]
+    first = np.r_[True, p_o[1:] != p_o[:-1]]
+    block = np.maximum.accumulate(np.where(first, np.arange(n), 0))    # its pid's first row
+    total = np.zeros(n, np.int64)
+    known_all = np.ones(n, bool)
+    known_any = np.zeros(n, bool)
+    for k in RESIDENT:
+        m = member == _MEMBER[k]
+        is_reset = ((m & absolute) | ext)[o]
+        change = np.where(fault, c.raw("rss_" + k)[rows].astype(np.int64) * page,
+                          np.where(m & ~absolute, delta, 0))
+        cs = np.cumsum(np.where(is_reset, 0, change[o]))
+        last = np.maximum.accumulate(np.where(is_reset, np.arange(n), -1))
+        known = last >= block
+        li = np.maximum(last, 0)
+        value = np.where(ext, 0, size)[o][li] + cs - cs[li]
+        total += np.where(known, value, 0)
+        known_all &= known
+        known_any |= known
+    out = {}
+    cand = np.flatnonzero(known_any)
+    if len(cand):
+        # per pid the largest total; among equal ones an exact one, then the first
+        pick = cand[np.lexsort((cand, ~known_all[cand], -total[cand], p_o[cand]))]
+        heads = pick[np.r_[True, p_o[pick][1:] != p_o[pick][:-1]]]
+        ts_o = ts[o]
+        for i in heads.tolist():
+            out[int(p_o[i])] = (int(total[i]), int(ts_o[i]), bool(known_all[i]))
+    # the tree: a row changes the sum by its process's change of total
+    inexact = (known_any & ~known_all).astype(np.int64)
+    back = np.empty_like(o)
+    back[o] = np.arange(n)                                       # time order again
+    tree = np.cumsum((total - np.where(first, 0, np.r_[0, total[:-1]]))[back])
+    n_inexact = np.cumsum((inexact - np.where(first, 0, np.r_[0, inexact[:-1]]))[back])
+    top = np.flatnonzero(tree == tree.max())       # the first, an exact one if any
+    exact = top[n_inexact[top] == 0]
+    i = int(exact[0] if len(exact) else top[0])
+    return out, (int(tree[i]), int(ts[i]), bool(n_inexact[i] == 0))
