@@ -69,7 +69,7 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class SummaryReader:
-    """Drains the `fault_summary` map (a tracer.bpfcache.Map)."""
+    """Drains the `fault_summary` map (a tracer.bpf_syscall.Map)."""
 
     def __init__(self, table) -> None:
         self.table = table

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from tracer import _procfs, bpfcache
+from tracer import _procfs, bpf_syscall
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import C
 
@@ -222,7 +222,7 @@ def _insert(traced, pid: int, state: int) -> bool:
     """Puts the decision in BPF's map; False if BPF made one first."""
     try:
         traced.update(pid.to_bytes(4, "little"), state.to_bytes(4, "little"), BPF_NOEXIST)
-    except bpfcache.LoadError as e:
+    except bpf_syscall.LoadError as e:
         if e.errno != errno.EEXIST:
             raise
         return False
