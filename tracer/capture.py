@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, system, writer
+from tracer import _procfs, cmd_stop, system, trace_rows, writer
 from tracer.fault_summary import SLOT_SHIFT, SummaryReader
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import EVENT, C
@@ -130,7 +130,7 @@ def run(opts: Options, say: Say,
         _discard(spill)
         raise
     res.startup = dict(probes.startup)
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     stop = _Stop()
     pending: list[pa.RecordBatch] = []
     live_pids: set[int] = set()
@@ -203,7 +203,7 @@ def run(opts: Options, say: Say,
                 summary_slot[0] = now >> SLOT_SHIFT
                 rows = summary.drain(now, final)
                 if len(rows):
-                    pending.append(writer.summary_batch(rows, comms, opts.residency))
+                    pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
                     _account_faults(rows, res, rows["count"])
                     if res.origin is not None:   # -a: processes first seen by their faults
                         pending.extend(system.account(
@@ -357,7 +357,7 @@ def _release(probes: Probes, held: set[int], stop_at_exec: bool) -> None:
     held.clear()
 
 
-def _attach_snapshot(pid: int, res: Result, comms: writer.CommTable) -> list[pa.RecordBatch]:
+def _attach_snapshot(pid: int, res: Result, comms: trace_rows.CommTable) -> list[pa.RecordBatch]:
     st = _procfs.read_stat(pid)
     res.baseline[pid] = {"minflt": st.minflt, "majflt": st.majflt}
     res.processes[pid] = st.comm
@@ -371,10 +371,10 @@ def _attach_snapshot(pid: int, res: Result, comms: writer.CommTable) -> list[pa.
 
 def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
     ts = time.monotonic_ns()
-    return writer.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
+    return trace_rows.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
 
 
-def _drain(probes: Probes, res: Result, comms: writer.CommTable,
+def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
            live_pids: set[int], held: set[int] | None,
            residency: bool = True) -> list[pa.RecordBatch]:
     """Reads the three rings; `held` (None if BPF does not stop processes at
@@ -408,15 +408,15 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
                  if k == C["MT_EV_OPEN"] else f.decode("utf-8", "backslashreplace")
                  for pid, k, f in zip(paths["pid"].tolist(), paths["kind"].tolist(),
                                       paths["filename"].tolist())]
-        out.append(writer.exec_batch(paths, comms, names))
+        out.append(trace_rows.exec_batch(paths, comms, names))
         res.counts["open"] = res.counts.get("open", 0) + len(paths) - len(execs)
     if len(events):
-        out.append(writer.event_batch(events, comms))
+        out.append(trace_rows.event_batch(events, comms))
         _account_events(events, res, live_pids)
     if res.net_mapped is not None:   # for the live view
         res.net_mapped.update(out[-1] if len(events) else None, execs)
     if len(faults):
-        out.append(writer.fault_batch(faults, comms, residency))
+        out.append(trace_rows.fault_batch(faults, comms, residency))
         _account_faults(faults, res)
     if res.origin is not None:   # -a: forks, processes that left, processes first seen
         out.extend(system.account(res, events, faults, live_pids,
