@@ -98,7 +98,7 @@ class Run:
             raise OutputError(f"cannot write the run {self.final}: {e.strerror or e}") from None
         final = self.final
         if owner is not None:
-            from tracer.capture import chown
+            from tracer.capture_files import chown
             for p in [*self.made[:-1], final, final / EVENTS, final / SIDECAR]:
                 chown(p, owner, say)
         return final / EVENTS

@@ -291,7 +291,7 @@ def stop(probes, live_pids: set[int], res, read_counts: Callable[[int], None]) -
         read_counts(pid)
         k = res.kernel.get(pid)
         if k is not None and k["source"].endswith("(running)"):
-            k["source"] = STOPPED   # not read again later (capture._read_kernel_counts)
+            k["source"] = STOPPED   # not read again later (capture_counts.read_kernel_counts)
 
 
 STOPPED = "/proc/PID/stat (as tracing stopped)"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracer import capture, layout, summary, trace_rows, writer
+from tracer import capture, capture_counts, layout, summary, trace_rows, writer
 
 C = layout.C
 PAGE = 4096
@@ -162,5 +162,5 @@ def test_a_childs_exec_name_outlives_its_fork_read_after_it():
     ev["comm"] = b"sh"
     ev["ret"] = -1
     live: set[int] = set()
-    capture._account_events(ev, res, live)
+    capture_counts.account_events(ev, res, live)
     assert res.processes == {10: "sh", 11: "faults", 12: "sh"} and live == {11, 12}
