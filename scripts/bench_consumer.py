@@ -1,7 +1,7 @@
 """Offline benchmark of memtrace's consumer (issue 4, acceptance 4): N
 synthetic page-fault records laid out as ring-buffer bytes go through what
 the capture loop does with them: `ringbuf.decode` (one ring read per chunk),
-`writer.fault_batch`, `Spill.write` (one per flush of the capture loop), and
+`trace_rows.fault_batch`, `Spill.write` (one per flush of the capture loop), and
 at the end `Spill.finish` (Parquet, or CSV). Prints the time of each phase,
 events per second end to end (generation of the synthetic bytes excluded),
 the CPU time (a fairer figure than wall time on a busy machine), the peak
@@ -36,7 +36,7 @@ if "--bare" in sys.argv:
     _pkg.__path__ = [str(ROOT / "tracer")]
     sys.modules["tracer"] = _pkg
 
-from tracer import layout, ringbuf, writer  # noqa: E402
+from tracer import layout, ringbuf, trace_rows, trace_schema, writer  # noqa: E402
 
 C = layout.C
 
@@ -73,7 +73,7 @@ def _check(path: Path, n: int) -> None:
     assert f.metadata.num_rows == n, (f.metadata.num_rows, n)
     last, rows = 0, 0
     for b in f.iter_batches(batch_size=1 << 17, columns=["ts", "kind"]):
-        ts = writer._numpy(b.column(0))     # (to_numpy would import pandas)
+        ts = trace_schema.numpy_view(b.column(0))     # (to_numpy would import pandas)
         assert ts[0] >= last and not (ts[1:] < ts[:-1]).any(), "not in time order"
         assert b.column(1).dictionary.to_pylist()[b.column(1).indices[0].as_py()] == "fault"
         last, rows = ts[-1], rows + len(ts)
@@ -108,7 +108,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="memtrace-consumer-", dir=args.dir) as d:
         out = Path(d) / f"bench.{args.format}"
         spill = writer.Spill(out)
-        comms = writer.CommTable()
+        comms = trace_rows.CommTable()
         comms.update([4242, 4243, 4244, 4245], ["bench", "bench-w1", "bench-w2", "bench-w3"])
         pending, rows, done = [], 0, 0
         cpu = 0.0
@@ -121,7 +121,7 @@ def main() -> int:
             rec, used = ringbuf.decode(data, 0, len(data), slot)
             c = time.perf_counter()
             assert used == len(data) and len(rec) == n
-            pending.append(writer.fault_batch(rec, comms))
+            pending.append(trace_rows.fault_batch(rec, comms))
             rows += n
             done += n
             e = time.perf_counter()

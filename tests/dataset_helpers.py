@@ -81,10 +81,10 @@ def write_run(root: Path, *, faults: int, mmaps: int = 2, major: int = 0,
     `commit`."""
     import numpy as np
 
-    from tracer import _procfs, dataset, layout, writer
+    from tracer import _procfs, dataset, layout, trace_rows, writer
     C = layout.C
     run = dataset.start_run(root, now=now, hostname=hostname, token=token)
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     x = np.zeros(1, layout.EXEC)
     x["ts"], x["pid"], x["tid"], x["old_tid"] = 100, pid, pid, pid
     x["comm"], x["filename"] = b"prog", b"/usr/bin/prog"
@@ -116,8 +116,9 @@ def write_run(root: Path, *, faults: int, mmaps: int = 2, major: int = 0,
     f["flags"][:major] = C["MT_FAULT_MAJOR"]
     f["rss_anon"] = 1
     spill = writer.Spill(run.events)
-    spill.write([writer.exec_batch(x, comms), writer.maps_batch(110, pid, "prog", "exec", maps),
-                 writer.event_batch(e, comms), writer.fault_batch(f, comms)])
+    spill.write([trace_rows.exec_batch(x, comms),
+                 trace_rows.maps_batch(110, pid, "prog", "exec", maps),
+                 trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
     if not commit:
         spill.close()
         return run

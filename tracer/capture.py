@@ -14,6 +14,10 @@ What it guarantees however the run ends (README "Guarantees"):
   were this one);
 - a traced process whose exit event was lost cannot keep memtrace waiting:
   BPF drops it from `traced` at its exit, which the loop checks every flush.
+
+Beside the loop: tracer/capture_counts.py (what it counts, and the kernel's
+counts), tracer/capture_procs.py (CMD's start, the processes held at exec),
+tracer/capture_files.py (the files beside the spill).
 """
 from __future__ import annotations
 
@@ -30,9 +34,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, system, writer
+from tracer import _procfs, cmd_stop, system, trace_rows, writer
+from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
+                                   read_kernel_peaks, reap, vm_peaks)
+from tracer.capture_files import chown, discard_spill, remove_stale
+from tracer.capture_procs import as_whom, release_held, resume, user_args
 from tracer.fault_summary import SLOT_SHIFT, SummaryReader
-from tracer.errors import NoSuchProcess, OutputError, UsageError
+from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import EVENT, C
 from tracer.live import NetMapped
 from tracer.probes import Probes
@@ -122,15 +130,15 @@ def run(opts: Options, say: Say,
         raise
     chown(spill.path, opts.owner, say)
     try:
-        _remove_stale(opts.output)
+        remove_stale(opts.output)
         probes = Probes(opts.fault_ring_pages, residency=opts.residency,
                         summary=opts.fault_mode == "summary")
     except BaseException:
         _restore(old)
-        _discard(spill)
+        discard_spill(spill)
         raise
     res.startup = dict(probes.startup)
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     stop = _Stop()
     pending: list[pa.RecordBatch] = []
     live_pids: set[int] = set()
@@ -160,14 +168,14 @@ def run(opts: Options, say: Say,
         if opts.command:
             probes.set_config(C["MT_CFG_SPAWNER_TID"], threading.get_native_id())
             try:
-                child = subprocess.Popen(opts.command, **_user_args(opts.run_as))
+                child = subprocess.Popen(opts.command, **user_args(opts.run_as))
             except OSError as e:
                 raise UsageError(f"cannot run {opts.command[0]}"
-                                 f"{_as_whom(opts.run_as)}: {e.strerror or e}") from None
+                                 f"{as_whom(opts.run_as)}: {e.strerror or e}") from None
             finally:
                 probes.set_config(C["MT_CFG_SPAWNER_TID"], 0)
             # wait4's ru_maxrss of CMD counts the image it exec'd from: ours
-            res.memtrace_vmhwm = _vm_peaks(os.getpid())[0]
+            res.memtrace_vmhwm = vm_peaks(os.getpid())[0]
             live_pids.add(child.pid)
             res.processes[child.pid] = Path(opts.command[0]).name[:15]
         for pid in opts.pids:
@@ -203,8 +211,8 @@ def run(opts: Options, say: Say,
                 summary_slot[0] = now >> SLOT_SHIFT
                 rows = summary.drain(now, final)
                 if len(rows):
-                    pending.append(writer.summary_batch(rows, comms, opts.residency))
-                    _account_faults(rows, res, rows["count"])
+                    pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
+                    account_faults(rows, res, rows["count"])
                     if res.origin is not None:   # -a: processes first seen by their faults
                         pending.extend(system.account(
                             res, np.zeros(0, EVENT), rows, live_pids,
@@ -219,7 +227,7 @@ def run(opts: Options, say: Say,
             poller.poll(opts.poll_interval)
             drain()
             if child is not None and res.exit_status is None:
-                _reap(child.pid, res)
+                reap(child.pid, res)
             now = time.monotonic()
             if now - last_flush >= opts.flush_interval:
                 # rows newer than a ring's watermark wait: time order across flushes
@@ -251,7 +259,7 @@ def run(opts: Options, say: Say,
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()
         if opts.system is not None:   # each process's counters read as it is untraced
-            system.stop(probes, live_pids, res, lambda pid: _read_kernel_counts(pid, res))
+            system.stop(probes, live_pids, res, lambda pid: read_kernel_counts(pid, res))
         if live_pids or opts.system is not None:
             # Stopped while processes still run: untrace them all in BPF
             # first, so the last drain is a clean cut (else a child forked
@@ -264,18 +272,18 @@ def run(opts: Options, say: Say,
         if opts.stacks:
             res.stacks = probes.stacks()
         for pid in [] if opts.system else list(live_pids) + list(res.baseline):
-            _read_kernel_counts(pid, res)
-            _read_kernel_peaks(pid, res)
+            read_kernel_counts(pid, res)
+            read_kernel_peaks(pid, res)
         spill.write(pending)
         res.rows = spill.rows
         return res
     except BaseException:
         if not started:  # nothing traced yet: leave nothing behind
-            _discard(spill)
+            discard_spill(spill)
         raise
     finally:
         _restore(old)
-        _release(probes, held, opts.stop_at_exec)
+        release_held(probes, held, opts.stop_at_exec)
         probes.close()
         res.spill = spill  # type: ignore[attr-defined]
 
@@ -295,69 +303,7 @@ def _restore(old: dict) -> None:
         signal.signal(s, h)
 
 
-def _discard(spill: writer.Spill) -> None:
-    try:
-        spill.close()
-    except Exception:
-        pass
-    try:
-        os.unlink(spill.path)
-    except FileNotFoundError:
-        pass
-
-
-def _remove_stale(output: Path) -> None:
-    """A trace left at PATH by an earlier run would be taken for this run's
-    if this one is cut short (tracer.load prefers PATH to PATH.partial)."""
-    for p in (output, Path(str(output) + ".meta.json")):
-        try:
-            if p.is_file():
-                p.unlink()
-        except OSError as e:
-            raise OutputError(f"cannot replace {p}: {e.strerror or e}") from None
-
-
-def chown(path: Path, owner: tuple[int, int] | None, say: Say) -> None:
-    """Gives an output file to `owner` (uid, gid): the user who ran sudo."""
-    if owner is None:
-        return
-    try:
-        os.chown(path, *owner)
-    except OSError as e:
-        say(f"cannot give {path} to uid {owner[0]}: {e.strerror or e}")
-
-
-def _user_args(run_as: tuple[int, int, list[int]] | None) -> dict:
-    if run_as is None:
-        return {}
-    uid, gid, groups = run_as
-    return {"user": uid, "group": gid, "extra_groups": groups}
-
-
-def _as_whom(run_as: tuple[int, int, list[int]] | None) -> str:
-    return "" if run_as is None else f" as uid {run_as[0]}"
-
-
-def _release(probes: Probes, held: set[int], stop_at_exec: bool) -> None:
-    """Continues every process BPF stopped at exec that was not continued
-    yet: those seen (`held`), and those whose exec record is still in the
-    ring. Runs however the capture ends; only a SIGKILL of memtrace skips it."""
-    if stop_at_exec:
-        try:
-            probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
-            time.sleep(0.02)  # an exec's BPF program in flight has sent its SIGSTOP
-            late = probes.rings["execs"].read()
-            if "kind" in (late.dtype.names or ()):
-                late = late[late["kind"] == C["MT_EV_EXEC"]]
-            held.update(late["pid"].tolist())
-        except Exception:
-            pass
-    for pid in sorted(held):
-        _continue(pid)
-    held.clear()
-
-
-def _attach_snapshot(pid: int, res: Result, comms: writer.CommTable) -> list[pa.RecordBatch]:
+def _attach_snapshot(pid: int, res: Result, comms: trace_rows.CommTable) -> list[pa.RecordBatch]:
     st = _procfs.read_stat(pid)
     res.baseline[pid] = {"minflt": st.minflt, "majflt": st.majflt}
     res.processes[pid] = st.comm
@@ -371,10 +317,10 @@ def _attach_snapshot(pid: int, res: Result, comms: writer.CommTable) -> list[pa.
 
 def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
     ts = time.monotonic_ns()
-    return writer.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
+    return trace_rows.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
 
 
-def _drain(probes: Probes, res: Result, comms: writer.CommTable,
+def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
            live_pids: set[int], held: set[int] | None,
            residency: bool = True) -> list[pa.RecordBatch]:
     """Reads the three rings; `held` (None if BPF does not stop processes at
@@ -383,7 +329,7 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
     paths = probes.rings["execs"].read()
     execs = paths[paths["kind"] == C["MT_EV_EXEC"]]
     if held is not None and len(execs):
-        held.update(execs["pid"].tolist())  # continued below, or by _release
+        held.update(execs["pid"].tolist())  # continued below, or by release_held
     events = probes.rings["events"].read()
     faults = probes.rings["faults"].read()
     if len(execs):
@@ -399,7 +345,7 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
                 pass
             finally:
                 if held is not None:  # BPF stopped it at exec: let it run
-                    _continue(pid)
+                    resume(pid)
                     held.discard(pid)
     if len(paths):
         # name opened files as /proc/PID/maps will, while the process is here
@@ -408,118 +354,17 @@ def _drain(probes: Probes, res: Result, comms: writer.CommTable,
                  if k == C["MT_EV_OPEN"] else f.decode("utf-8", "backslashreplace")
                  for pid, k, f in zip(paths["pid"].tolist(), paths["kind"].tolist(),
                                       paths["filename"].tolist())]
-        out.append(writer.exec_batch(paths, comms, names))
+        out.append(trace_rows.exec_batch(paths, comms, names))
         res.counts["open"] = res.counts.get("open", 0) + len(paths) - len(execs)
     if len(events):
-        out.append(writer.event_batch(events, comms))
-        _account_events(events, res, live_pids)
+        out.append(trace_rows.event_batch(events, comms))
+        account_events(events, res, live_pids)
     if res.net_mapped is not None:   # for the live view
         res.net_mapped.update(out[-1] if len(events) else None, execs)
     if len(faults):
-        out.append(writer.fault_batch(faults, comms, residency))
-        _account_faults(faults, res)
+        out.append(trace_rows.fault_batch(faults, comms, residency))
+        account_faults(faults, res)
     if res.origin is not None:   # -a: forks, processes that left, processes first seen
         out.extend(system.account(res, events, faults, live_pids,
                                   lambda pid: _attach_snapshot(pid, res, comms)))
     return out
-
-
-def _continue(pid: int) -> None:
-    _signal(pid, signal.SIGCONT)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _account_events(ev: np.ndarray, res: Result, live_pids: set[int]) -> None:
-    kinds, counts = np.unique(ev["kind"], return_counts=True)
-    from tracer.layout import KIND_NAMES
-    for k, n in zip(kinds.tolist(), counts.tolist()):
-        name = KIND_NAMES[k]
-        res.counts[name] = res.counts.get(name, 0) + n
-    ok = ev["ret"] >= 0
-    mmap_ = (ev["kind"] == C["MT_EV_MMAP"]) & ok
-    res.bytes_mapped += int(ev["args"][mmap_, 1].sum())
-    munmap = (ev["kind"] == C["MT_EV_MUNMAP"]) & ok
-    res.bytes_unmapped += int(ev["args"][munmap, 1].sum())
-    for e in ev[ev["kind"] == C["MT_EV_FORK"]]:
-        live_pids.add(int(e["aux"]))
-        # the parent's name, unless the child's exec, read first, named it
-        res.processes.setdefault(int(e["aux"]), e["comm"].decode("utf-8", "replace"))
-    res.threads += int((ev["kind"] == C["MT_EV_THREAD"]).sum())
-    dead = (ev["kind"] == C["MT_EV_EXIT"]) & ((ev["flags"] & C["MT_EXIT_GROUP_DEAD"]) != 0)
-    for pid in ev["pid"][dead].tolist():
-        # read the zombie's own counters before its parent reaps it
-        _read_kernel_counts(pid, res)
-        live_pids.discard(pid)
-
-
-def _account_faults(f: np.ndarray, res: Result, count: np.ndarray | None = None) -> None:
-    """Faults by process, minor and major; `count`: the faults each row
-    stands for (summary rows), else one."""
-    n = np.ones(len(f)) if count is None else count.astype(np.float64)
-    res.counts["fault"] = res.counts.get("fault", 0) + int(n.sum())
-    major = (f["flags"] & C["MT_FAULT_MAJOR"]) != 0
-    pids, inv = np.unique(f["pid"], return_inverse=True)
-    minor_n = np.bincount(inv, weights=n * ~major, minlength=len(pids))
-    major_n = np.bincount(inv, weights=n * major, minlength=len(pids))
-    for pid, mi, ma in zip(pids.tolist(), minor_n.tolist(), major_n.tolist()):
-        acc = res.faults.setdefault(pid, [0, 0])
-        acc[0] += int(mi)
-        acc[1] += int(ma)
-
-
-def _read_kernel_counts(pid: int, res: Result) -> None:
-    if pid in res.kernel and res.kernel[pid]["source"] != "/proc/PID/stat (running)":
-        return
-    try:
-        st = _procfs.read_stat(pid)
-    except NoSuchProcess:
-        return
-    if st.state == "X":
-        return
-    source = "/proc/PID/stat (exited)" if st.state == "Z" else "/proc/PID/stat (running)"
-    res.kernel[pid] = {"minflt": st.minflt, "majflt": st.majflt, "source": source}
-
-
-def _reap(pid: int, res: Result) -> bool:
-    """Reaps CMD if it has exited, reading its own counters first."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    if info is None:
-        return False
-    _read_kernel_counts(pid, res)
-    _, status, ru = os.wait4(pid, 0)
-    res.exit_status = os.waitstatus_to_exitcode(status)
-    if res.exit_status < 0:  # killed by a signal: report it as a shell does
-        res.exit_status = 128 - res.exit_status
-    res.kernel_total = {"minflt": ru.ru_minflt, "majflt": ru.ru_majflt,
-                        "source": "wait4 (CMD and the children it waited for)",
-                        # the largest RSS of CMD (counting the image it exec'd
-                        # from: memtrace's) and of the children it waited for
-                        "maxrss": ru.ru_maxrss * 1024, "memtrace_vmhwm": res.memtrace_vmhwm}
-    return True
-
-
-def _vm_peaks(pid: int) -> tuple[int | None, int | None]:
-    """The kernel's VmHWM and VmPeak of a running process (bytes), since it
-    started; None if it is gone (an exited process has no mm)."""
-    try:
-        st = _procfs.read_status(pid)
-    except (NoSuchProcess, OSError):
-        return None, None
-    hwm, peak = st.get("VmHWM"), st.get("VmPeak")
-    return (hwm if isinstance(hwm, int) else None, peak if isinstance(peak, int) else None)
-
-
-def _read_kernel_peaks(pid: int, res: Result) -> None:
-    """A process still there at the end: its own peaks, as the kernel has them."""
-    hwm, peak = _vm_peaks(pid)
-    if pid in res.kernel and hwm is not None:
-        res.kernel[pid].update(vmhwm=hwm, vmpeak=peak)

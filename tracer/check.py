@@ -373,7 +373,7 @@ def after_record(args: argparse.Namespace, budget: bg.Budget | None, res, meta: 
     if budget is None and args.json is None:
         return False
     from tracer import budget_report as br
-    from tracer import capture, summary
+    from tracer import capture_files, summary
     doc = summary.as_dict(res, meta, output, size)
     outcomes: list[Outcome] = []
     if budget is not None:
@@ -385,8 +385,8 @@ def after_record(args: argparse.Namespace, budget: bg.Budget | None, res, meta: 
         doc["budget"] = br.as_dict(outcomes, budget, t)
         if args.junit is not None:
             br.write_junit(args.junit, outcomes, budget, str(output), t.meta.get("start_ts"))
-            capture.chown(args.junit, owner, say)
+            capture_files.chown(args.junit, owner, say)
     if args.json is not None:
         br.write_json(args.json, doc)
-        capture.chown(args.json, owner, say)
+        capture_files.chown(args.json, owner, say)
     return bool(broken(outcomes))

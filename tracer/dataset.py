@@ -4,7 +4,7 @@
     DIR/host=HOST/date=YYYY-MM-DD/run=RUN/events.parquet   the trace
     DIR/host=HOST/date=YYYY-MM-DD/run=RUN/_memtrace.json   its sidecar
 
-Every events.parquet has the trace schema (tracer.writer.SCHEMA), so
+Every events.parquet has the trace schema (tracer.trace_schema.SCHEMA), so
 DuckDB's and Spark's Hive partition discovery read DIR as one table with
 `host`, `date` and `run` columns. The sidecar's name starts with `_`, which
 Spark skips when it lists a table; a run being written lives in
@@ -98,7 +98,7 @@ class Run:
             raise OutputError(f"cannot write the run {self.final}: {e.strerror or e}") from None
         final = self.final
         if owner is not None:
-            from tracer.capture import chown
+            from tracer.capture_files import chown
             for p in [*self.made[:-1], final, final / EVENTS, final / SIDECAR]:
                 chown(p, owner, say)
         return final / EVENTS

@@ -27,7 +27,7 @@ BLOCK_SHIFT = C["MT_SUMMARY_BLOCK_SHIFT"]
 # a major fault longer than that is counted as minor (counter late_major).
 MARGIN = 3
 
-# one merged entry: what writer.summary_batch turns into a row
+# one merged entry: what trace_rows.summary_batch turns into a row
 ROW = np.dtype([("ts", "<u8"), ("last_ts", "<u8"), ("addr", "<u8"), ("ip", "<u8"),
                 ("pid", "<u4"), ("tid", "<u4"), ("count", "<u4"), ("latency", "<u4"),
                 ("error_code", "<u2"), ("flags", "<u2"), ("pages", "<u2"),
@@ -69,7 +69,7 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class SummaryReader:
-    """Drains the `fault_summary` map (a tracer.bpfcache.Map)."""
+    """Drains the `fault_summary` map (a tracer.bpf_syscall.Map)."""
 
     def __init__(self, table) -> None:
         self.table = table

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, TextIO
 import numpy as np
 import pyarrow as pa
 
-from tracer import writer
+from tracer import trace_schema
 from tracer.layout import C
 
 REFRESH = 4.0            # redraws per second, at most
@@ -49,8 +49,8 @@ class NetMapped:
     less the exec-made mappings (7.2 MiB) is 106.5 MiB."""
 
     # what each kind of the trace is here (a lookup, not a compare per kind)
-    _WHAT = np.zeros(len(writer.KINDS), np.int8)
-    _WHAT[[writer.KIND_INDEX[k] for k in ("mmap", "munmap", "mremap", "brk", "exit")]] = \
+    _WHAT = np.zeros(len(trace_schema.KINDS), np.int8)
+    _WHAT[[trace_schema.KIND_INDEX[k] for k in ("mmap", "munmap", "mremap", "brk", "exit")]] = \
         _MMAP, _MUNMAP, _MREMAP, _BRK, _EXIT
     _SIGN = np.array([0, 1, -1, -1, 0, 0], np.int64)   # of the (old) length, `len`
 
@@ -63,7 +63,7 @@ class NetMapped:
         return sum(self.by_pid.values())
 
     def update(self, batch: pa.RecordBatch | None, execs: np.ndarray | None = None) -> None:
-        """One batch of events (writer.event_batch, rows in ring order), and
+        """One batch of events (trace_rows.event_batch, rows in ring order), and
         the exec records (layout.EXEC) read with it: those processes start
         again from 0, with only their events after the exec. Reads the
         batch's columns where they are (contiguous, unlike the records)."""
@@ -116,7 +116,7 @@ def _values(batch: pa.RecordBatch, name: str) -> np.ndarray:
     """A column's values buffer as numpy, nulls included (whatever value
     they hide: callers select the rows where the column applies)."""
     col = batch.column(name)
-    return writer._numpy(col.indices if pa.types.is_dictionary(col.type) else col)
+    return trace_schema.numpy_view(col.indices if pa.types.is_dictionary(col.type) else col)
 
 
 def _groups(pid: np.ndarray, few: int = 8):

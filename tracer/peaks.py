@@ -22,20 +22,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from tracer import peaks_mapped, writer
+from tracer import peaks_mapped, trace_schema
 from tracer.layout import C
 
 COLUMNS = ("ts", "pid", "kind", "addr", "len", "new_len", "ret", "flags", "child", "path",
            "rss_anon", "rss_file", "rss_shmem", "member", "rss_size", "rss_delta")
 RESIDENT = ("anon", "file", "shmem")
 _MEMBER = {"file": 0, "anon": 1, "shmem": 3}        # kmem:rss_stat member
-_K = writer.KIND_INDEX
+_K = trace_schema.KIND_INDEX
 
 
 def of_spill(path: str | Path, page_size: int = 4096, residency: bool = True) -> dict:
     """The peaks of the spill (writer.Spill, an Arrow IPC stream): only
     COLUMNS are read; a stream cut short gives its whole batches."""
-    fields = [writer.SCHEMA.get_field_index(n) for n in COLUMNS]
+    fields = [trace_schema.SCHEMA.get_field_index(n) for n in COLUMNS]
     batches = []
     with pa.memory_map(str(path)) as src:
         try:
@@ -44,7 +44,7 @@ def of_spill(path: str | Path, page_size: int = 4096, residency: bool = True) ->
                 batches.append(b)
         except (pa.ArrowException, OSError):
             pass
-    schema = pa.schema([f for f in writer.SCHEMA if f.name in COLUMNS])   # in file order
+    schema = pa.schema([f for f in trace_schema.SCHEMA if f.name in COLUMNS])   # in file order
     return of_table(pa.Table.from_batches(batches, schema), page_size, residency)
 
 
@@ -125,7 +125,7 @@ class Rows:
 
 def _values(ch: pa.Array) -> np.ndarray:
     typ = ch.type.index_type if pa.types.is_dictionary(ch.type) else ch.type
-    dt = np.dtype(writer._NP[typ])
+    dt = np.dtype(trace_schema.NUMPY_TYPES[typ])
     buf = ch.buffers()[1]
     if buf is None:
         return np.zeros(len(ch), dt)
@@ -143,7 +143,7 @@ def _bits(ch: pa.Array) -> np.ndarray:
 def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
     """pid -> (peak, ts, exact) and the tree's (peak, ts, exact), or None
     where no row says anything resident."""
-    kind = c.codes("kind", writer.KINDS)
+    kind = c.codes("kind", trace_schema.KINDS)
     is_fault = kind == _K["fault"]
     changed = np.zeros(c.n, bool)
     for k in RESIDENT:

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import writer
+from tracer import trace_schema
 from tracer.layout import C
 
-_K = writer.KIND_INDEX
+_K = trace_schema.KIND_INDEX
 _KINDS = ("mmap", "munmap", "mremap", "brk", "map", "fork", "exec", "exit")
 _MREMAP_DONTUNMAP = 4
 _NONE = np.zeros(0, np.int64)
@@ -35,7 +35,7 @@ WINDOW = 1 << 14               # ops replayed at once (_windows)
 
 def peaks(c, page: int) -> tuple[dict, tuple]:
     """c: tracer.peaks.Rows. pid -> (peak bytes, its ts) and the tree's."""
-    kind_all = c.codes("kind", writer.KINDS)
+    kind_all = c.codes("kind", trace_schema.KINDS)
     rows = np.flatnonzero(np.isin(kind_all, [_K[k] for k in _KINDS]))
     if not len(rows):
         return {}, (0, None)

@@ -4,7 +4,7 @@ configuration) and reads (counters, ring buffers).
 
 The compiled programs are cached (tracer/bpfcache.py): a start with a warm
 cache runs no compiler. Either way the programs reach the kernel through
-bpfcache.load; if that fails, bcc's own loader (bcc.BPF) is the last resort.
+bpf_load.load; if that fails, bcc's own loader (bcc.BPF) is the last resort.
 How it went is in `startup` (seconds by phase, `cache` 1 for a hit) and
 `cache_status` (a sentence)."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import struct
 import time
 
-from tracer import bpfcache, layout
+from tracer import bpf_load, bpf_spec, bpf_syscall, bpfcache, layout
 from tracer.layout import BPF_DIR, C
 from tracer.ringbuf import RingReader
 
@@ -81,7 +81,7 @@ class Probes:
 
     # ---- loading ----
 
-    def _load(self, cflags: list[str], cache) -> bpfcache.Loaded:
+    def _load(self, cflags: list[str], cache) -> bpf_load.Loaded:
         t0 = time.monotonic()
         setting = os.environ.get(bpfcache.ENV) if cache is None else str(cache or "off")
         if setting == "bcc":
@@ -94,8 +94,8 @@ class Probes:
             return self._bcc(cflags, f"not cacheable ({why})")
         try:
             spec = store.get(key)
-            loaded = bpfcache.load(spec, skip=self._skip)
-        except (bpfcache.CacheError, OSError) as e:
+            loaded = bpf_load.load(spec, skip=self._skip)
+        except (bpf_spec.CacheError, OSError) as e:
             miss = str(e)
         else:
             self.startup.update(loaded.timing, cache=1.0, lookup=0.0)
@@ -105,14 +105,14 @@ class Probes:
         # compile: bcc, then the same loader
         t1 = time.monotonic()
         try:
-            spec = bpfcache.compile_spec(SOURCE, cflags, PERF_EVENTS)
-        except bpfcache.NotCacheable as e:
+            spec = bpf_spec.compile_spec(SOURCE, cflags, PERF_EVENTS)
+        except bpf_spec.NotCacheable as e:
             store.mark_uncacheable(key, str(e))
             return self._bcc(cflags, f"miss ({miss}); not cacheable: {e}")
         self.startup["compile"] = time.monotonic() - t1
         try:
-            loaded = bpfcache.load(spec, skip=self._skip)
-        except (bpfcache.CacheError, OSError) as e:
+            loaded = bpf_load.load(spec, skip=self._skip)
+        except (bpf_spec.CacheError, OSError) as e:
             out = self._bcc(cflags, f"miss ({miss}); the fresh compile did not load: {e}")
             # bcc's loader managed where ours did not: do not try ours again
             store.mark_uncacheable(key, str(e))
@@ -124,7 +124,7 @@ class Probes:
                                 f"stored {store.path(key)}"))
         return loaded
 
-    def _bcc(self, cflags: list[str], why: str) -> bpfcache.Loaded:
+    def _bcc(self, cflags: list[str], why: str) -> bpf_load.Loaded:
         """bcc's own loader, as memtrace loaded before the cache."""
         t0 = time.monotonic()
         from bcc import BPF  # import late: bcc is slow and needs root
@@ -144,22 +144,22 @@ class Probes:
                 b.attach_perf_event(ev_type=ev_type, ev_config=ev_config,
                                     fn_name=fn.encode(), sample_period=period)
         t3 = time.monotonic()
-        out = bpfcache.Loaded()
-        for name, fd in bpfcache.module_tables(b.module):
-            d, mid = bpfcache.map_info(fd, name)
-            out.maps[name] = bpfcache.Map(fd, d)
+        out = bpf_load.Loaded()
+        for name, fd in bpf_spec.module_tables(b.module):
+            d, mid = bpf_syscall.map_info(fd, name)
+            out.maps[name] = bpf_syscall.Map(fd, d)
             out.map_ids.append(mid)
         out.links = [*b.tracepoint_fds.values(), *b.raw_tracepoint_fds.values(),
                      *(fd for per_cpu in b.open_perf_events.values() for fd in per_cpu.values())]
         out.progs = {name.decode(): fn.fd for name, fn in b.funcs.items()}
-        out.prog_ids = [bpfcache.prog_info(fd)["id"] for fd in out.progs.values()]
+        out.prog_ids = [bpf_syscall.prog_info(fd)["id"] for fd in out.progs.values()]
         self.startup.update({"import": t1 - t0, "compile": t2 - t1, "attach": t3 - t2})
         self.cache_status = why + "; loaded by bcc"
         return out
 
     # ---- maps ----
 
-    def table(self, name: str) -> bpfcache.Map:
+    def table(self, name: str) -> bpf_syscall.Map:
         """A map of the BPF program by name (keys and values as bytes)."""
         return self._maps[name]
 
@@ -200,7 +200,7 @@ class Probes:
     def close(self, background: bool = True) -> None:
         """Unmaps the rings, quiets the programs (no process traced, no stop
         at exec), and releases everything; with `background` the kernel's
-        slow detach runs in a helper process (bpfcache.release) and this
+        slow detach runs in a helper process (bpf_load.release) and this
         returns at once."""
         if self._closed:
             return
@@ -218,6 +218,6 @@ class Probes:
         if self.bpf is not None:
             # the helper takes copies of bcc's descriptors; bcc closes its own
             bpf, self.bpf = self.bpf, None
-            bpfcache.release(self._loaded.links, background, close_own=bpf.cleanup)
+            bpf_load.release(self._loaded.links, background, close_own=bpf.cleanup)
             return
-        bpfcache.release(self._loaded.fds(), background)
+        bpf_load.release(self._loaded.fds(), background)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, check, dataset, live, preflight, summary, system
+from tracer import _procfs, capture, capture_files, check, dataset, live, preflight, summary, system
 from tracer.budget import EXIT_BUDGET
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
@@ -293,7 +293,7 @@ def main(argv: list[str]) -> int:
     if sudo:
         for p in (output, Path(str(output) + ".meta.json") if fmt == "csv" else None):
             if p is not None:
-                capture.chown(p, sudo, say)
+                capture_files.chown(p, sudo, say)
     if not args.quiet:
         print(summary.render(res, meta, output, size), file=sys.stderr)
     over = check.after_record(args, budget, res, meta, output, size, sudo, say)

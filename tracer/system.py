@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from tracer import _procfs, bpfcache
+from tracer import _procfs, bpf_syscall
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import C
 
@@ -222,7 +222,7 @@ def _insert(traced, pid: int, state: int) -> bool:
     """Puts the decision in BPF's map; False if BPF made one first."""
     try:
         traced.update(pid.to_bytes(4, "little"), state.to_bytes(4, "little"), BPF_NOEXIST)
-    except bpfcache.LoadError as e:
+    except bpf_syscall.LoadError as e:
         if e.errno != errno.EEXIST:
             raise
         return False
@@ -291,7 +291,7 @@ def stop(probes, live_pids: set[int], res, read_counts: Callable[[int], None]) -
         read_counts(pid)
         k = res.kernel.get(pid)
         if k is not None and k["source"].endswith("(running)"):
-            k["source"] = STOPPED   # not read again later (capture._read_kernel_counts)
+            k["source"] = STOPPED   # not read again later (capture_counts.read_kernel_counts)
 
 
 STOPPED = "/proc/PID/stat (as tracing stopped)"

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from tracer import layout, writer
+from tracer import layout, trace_schema, writer
 from tracer.errors import TraceFileError
 
 _NULLABLE = {
@@ -30,8 +30,8 @@ _WIDER = {c: pa.int32() for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap
 def schema() -> pa.Schema:
     """The columns of a trace as loaded: the writer's, with the ADDED ones
     and the wider resident-change columns of traces written before them."""
-    fields = [pa.field(f.name, _WIDER.get(f.name, f.type)) for f in writer.SCHEMA]
-    have = set(writer.SCHEMA.names)
+    fields = [pa.field(f.name, _WIDER.get(f.name, f.type)) for f in trace_schema.SCHEMA]
+    have = set(trace_schema.SCHEMA.names)
     return pa.schema(fields + [pa.field(n, t) for n, t in ADDED if n not in have])
 
 
@@ -51,7 +51,7 @@ def _complete(table: pa.Table) -> pa.Table:
 def _required() -> list[str]:
     """The columns every trace has (all but the ADDED ones)."""
     added = {n for n, _ in ADDED}
-    return [n for n in writer.SCHEMA.names if n not in added]
+    return [n for n in trace_schema.SCHEMA.names if n not in added]
 
 
 class Trace:
@@ -70,7 +70,7 @@ class Trace:
         # ts, pid, tid are never missing: plain numpy dtypes
         for col, dt in (("ts", "uint64"), ("pid", "int32"), ("tid", "int32")):
             df[col] = df[col].astype(dt)
-        df["kind"] = df["kind"].astype(pd.CategoricalDtype(writer.KINDS))
+        df["kind"] = df["kind"].astype(pd.CategoricalDtype(trace_schema.KINDS))
         return df
 
     @cached_property
@@ -193,7 +193,7 @@ def _read_csv(p: Path) -> tuple[pa.Table, dict]:
     try:
         meta = _meta_of(side.read_bytes(), side)
         full = schema()
-        plain = writer._plain(full)
+        plain = trace_schema.plain_schema(full)
         table = pacsv.read_csv(p, convert_options=pacsv.ConvertOptions(
             column_types=plain, strings_can_be_null=True, quoted_strings_can_be_null=False))
     except (pa.ArrowException, OSError, ValueError) as e:
@@ -218,7 +218,7 @@ def _read_partial(p: Path) -> pa.Table:
                 pass  # cut mid-batch: keep the whole ones
     except (pa.ArrowException, OSError) as e:
         raise TraceFileError(f"{p}: not a readable memtrace spill ({_first_line(e)})") from None
-    return pa.Table.from_batches(batches, writer.SCHEMA).unify_dictionaries()
+    return pa.Table.from_batches(batches, trace_schema.SCHEMA).unify_dictionaries()
 
 
 def _first_line(e: BaseException) -> str:

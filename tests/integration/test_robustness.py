@@ -263,14 +263,14 @@ def test_sigkill_leaves_a_readable_partial(workloads, tmp_path):
 def test_exception_in_capture_continues_held_processes(monkeypatch):
     """An error inside the capture loop (here: building the exec batch) must
     not leave CMD stopped by BPF at its exec."""
-    from tracer import capture, preflight, writer
+    from tracer import capture, preflight, trace_rows
 
     def broken(*a, **kw):
         raise RuntimeError("injected")
 
     preflight.check_all(lambda s: None)
     tmp = Path(tempfile.mkdtemp(prefix="memtrace-exc-"))
-    monkeypatch.setattr(writer, "exec_batch", broken)
+    monkeypatch.setattr(trace_rows, "exec_batch", broken)
     opts = capture.Options(command=["sleep", "30"], pids=[], follow=True, duration=None,
                            output=tmp / "x.parquet", fmt="parquet")
     before = set(procs(ppid=os.getpid()))
@@ -555,7 +555,7 @@ def test_cmd_runs_as_the_invoking_user(workloads, tmp_path, case):
 # ---- `memtrace report` on files that are not good traces (no root needed) ----
 
 def _good_trace(path: Path) -> Path:
-    from tracer import layout, writer
+    from tracer import layout, trace_rows, writer
     C = layout.C
     e = np.zeros(2, layout.EVENT)
     e["ts"] = [10, 20]
@@ -570,8 +570,8 @@ def _good_trace(path: Path) -> Path:
     f["pid"] = f["tid"] = 7
     f["addr"] = [0x7f0000000000, 0x7f0000001000]
     spill = writer.Spill(path)
-    comms = writer.CommTable()
-    spill.write([writer.event_batch(e, comms), writer.fault_batch(f, comms)])
+    comms = trace_rows.CommTable()
+    spill.write([trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
     spill.finish("parquet", {"format_version": C["MT_FORMAT_VERSION"], "complete": True,
                              "lost": 0, "page_size": 4096})
     return path
@@ -643,13 +643,13 @@ def test_report_refuses_damaged_metadata(tmp_path, case):
 def test_report_of_a_cut_short_spill(tmp_path):
     """A spill cut mid-batch (memtrace killed): report reads the whole
     batches and says the trace is cut short."""
-    from tracer import writer
+    from tracer import trace_schema, writer
     good = pq.read_table(_good_trace(tmp_path / "good.parquet"))
     out = tmp_path / "cut.parquet"
     spill = writer.Spill(out)
-    for b in good.replace_schema_metadata(None).cast(writer.SCHEMA).to_batches():
+    for b in good.replace_schema_metadata(None).cast(trace_schema.SCHEMA).to_batches():
         spill.write([b])
-    spill.write([good.replace_schema_metadata(None).cast(writer.SCHEMA).to_batches()[0]])
+    spill.write([good.replace_schema_metadata(None).cast(trace_schema.SCHEMA).to_batches()[0]])
     spill.close()
     data = spill.path.read_bytes()
     spill.path.write_bytes(data[:-50])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tracer.writer import KINDS  # the trace's own kinds, one list
+from tracer.trace_schema import KINDS  # the trace's own kinds, one list
 DTYPES = {
     "ts": "uint64", "pid": "int32", "tid": "int32", "comm": "category", "kind": None,
     "addr": "UInt64", "len": "UInt64", "prot": "Int32", "flags": "UInt64", "fd": "Int32",

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from tracer import bpfcache
-from tracer.bpfcache import Attach, CacheError, MapDef, NotCacheable, ProgSpec, Spec
+from tracer import bpf_load, bpf_spec, bpf_syscall, bpfcache
+from tracer.bpf_spec import Attach, CacheError, NotCacheable, ProgSpec, Spec
+from tracer.bpf_syscall import MapDef
 
 INSN = struct.Struct("<BBhi")
 
@@ -23,7 +24,7 @@ def _insn(code, dst=0, src=0, off=0, imm=0) -> bytes:
     return INSN.pack(code, (src << 4) | dst, off, imm)
 
 
-def _ld_map(dst, fd, src=bpfcache.PSEUDO_MAP_FD) -> bytes:
+def _ld_map(dst, fd, src=bpf_spec.PSEUDO_MAP_FD) -> bytes:
     return _insn(0x18, dst, src, 0, fd) + _insn(0, 0, 0, 0, 0)
 
 
@@ -37,7 +38,7 @@ def test_relocations_find_map_loads_and_skip_constants():
     # a 64-bit constant whose second half looks like a map load must not count
     const = _insn(0x18, 2, 0, 0, 5) + _insn(0, 0, 1, 0, 7)
     code = _ld_map(1, 7) + const + MOV0 + _ld_map(3, 9) + EXIT
-    assert bpfcache.relocations(code, {7: "traced", 9: "config"}) == [(0, "traced"), (5, "config")]
+    assert bpf_spec.relocations(code, {7: "traced", 9: "config"}) == [(0, "traced"), (5, "config")]
 
 
 @pytest.mark.parametrize("code,match", [
@@ -49,40 +50,40 @@ def test_relocations_find_map_loads_and_skip_constants():
 ])
 def test_relocations_refuse_what_the_loader_cannot_reproduce(code, match):
     with pytest.raises(NotCacheable, match=match):
-        bpfcache.relocations(code, {7: "traced"})
+        bpf_spec.relocations(code, {7: "traced"})
 
 
 def test_bpf_to_bpf_calls_are_fine():
     code = _insn(0x85, 0, 1, 0, 1) + EXIT + MOV0 + EXIT
-    assert bpfcache.relocations(code, {}) == []
+    assert bpf_spec.relocations(code, {}) == []
 
 
 def test_patch_writes_this_process_fds():
     code = MOV0 + _ld_map(1, 7) + _ld_map(2, 9) + EXIT
-    relocs = bpfcache.relocations(code, {7: "a", 9: "b"})
-    out = bpfcache.patch(code, relocs, {"a": 40, "b": 41})
+    relocs = bpf_spec.relocations(code, {7: "a", 9: "b"})
+    out = bpf_spec.patch(code, relocs, {"a": 40, "b": 41})
     assert len(out) == len(code)
     assert INSN.unpack_from(out, 8)[3] == 40 and INSN.unpack_from(out, 24)[3] == 41
     # everything else unchanged
     assert out[:8] == code[:8] and out[8:12] == code[8:12] and out[-8:] == code[-8:]
     with pytest.raises(CacheError, match="not a map load"):
-        bpfcache.patch(code, [(0, "a")], {"a": 1})
+        bpf_spec.patch(code, [(0, "a")], {"a": 1})
 
 
 def test_plan_follows_bcc_naming():
     perf = {"on_fault_min": [(1, 5, 1)]}
-    t, (a,) = bpfcache.plan_of("tracepoint__syscalls__sys_enter_mmap", perf)
-    assert (t, a.kind, a.target) == (bpfcache.PROG_TRACEPOINT, "tracepoint", "syscalls:sys_enter_mmap")
-    t, (a,) = bpfcache.plan_of("raw_tracepoint__page_fault_user", perf)
-    assert (t, a.kind, a.target) == (bpfcache.PROG_RAW_TRACEPOINT, "raw_tracepoint", "page_fault_user")
-    t, (a,) = bpfcache.plan_of("on_fault_min", perf)
-    assert (t, a.ev_type, a.ev_config, a.sample_period) == (bpfcache.PROG_PERF_EVENT, 1, 5, 1)
-    assert bpfcache.plan_of("helper", perf) is None
+    t, (a,) = bpf_spec.plan_of("tracepoint__syscalls__sys_enter_mmap", perf)
+    assert (t, a.kind, a.target) == (bpf_syscall.PROG_TRACEPOINT, "tracepoint", "syscalls:sys_enter_mmap")
+    t, (a,) = bpf_spec.plan_of("raw_tracepoint__page_fault_user", perf)
+    assert (t, a.kind, a.target) == (bpf_syscall.PROG_RAW_TRACEPOINT, "raw_tracepoint", "page_fault_user")
+    t, (a,) = bpf_spec.plan_of("on_fault_min", perf)
+    assert (t, a.ev_type, a.ev_config, a.sample_period) == (bpf_syscall.PROG_PERF_EVENT, 1, 5, 1)
+    assert bpf_spec.plan_of("helper", perf) is None
     with pytest.raises(NotCacheable):
-        bpfcache.plan_of("kprobe__do_exit", perf)
+        bpf_spec.plan_of("kprobe__do_exit", perf)
     # bcc's kernel names: prefix dropped, 15 characters
-    assert bpfcache._kernel_name("tracepoint__syscalls__sys_enter_mmap") == "syscalls__sys_e"
-    assert bpfcache._kernel_name("on_fault_min") == "on_fault_min"
+    assert bpf_spec._kernel_name("tracepoint__syscalls__sys_enter_mmap") == "syscalls__sys_e"
+    assert bpf_spec._kernel_name("on_fault_min") == "on_fault_min"
 
 
 # ---- entries ----
@@ -105,7 +106,7 @@ def test_spec_round_trips_through_json():
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda d: d.update(format=bpfcache.FORMAT + 1), "entry format"),
+    (lambda d: d.update(format=bpf_spec.FORMAT + 1), "entry format"),
     (lambda d: d["progs"][0].update(insns="not base64!"), "unreadable"),
     (lambda d: d.pop("maps"), "unreadable"),
     (lambda d: d["maps"][0].update(colour="red"), "unreadable"),
@@ -218,7 +219,7 @@ def test_key_changes_with_what_the_code_depends_on(tmp_path, monkeypatch):
 def test_cpu_lists(tmp_path):
     p = tmp_path / "cpus"
     p.write_text("0-3,8,10-11\n")
-    assert bpfcache._cpu_list(str(p)) == [0, 1, 2, 3, 8, 10, 11]
+    assert bpf_syscall._cpu_list(str(p)) == [0, 1, 2, 3, 8, 10, 11]
 
 
 # ---- live: against the kernel ----
@@ -236,16 +237,16 @@ def kernel_headers():
 def test_cached_programs_are_the_programs_bcc_loads(kernel_headers):
     """One bcc compile: each program loaded by bcc's own loader
     (bcc_func_load, what BPF.load_func calls) and the same program through
-    an entry written and read back and bpfcache.load have the same kernel
+    an entry written and read back and bpf_load.load have the same kernel
     type and tag (the tag hashes the instructions with map references
     zeroed), and the maps the same definitions."""
     from tracer import probes
     cflags = [f"-I{probes.BPF_DIR}", "-Wno-unused-function"]
-    lib, module = bpfcache.bcc_module(probes.SOURCE, cflags)
+    lib, module = bpf_spec.bcc_module(probes.SOURCE, cflags)
     ours = None
     bcc_fds = []
     try:
-        spec = bpfcache.spec_of_module(lib, module, probes.PERF_EVENTS)
+        spec = bpf_spec.spec_of_module(lib, module, probes.PERF_EVENTS)
         spec.key = "k"
         spec = Spec.from_json(spec.to_json())
         assert {p.name for p in spec.progs} >= {"on_fault_min", "on_fault_maj",
@@ -259,21 +260,21 @@ def test_cached_programs_are_the_programs_bcc_loads(kernel_headers):
                                    lib.bpf_module_kern_version(module), 0, None, 0, None, -1)
             assert fd >= 0, f"bcc could not load {p.name}"
             bcc_fds.append(fd)
-            bcc_info[p.name] = bpfcache.prog_info(fd)
-        ours = bpfcache.load(spec, attach=False)
+            bcc_info[p.name] = bpf_syscall.prog_info(fd)
+        ours = bpf_load.load(spec, attach=False)
         for p in spec.progs:
-            mine = bpfcache.prog_info(ours.progs[p.name])
+            mine = bpf_syscall.prog_info(ours.progs[p.name])
             assert (mine["type"], mine["tag"], mine["name"]) == (
                 bcc_info[p.name]["type"], bcc_info[p.name]["tag"], bcc_info[p.name]["name"]), p.name
             assert p.tag == mine["tag"]
         for d in spec.maps:
             fd = lib.bpf_table_fd(module, d.name.encode())
-            assert bpfcache.map_info(fd, d.name)[0] == bpfcache.map_info(ours.maps[d.name].fd, d.name)[0]
+            assert bpf_syscall.map_info(fd, d.name)[0] == bpf_syscall.map_info(ours.maps[d.name].fd, d.name)[0]
     finally:
         for fd in bcc_fds:
             os.close(fd)
         if ours is not None:
-            bpfcache.release(ours.fds(), background=False)
+            bpf_load.release(ours.fds(), background=False)
         lib.bpf_module_destroy(module)
 
 
@@ -320,7 +321,7 @@ def test_cold_warm_stale_and_teardown(kernel_headers, tmp_path):
     assert closing < 1.0, f"close took {closing:.2f} s: did it wait for the detach?"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = [i for kind in ("prog", "map") for i in ids[kind] if bpfcache.object_alive(kind, i)]
+        alive = [i for kind in ("prog", "map") for i in ids[kind] if bpf_syscall.object_alive(kind, i)]
         if not alive:
             break
         time.sleep(0.1)
@@ -350,7 +351,7 @@ def test_changed_tracepoint_format_is_a_miss(kernel_headers, tmp_path):
     s = _spec()
     s.formats = {"sched:sched_process_exit": "0" * 64}
     with pytest.raises(CacheError, match="format changed: sched:sched_process_exit"):
-        bpfcache.load(s)
+        bpf_load.load(s)
 
 
 # ---- ring decoding (tracer/ringbuf.py; here because the ring tests' file is

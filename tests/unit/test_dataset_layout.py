@@ -8,7 +8,7 @@ import pytest
 
 import tracer
 from dataset_helpers import pandas_totals, write_run
-from tracer import dataset, writer
+from tracer import dataset, trace_schema, writer
 from tracer.errors import OutputError, TraceFileError, UsageError
 
 NOW = 1735787045.0          # 2025-01-02 03:04:05 UTC
@@ -37,7 +37,7 @@ def test_every_events_file_has_the_trace_schema(tmp_path):
     assert len(files) == 2
     for f in files:
         schema = pq.read_schema(f)
-        assert schema.remove_metadata().equals(writer.SCHEMA)
+        assert schema.remove_metadata().equals(trace_schema.SCHEMA)
 
 
 def test_sidecar_holds_the_metadata_the_identity_and_faults_per_mapping(tmp_path):

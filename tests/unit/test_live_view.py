@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tracer import layout, live, writer
+from tracer import layout, live, trace_rows
 
 C = layout.C
 MiB = 1 << 20
@@ -76,7 +76,7 @@ def _ev(rows):
         e[i]["ret"] = ret
         e[i]["flags"] = flags[0] if flags else 0
     e["comm"] = b"prog"
-    return writer.event_batch(e, writer.CommTable())
+    return trace_rows.event_batch(e, trace_rows.CommTable())
 
 
 def _exec(ts, pid):
@@ -124,7 +124,7 @@ def test_net_mapped_forgets_a_process_at_its_exit_and_exec():
 def test_net_mapped_of_an_empty_batch():
     n = live.NetMapped()
     n.update(None, np.zeros(0, layout.EXEC))
-    n.update(writer.event_batch(np.zeros(0, layout.EVENT), writer.CommTable()))
+    n.update(trace_rows.event_batch(np.zeros(0, layout.EVENT), trace_rows.CommTable()))
     assert n.total == 0
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from tracer import address_space as asp
-from tracer import check, layout, peaks, peaks_mapped, rss, writer
+from tracer import check, layout, peaks, peaks_mapped, rss, trace_rows, writer
 from tracer.trace import Trace
 
 from eventframes import ANON, FIXED, PAGE, PRIVATE, Events, DONTUNMAP, MAYMOVE
@@ -293,7 +293,7 @@ def test_an_empty_trace():
 SPILL_SCRIPT = r"""
 import sys, numpy as np
 from pathlib import Path
-from tracer import layout, peaks, writer
+from tracer import layout, peaks, trace_rows, writer
 C = layout.C
 f = np.zeros(3, layout.FAULT)
 f["ts"] = [20, 40, 60]
@@ -313,8 +313,8 @@ e["ret"][1] = 0x7f0000000000
 e["args"][2, :3] = [5 * 4096, (-4 * 4096) & (2**64 - 1), C["MT_EV_MADVISE"]]
 e["args"][3, :2] = [0x7f0000000000, 1 << 20]
 spill = writer.Spill(Path(sys.argv[1]))
-comms = writer.CommTable()
-spill.write([writer.event_batch(e, comms), writer.fault_batch(f, comms)])
+comms = trace_rows.CommTable()
+spill.write([trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
 pk = peaks.of_spill(spill.path, 4096)
 print(pk["per_pid"]["7"]["rss"] // 4096, pk["per_pid"]["7"]["rss_exact"],
       pk["per_pid"]["7"]["mapped"] >> 20, "pandas" in sys.modules)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tracer import capture, preflight, record, summary
+from tracer import capture, capture_files, capture_procs, preflight, record, summary
 from tracer.errors import NoSuchProcess, UsageError
 
 
@@ -139,8 +139,9 @@ def test_invoker_without_passwd_entry():
 
 
 def test_popen_user_arguments():
-    assert capture._user_args(None) == {}
-    assert capture._user_args((5, 6, [6, 7])) == {"user": 5, "group": 6, "extra_groups": [6, 7]}
+    assert capture_procs.user_args(None) == {}
+    assert capture_procs.user_args((5, 6, [6, 7])) == {"user": 5, "group": 6,
+                                                       "extra_groups": [6, 7]}
 
 
 # ---- the end of a run: exit status on loss, ownership of the files ----
@@ -175,7 +176,8 @@ def fake_run(monkeypatch):
         monkeypatch.setattr(capture, "run", fake_capture)
         monkeypatch.setattr(summary, "metadata", lambda res, opts, argv: {"lost": lost})
         monkeypatch.setattr(summary, "render", lambda *a: "summary")
-        monkeypatch.setattr(capture.os, "chown", lambda p, u, g: chowns.append((str(p), u, g)))
+        monkeypatch.setattr(capture_files.os, "chown",
+                            lambda p, u, g: chowns.append((str(p), u, g)))
         return record.main(argv), chowns, seen["opts"]
 
     return run
@@ -217,17 +219,17 @@ def test_stale_trace_removed(tmp_path):
     out = tmp_path / "t.csv"
     out.write_text("old")
     Path(str(out) + ".meta.json").write_text("{}")
-    capture._remove_stale(out)
+    capture_files.remove_stale(out)
     assert not out.exists() and not Path(str(out) + ".meta.json").exists()
-    capture._remove_stale(out)                      # nothing there: fine
+    capture_files.remove_stale(out)                # nothing there: fine
 
 
 def test_release_continues_what_is_held(monkeypatch):
     sent = []
-    monkeypatch.setattr(capture.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(capture_procs.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     held = {11, 12}
-    capture._release(SimpleNamespace(), held, stop_at_exec=False)
-    assert sorted(sent) == [(11, capture.signal.SIGCONT), (12, capture.signal.SIGCONT)]
+    capture_procs.release_held(SimpleNamespace(), held, stop_at_exec=False)
+    assert sorted(sent) == [(11, capture_procs.signal.SIGCONT), (12, capture_procs.signal.SIGCONT)]
     assert held == set()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import tracer
 from tracer import address_space as asp
-from tracer import layout, rss, writer
+from tracer import layout, rss, trace_rows, writer
 from tracer.trace import Trace
 
 from eventframes import PAGE, Events
@@ -306,8 +306,8 @@ def test_rss_from_a_written_trace(tmp_path):
     e["args"][:, 2] = [0, C["MT_EV_MADVISE"], C["MT_EV_MUNMAP"]]
     out = tmp_path / "t.parquet"
     spill = writer.Spill(out)
-    comms = writer.CommTable()
-    spill.write([writer.event_batch(e, comms), writer.fault_batch(f, comms)])
+    comms = trace_rows.CommTable()
+    spill.write([trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
     spill.finish("parquet", {"format_version": C["MT_FORMAT_VERSION"], "complete": True,
                              "lost": 0, "page_size": PAGE})
     t = tracer.load(out)

@@ -12,7 +12,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 import tracer
-from tracer import layout, ringbuf, writer
+from tracer import layout, ringbuf, trace_rows, writer
 from tracer.errors import OutputError
 
 C = layout.C
@@ -45,17 +45,17 @@ def _spill_ts(spill):
 
 
 def test_rows_above_the_watermark_wait_for_the_next_write(tmp_path):
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     spill = writer.Spill(tmp_path / "t.parquet")
     # one flush: faults read up to ts 50, events up to 30; the events ring's
     # next record (ts 35) is still unread, so the watermark is 31
-    spill.write([writer.fault_batch(_faults([10, 20, 40, 50]), comms),
-                 writer.event_batch(_events([15, 30]), comms)], before=31)
+    spill.write([trace_rows.fault_batch(_faults([10, 20, 40, 50]), comms),
+                 trace_rows.event_batch(_events([15, 30]), comms)], before=31)
     assert _spill_ts(spill)[0] == [10, 15, 20, 30]
-    spill.write([writer.event_batch(_events([35, 60]), comms),
-                 writer.fault_batch(_faults([55]), comms)], before=58)
+    spill.write([trace_rows.event_batch(_events([35, 60]), comms),
+                 trace_rows.fault_batch(_faults([55]), comms)], before=58)
     assert _spill_ts(spill)[0] == [10, 15, 20, 30, 35, 40, 50, 55]
-    spill.write([writer.fault_batch(_faults([65]), comms)])       # the last: everything
+    spill.write([trace_rows.fault_batch(_faults([65]), comms)])       # the last: everything
     ts, kinds = _spill_ts(spill)
     assert ts == [10, 15, 20, 30, 35, 40, 50, 55, 60, 65]
     assert kinds == ["fault", "munmap", "fault", "munmap", "munmap", "fault", "fault",
@@ -64,11 +64,11 @@ def test_rows_above_the_watermark_wait_for_the_next_write(tmp_path):
 
 
 def test_held_rows_are_written_at_finish(tmp_path):
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     out = tmp_path / "t.parquet"
     spill = writer.Spill(out)
-    events = writer.event_batch(_events([15]), comms)      # names thread 8 first
-    spill.write([writer.fault_batch(_faults([10, 20], tid=8), comms), events], before=12)
+    events = trace_rows.event_batch(_events([15]), comms)      # names thread 8 first
+    spill.write([trace_rows.fault_batch(_faults([10, 20], tid=8), comms), events], before=12)
     spill.finish("parquet", META)
     t = tracer.load(out)
     assert t.events.ts.tolist() == [10, 15, 20]
@@ -76,10 +76,10 @@ def test_held_rows_are_written_at_finish(tmp_path):
 
 
 def test_write_without_watermark_sorts_across_rings(tmp_path):
-    comms = writer.CommTable()
+    comms = trace_rows.CommTable()
     spill = writer.Spill(tmp_path / "t.parquet")
-    spill.write([writer.fault_batch(_faults([5, 25]), comms),
-                 writer.event_batch(_events([1, 30]), comms)])
+    spill.write([trace_rows.fault_batch(_faults([5, 25]), comms),
+                 trace_rows.event_batch(_events([1, 30]), comms)])
     assert _spill_ts(spill)[0] == [1, 5, 25, 30]
 
 
@@ -139,7 +139,7 @@ def test_drained_to_advances_only_when_a_read_reaches_the_end():
 
 def _spill_with_rows(out):
     spill = writer.Spill(out)
-    spill.write([writer.fault_batch(_faults(list(range(1, 200))), writer.CommTable())])
+    spill.write([trace_rows.fault_batch(_faults(list(range(1, 200))), trace_rows.CommTable())])
     return spill
 
 

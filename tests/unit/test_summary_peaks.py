@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracer import capture, layout, summary, writer
+from tracer import capture, capture_counts, layout, summary, trace_rows, writer
 
 C = layout.C
 PAGE = 4096
@@ -113,8 +113,8 @@ def _spill_with_rows(path: Path) -> writer.Spill:
     f["error_code"] = C["MT_PF_USER"] | C["MT_PF_WRITE"]
     f["rss_anon"] = 1
     spill = writer.Spill(path)
-    comms = writer.CommTable()
-    spill.write([writer.event_batch(e, comms), writer.fault_batch(f, comms)])
+    comms = trace_rows.CommTable()
+    spill.write([trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
     return spill
 
 
@@ -162,5 +162,5 @@ def test_a_childs_exec_name_outlives_its_fork_read_after_it():
     ev["comm"] = b"sh"
     ev["ret"] = -1
     live: set[int] = set()
-    capture._account_events(ev, res, live)
+    capture_counts.account_events(ev, res, live)
     assert res.processes == {10: "sh", 11: "faults", 12: "sh"} and live == {11, 12}

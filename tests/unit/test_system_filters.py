@@ -276,7 +276,7 @@ def test_insert_keeps_a_decision_bpf_made_first():
     """The scan's map update is BPF_NOEXIST: a process BPF decided meanwhile
     (forked by a traced one, or at its exec) is left to its events."""
     import errno
-    from tracer import bpfcache
+    from tracer import bpf_syscall
 
     class FakeMap:
         def __init__(self):
@@ -285,7 +285,7 @@ def test_insert_keeps_a_decision_bpf_made_first():
         def update(self, key, value, flags=0):
             assert flags == system.BPF_NOEXIST
             if key in self.d:
-                raise bpfcache.LoadError(errno.EEXIST, "exists")
+                raise bpf_syscall.LoadError(errno.EEXIST, "exists")
             self.d[key] = value
 
     m = FakeMap()

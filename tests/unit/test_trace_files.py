@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import tracer
-from tracer import layout, writer
+from tracer import layout, trace_rows, writer
 from tracer.errors import TraceFileError
 
 C = layout.C
@@ -45,8 +45,9 @@ def _write(tmp_path, fmt):
     f, e, x = _records()
     out = tmp_path / f"t.{fmt}"
     spill = writer.Spill(out)
-    comms = writer.CommTable()
-    batches = [writer.exec_batch(x, comms), writer.event_batch(e, comms), writer.fault_batch(f, comms)]
+    comms = trace_rows.CommTable()
+    batches = [trace_rows.exec_batch(x, comms), trace_rows.event_batch(e, comms),
+               trace_rows.fault_batch(f, comms)]
     spill.write(batches)
     meta = {"format_version": C["MT_FORMAT_VERSION"], "complete": True, "lost": 0}
     spill.finish(fmt, meta)
@@ -84,9 +85,9 @@ def test_partial_spill_reads_as_cut_short(tmp_path):
     f, e, x = _records()
     out = tmp_path / "t.parquet"
     spill = writer.Spill(out)
-    comms = writer.CommTable()
-    spill.write([writer.event_batch(e, comms)])
-    spill.write([writer.fault_batch(f, comms)])
+    comms = trace_rows.CommTable()
+    spill.write([trace_rows.event_batch(e, comms)])
+    spill.write([trace_rows.fault_batch(f, comms)])
     spill._sink.flush()
     data = spill.path.read_bytes()
     spill.close()
@@ -137,9 +138,9 @@ def test_faults_of_unnamed_threads_mix_with_named_ones(tmp_path):
     f["tid"] = [7, 9, 7]                      # tid 9: never named
     out = tmp_path / "t.parquet"
     spill = writer.Spill(out)
-    comms = writer.CommTable()
-    spill.write([writer.event_batch(e, comms), writer.fault_batch(f, comms)])
-    spill.write([writer.fault_batch(f, comms)])
+    comms = trace_rows.CommTable()
+    spill.write([trace_rows.event_batch(e, comms), trace_rows.fault_batch(f, comms)])
+    spill.write([trace_rows.fault_batch(f, comms)])
     spill.finish("parquet", {"format_version": C["MT_FORMAT_VERSION"], "complete": True})
     ev = tracer.load(out).events
     faults = ev[ev.kind == "fault"]

@@ -1,9 +1,9 @@
-"""Ring records -> Arrow rows (tracer.writer), without a kernel: the
+"""Ring records -> Arrow rows (tracer.trace_rows), without a kernel: the
 residency and stack columns of faults and syscalls, and the causes of rss
 rows."""
 import numpy as np
 
-from tracer import layout, writer
+from tracer import layout, trace_rows
 
 C = layout.C
 
@@ -21,14 +21,14 @@ def _faults(n: int) -> np.ndarray:
 
 
 def test_fault_rows_carry_allocations_and_sampled_stacks():
-    rows = writer.fault_batch(_faults(3), writer.CommTable()).to_pydict()
+    rows = trace_rows.fault_batch(_faults(3), trace_rows.CommTable()).to_pydict()
     assert rows["alloc"] == [1, 0, None]          # no entry seen: unknown
     assert rows["stack_id"] == [None, 3, None]
     assert rows["rss_anon"] == [1, 1, 1]
 
 
 def test_without_residency_the_resident_columns_are_null():
-    rows = writer.fault_batch(_faults(3), writer.CommTable(), residency=False).to_pydict()
+    rows = trace_rows.fault_batch(_faults(3), trace_rows.CommTable(), residency=False).to_pydict()
     for col in ("rss_anon", "rss_file", "rss_shmem", "rss_swap", "alloc"):
         assert rows[col] == [None] * 3, col
     assert rows["error_code"] == [6, 6, None]
@@ -55,7 +55,7 @@ def test_rss_causes_and_syscall_stacks():
         (mmap, 0, 5, 0),                                           # stack 5
         (mmap, 0, -1, 0),                                          # no stack
     ])
-    rows = writer.event_batch(rec, writer.CommTable()).to_pydict()
+    rows = trace_rows.event_batch(rec, trace_rows.CommTable()).to_pydict()
     assert rows["cause"][:5] == ["new_mm", None, "munmap", "other_task", None]
     assert rows["rss_delta"][:2] == [None, None]
     assert rows["stack_id"] == [None] * 5 + [5, None]

@@ -1,0 +1,260 @@
+"""Ring records -> rows of the trace (Arrow record batches in the schema of
+tracer/trace_schema.py): a builder for each record layout of tracer/layout.py
+(faults, fault summary entries, syscall and process events, paths) and for
+one reading of /proc/PID/maps, and `CommTable`, the thread names that fault
+rows take (fault records carry none).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from tracer import layout
+from tracer.trace_schema import (EMPTY_STRINGS, KIND_INDEX, KINDS, SCHEMA, arrow_array, null_array,
+                                 string_array, zero_array)
+
+_KIND_DICT = string_array(KINDS)
+
+_C = layout.C
+_SYSCALL_CODES = {_C["MT_EV_" + k.upper()]: k for k in layout.SYSCALL_KINDS}
+# rss rows' causes beyond the syscalls: the counters of a process's new mm
+# (fork, exec, vfork: flags MT_RSS_NEW_MM), a change made by another task
+_NEW_MM, _OTHER_TASK = 1 << 20, (1 << 20) + 1
+_CAUSE_CODES = {**_SYSCALL_CODES, _NEW_MM: "new_mm", _OTHER_TASK: "other_task"}
+
+
+def _kind_array(codes: np.ndarray) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(arrow_array(codes.astype(np.int8), pa.int8()), _KIND_DICT)
+
+
+def _strings(values: list[str | None]) -> pa.DictionaryArray:
+    index: dict[str, int] = {}
+    idx = np.zeros(len(values), np.int32)
+    valid = np.ones(len(values), bool)
+    for i, v in enumerate(values):
+        if v is None:
+            valid[i] = False
+        else:
+            idx[i] = index.setdefault(v, len(index))
+    return pa.DictionaryArray.from_arrays(arrow_array(idx, pa.int32(), valid),
+                                          string_array(list(index)), safe=False)
+
+
+class CommTable:
+    """Names of the traced threads, by tid, as the events report them.
+
+    Faults do not carry a name (it would triple their size); they take their
+    thread's latest name, a dictionary index per batch."""
+
+    def __init__(self) -> None:
+        self.by_tid: dict[int, str] = {}
+        self._known: tuple[np.ndarray, list[str]] | None = None   # sorted tids, their names
+
+    def update(self, tids: Iterable[int], comms: Iterable[str]) -> None:
+        self.by_tid.update(zip(tids, comms))
+        self._known = None
+
+    def array(self, tids: np.ndarray) -> pa.DictionaryArray:
+        """The names of `tids` as a dictionary array of the names used. A
+        thread not named yet is a null index, never a null in the dictionary
+        (pyarrow cannot unify dictionaries holding nulls). No sort: a batch
+        has one thread or a few, looked up in the sorted table of names."""
+        n = len(tids)
+        if n and tids[0] == tids[-1] and not (tids != tids[0]).any():   # one thread
+            name = self.by_tid.get(int(tids[0]))
+            if name is None:
+                return pa.DictionaryArray.from_arrays(null_array(n, pa.int32()), EMPTY_STRINGS,
+                                                      safe=False)
+            return pa.DictionaryArray.from_arrays(zero_array(n, pa.int32()), string_array([name]),
+                                                  safe=False)
+        if self._known is None or len(self._known[0]) != len(self.by_tid):
+            order = sorted(self.by_tid)
+            self._known = (np.array(order, np.int64), [self.by_tid[t] for t in order])
+        known, names = self._known
+        if not len(known):
+            return pa.DictionaryArray.from_arrays(null_array(n, pa.int32()), EMPTY_STRINGS,
+                                                  safe=False)
+        pos = np.minimum(np.searchsorted(known, tids), len(known) - 1)
+        hit = known[pos] == tids
+        used = np.flatnonzero(np.bincount(pos[hit], minlength=len(known)))
+        remap = np.zeros(len(known), np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        indices = arrow_array(remap[pos], pa.int32(), hit)
+        return pa.DictionaryArray.from_arrays(
+            indices, string_array([names[i] for i in used]), safe=False)
+
+
+def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
+    arrays = []
+    for field in SCHEMA:
+        v = cols.get(field.name)
+        if v is None:
+            arrays.append(null_array(n, field.type))
+        elif isinstance(v, pa.Array):
+            arrays.append(v)
+        elif isinstance(v, np.ndarray) and v.dtype != np.bool_ and not v.any():
+            arrays.append(zero_array(n, field.type))    # e.g. rss_swap of most faults
+        elif isinstance(v, tuple):  # (values, valid mask)
+            values, valid = v
+            arrays.append(arrow_array(values, field.type, valid))
+        else:
+            arrays.append(arrow_array(v, field.type))
+    return pa.record_batch(arrays, schema=SCHEMA)
+
+
+def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
+    """Fault records (layout.FAULT) -> rows of kind `fault`; without
+    `residency` (--no-rss) the resident columns are null."""
+    n = len(rec)
+    flags = rec["flags"]
+    entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
+    res = entry if residency else np.zeros(n, bool)
+    rss_cols = {c: rec[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
+                if residency}                # absent: null
+    return _batch(n, {
+        "ts": rec["ts"], "pid": rec["pid"].view(np.int32), "tid": rec["tid"].view(np.int32),
+        "comm": comms.array(rec["tid"]),
+        "kind": _kind_array(np.full(n, KIND_INDEX["fault"])),
+        "addr": rec["addr"], "ip": rec["ip"],
+        "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
+        "error_code": (rec["error_code"], entry),
+        "latency": rec["latency"],
+        **rss_cols,
+        "alloc": (rec["alloc"], res),
+        "stack_id": (rec["stack_id"], rec["stack_id"] >= 0),
+        "count": np.ones(n, np.uint32),
+    })
+
+
+def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
+    """Merged fault_summary entries (tracer.fault_summary.ROW) -> `fault`
+    rows that each stand for `count` faults (docs/format.md): `latency`
+    (mean) only on major rows, `ip` the first fault's (null on major rows),
+    `alloc` null (not followed in this mode)."""
+    n = len(rows)
+    flags = rows["flags"]
+    entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
+    rss_cols = {c: rows[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
+                if residency}
+    return _batch(n, {
+        "ts": rows["ts"], "pid": rows["pid"].view(np.int32), "tid": rows["tid"].view(np.int32),
+        "comm": comms.array(rows["tid"]),
+        "kind": _kind_array(np.full(n, KIND_INDEX["fault"])),
+        "addr": rows["addr"], "ip": (rows["ip"], rows["ip"] != 0),
+        "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
+        "error_code": (rows["error_code"], entry),
+        **rss_cols,
+        "latency": (rows["latency"], (flags & _C["MT_FAULT_MAJOR"]) != 0),
+        "count": rows["count"], "last_ts": rows["last_ts"], "pages": rows["pages"],
+    })
+
+
+def event_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
+    """Syscall and process records (layout.EVENT) -> rows of their kinds."""
+    n = len(rec)
+    code = rec["kind"]
+    kind = np.full(n, -1, np.int16)
+    for c, name in layout.KIND_NAMES.items():
+        if name in KIND_INDEX:
+            kind[code == c] = KIND_INDEX[name]
+    if (kind < 0).any():
+        raise ValueError(f"unknown event kind {int(code[kind < 0][0])}")
+    is_ = {k: code == _C["MT_EV_" + k.upper()] for k in
+           ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
+            "fork", "thread", "exit", "rss")}
+    syscall = np.isin(code, list(_SYSCALL_CODES))
+    args = rec["args"]
+    sized = is_["mmap"] | is_["munmap"] | is_["mremap"] | is_["mprotect"] | is_["madvise"]
+    prot_ok = is_["mmap"] | is_["mprotect"]
+    flags = np.where(is_["mmap"] | is_["mremap"], args[:, 3],
+                     np.where(is_["madvise"], args[:, 2], args[:, 0]))
+    flags_ok = is_["mmap"] | is_["mremap"] | is_["madvise"] | is_["fork"] | is_["thread"]
+    flags = np.where(is_["exit"], rec["flags"].astype(np.uint64), flags)
+    flags_ok |= is_["exit"]
+    rss = is_["rss"]
+    baseline = (rec["flags"] & _C["MT_RSS_BASELINE"]) != 0
+    # rss cause: the syscall in progress (by code), or how the value came
+    cause_code = np.where(rss, args[:, 2], 0)
+    cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_NEW_MM"]) != 0), _NEW_MM, cause_code)
+    cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_OTHER_TASK"]) != 0), _OTHER_TASK,
+                          cause_code)
+    cause = None
+    if rss.any():   # a lookup per distinct code
+        codes, inv = np.unique(cause_code, return_inverse=True)
+        names = [_CAUSE_CODES.get(int(c)) for c in codes]
+        cause = pa.DictionaryArray.from_arrays(
+            arrow_array(inv.astype(np.int32), pa.int32(),
+                        ~np.array([x is None for x in names])[inv]),
+            string_array([x or "" for x in names]))
+    return _batch(n, {
+        "ts": rec["ts"], "pid": rec["pid"].view(np.int32), "tid": rec["tid"].view(np.int32),
+        "comm": _comm_array(rec, comms), "kind": _kind_array(kind),
+        "addr": (args[:, 0], syscall), "len": (args[:, 1], sized),
+        "prot": (args[:, 2].astype(np.int32), prot_ok),
+        "flags": (flags, flags_ok),
+        "fd": (args[:, 4].astype(np.int64).astype(np.int32), is_["mmap"]),
+        "off": (args[:, 5], is_["mmap"]),
+        "new_len": (args[:, 2], is_["mremap"]), "new_addr": (args[:, 4], is_["mremap"]),
+        "ret": (rec["ret"], syscall), "duration": (rec["duration"], syscall),
+        "child": (rec["aux"], is_["fork"] | is_["thread"]),
+        "member": (rec["aux"].astype(np.int8), rss),
+        "rss_size": (args[:, 0].view(np.int64), rss),
+        "rss_delta": (args[:, 1].view(np.int64), rss & ~baseline),
+        "cause": cause,
+        "stack_id": (rec["aux"], syscall & (rec["aux"] >= 0)),
+    })
+
+
+def _comm_array(rec: np.ndarray, comms: CommTable) -> pa.DictionaryArray:
+    """The records' thread names, decoded once per distinct name (a batch
+    holds tens of thousands of events and a handful of names)."""
+    names, inv = np.unique(rec["comm"], return_inverse=True)
+    text = [c.decode("utf-8", "replace") for c in names]
+    pairs = np.unique(np.stack([rec["tid"].astype(np.int64), inv.astype(np.int64)]), axis=1)
+    comms.update(pairs[0].tolist(), [text[i] for i in pairs[1]])
+    return pa.DictionaryArray.from_arrays(arrow_array(inv.astype(np.int32), pa.int32()),
+                                          string_array(text))
+
+
+def exec_batch(rec: np.ndarray, comms: CommTable,
+               paths: list[str] | None = None) -> pa.RecordBatch:
+    """Path records (layout.EXEC) -> rows of kind `exec` or `open`; `paths`
+    replaces the recorded file names (e.g. resolved ones)."""
+    n = len(rec)
+    comm = [c.decode("utf-8", "replace") for c in rec["comm"]]
+    comms.update(rec["tid"].tolist(), comm)
+    is_open = rec["kind"] == _C["MT_EV_OPEN"]
+    moved = (rec["old_tid"] != rec["tid"]) & ~is_open
+    kind = np.where(is_open, KIND_INDEX["open"], KIND_INDEX["exec"])
+    return _batch(n, {
+        "ts": rec["ts"], "pid": rec["pid"].view(np.int32), "tid": rec["tid"].view(np.int32),
+        "comm": _strings(comm), "kind": _kind_array(kind),
+        # paths are bytes: undecodable ones stay readable (and writable to Parquet)
+        "path": _strings(paths if paths is not None else
+                         [p.decode("utf-8", "backslashreplace") for p in rec["filename"]]),
+        "child": (rec["old_tid"].view(np.int32), moved),
+        "ret": (rec["ret"], is_open), "flags": (rec["flags"], is_open),
+    })
+
+
+def maps_batch(ts: int, pid: int, comm: str, cause: str, entries: list) -> pa.RecordBatch:
+    """One reading of /proc/PID/maps (tracer._procfs.MapsEntry list) -> `map` rows."""
+    from tracer import _procfs
+    n = len(entries)
+    return _batch(n, {
+        "ts": np.full(n, ts, np.uint64), "pid": np.full(n, pid, np.int32),
+        "tid": np.full(n, pid, np.int32), "comm": _strings([comm] * n),
+        "kind": _kind_array(np.full(n, KIND_INDEX["map"])),
+        "addr": np.array([e.start for e in entries], np.uint64),
+        "len": np.array([e.end - e.start for e in entries], np.uint64),
+        "prot": np.array([_procfs.prot_of(e.perms) for e in entries], np.int32),
+        "flags": np.array([1 if _procfs.shared_of(e.perms) else 2 for e in entries], np.uint64),
+        "off": np.array([e.offset for e in entries], np.uint64),
+        "path": _strings([e.path for e in entries]),
+        "inode": np.array([e.inode for e in entries], np.uint64),
+        "cause": _strings([cause] * n),
+    })
+
+
