@@ -30,11 +30,13 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #define MT_MARK_BASE 0x7e57000000UL
 #define MT_PAGE 4096UL
@@ -72,6 +74,37 @@ static inline void die(const char *what)
 {
 	perror(what);
 	exit(1);
+}
+
+/* /proc/self/status read whole into buf (a read(2) loop: stdio would
+ * allocate, and fault pages, of its own). */
+static inline void read_self_status(char *buf, size_t size)
+{
+	int fd = open("/proc/self/status", O_RDONLY);
+	if (fd < 0)
+		die("open /proc/self/status");
+	ssize_t n, got = 0;
+	while ((n = read(fd, buf + got, size - 1 - got)) > 0)
+		got += n;
+	if (n < 0)
+		die("read /proc/self/status");
+	buf[got] = 0;
+	close(fd);
+}
+
+/* The value (kB) of field `name` ("RssAnon:") in a status text, -1 if absent. */
+static inline long status_field(const char *status, const char *name)
+{
+	const char *p = strstr(status, name);
+	if (!p)
+		return -1;
+	p += strlen(name);
+	while (*p == ' ' || *p == '\t')
+		p++;
+	long v = 0;
+	while (*p >= '0' && *p <= '9')
+		v = v * 10 + (*p++ - '0');
+	return v;
 }
 
 /* A non-negative integer command-line argument, or dflt if absent. */

@@ -27,34 +27,11 @@
 static char status[16384];
 static char line[256];
 
-static long field(const char *name)
-{
-	char *p = strstr(status, name);
-	if (!p)
-		return -1;
-	p += strlen(name);
-	while (*p == ' ' || *p == '\t')
-		p++;
-	long v = 0;
-	while (*p >= '0' && *p <= '9')
-		v = v * 10 + (*p++ - '0');
-	return v;
-}
-
 static void read_status(long *rss, long *hwm)
 {
-	int fd = open("/proc/self/status", O_RDONLY);
-	if (fd < 0)
-		die("open /proc/self/status");
-	ssize_t n, got = 0;
-	while ((n = read(fd, status + got, sizeof(status) - 1 - got)) > 0)
-		got += n;
-	if (n < 0)
-		die("read /proc/self/status");
-	status[got] = 0;
-	close(fd);
-	*rss = field("VmRSS:");
-	*hwm = field("VmHWM:");
+	read_self_status(status, sizeof(status));
+	*rss = status_field(status, "VmRSS:");
+	*hwm = status_field(status, "VmHWM:");
 }
 
 int main(int argc, char **argv)

@@ -45,33 +45,10 @@ static char status[16384];
 static char line[256];
 static int out_fd;
 
-/* The value (kB) of status field `name` ("RssAnon:"), -1 if absent. */
-static long field(const char *name)
-{
-	char *p = strstr(status, name);
-	if (!p)
-		return -1;
-	p += strlen(name);
-	while (*p == ' ' || *p == '\t')
-		p++;
-	long v = 0;
-	while (*p >= '0' && *p <= '9')
-		v = v * 10 + (*p++ - '0');
-	return v;
-}
 
 static void read_status(void)
 {
-	int fd = open("/proc/self/status", O_RDONLY);
-	if (fd < 0)
-		die("open /proc/self/status");
-	ssize_t n, got = 0;
-	while ((n = read(fd, status + got, sizeof(status) - 1 - got)) > 0)
-		got += n;
-	if (n < 0)
-		die("read /proc/self/status");
-	status[got] = 0;
-	close(fd);
+	read_self_status(status, sizeof(status));
 }
 
 static void step(unsigned n)
@@ -80,8 +57,8 @@ static void step(unsigned n)
 	read_status();
 	marker(100 + n);
 	int len = snprintf(line, sizeof(line), "STEP %u anon=%ld file=%ld shmem=%ld swap=%ld\n",
-			   n, field("RssAnon:"), field("RssFile:"), field("RssShmem:"),
-			   field("VmSwap:"));
+			   n, status_field(status, "RssAnon:"), status_field(status, "RssFile:"), status_field(status, "RssShmem:"),
+			   status_field(status, "VmSwap:"));
 	if (write(out_fd, line, len) != len)
 		die("write OUT");
 }
@@ -108,7 +85,7 @@ int main(int argc, char **argv)
 	memset(status, 0, sizeof(status));
 	memset(line, 0, sizeof(line));
 	read_status();                  /* code and stack of the reading */
-	(void)field("RssAnon:");
+	(void)status_field(status, "RssAnon:");
 	step(0);
 
 	/* 1: anonymous */
