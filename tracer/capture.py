@@ -39,7 +39,7 @@ from tracer.capture_counts import (account_events, account_faults, read_kernel_c
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
 from tracer.capture_procs import as_whom, release_held, resume, user_args
-from tracer.fault_summary import SLOT_SHIFT, SummaryReader
+from tracer.fault_summary import SummaryReader
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import EVENT, C
 from tracer.live import NetMapped
@@ -199,24 +199,17 @@ def run(opts: Options, say: Say,
         for fd in probes.ring_fds():
             poller.register(fd, select.EPOLLIN)
         deadline = time.monotonic() + opts.duration if opts.duration else None
-        summary_slot = [0]
-
         def drain(final: bool = False) -> None:
             pending.extend(_drain(probes, res, comms, live_pids,
                                   held if opts.stop_at_exec else None, opts.residency))
-            if summary is None:
-                return
-            now = time.monotonic_ns()
-            if final or now >> SLOT_SHIFT != summary_slot[0]:   # a slot has ended
-                summary_slot[0] = now >> SLOT_SHIFT
-                rows = summary.drain(now, final)
-                if len(rows):
-                    pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
-                    account_faults(rows, res, rows["count"])
-                    if res.origin is not None:   # -a: processes first seen by their faults
-                        pending.extend(system.account(
-                            res, np.zeros(0, EVENT), rows, live_pids,
-                            lambda pid: _attach_snapshot(pid, res, comms)))
+            rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
+            if len(rows):
+                pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
+                account_faults(rows, res, rows["count"])
+                if res.origin is not None:   # -a: processes first seen by their faults
+                    pending.extend(system.account(
+                        res, np.zeros(0, EVENT), rows, live_pids,
+                        lambda pid: _attach_snapshot(pid, res, comms)))
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]

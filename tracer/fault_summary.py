@@ -77,14 +77,19 @@ class SummaryReader:
         self.faults = 0            # counted in the rows drained so far
         # rows not drained yet are all at least this recent (writer.Spill.write's `before`)
         self.drained_to = 0
+        self._slot = -1            # the slot of the last drain
 
     def drain(self, now_ns: int, final: bool = False) -> np.ndarray:
         """The entries of the slots that ended before the previous one (all,
-        if `final`) as ROW records, deleted from the map."""
-        raw_keys, raw_values, n = self.table.lookup_batch()
+        if `final`) as ROW records, deleted from the map; nothing (and no
+        map read) while the slot of the last drain has not ended."""
         current = now_ns >> SLOT_SHIFT
+        if not final and current == self._slot:
+            return np.zeros(0, ROW)
+        self._slot = current
+        self.drained_to = now_ns if final else (current - MARGIN) << SLOT_SHIFT
+        raw_keys, raw_values, n = self.table.lookup_batch()
         if not n:
-            self.drained_to = now_ns if final else (current - MARGIN) << SLOT_SHIFT
             return np.zeros(0, ROW)
         keys = np.frombuffer(raw_keys, layout.SUMMARY_KEY, count=n)
         values = np.frombuffer(raw_values, _slot_dtype(self.table), count=n * self.ncpus)
@@ -94,10 +99,6 @@ class SummaryReader:
             self.table.delete_batch(keys[done].tobytes())
         rows = merge(keys[done], values[done])
         self.faults += int(rows["count"].sum())
-        if final:
-            self.drained_to = now_ns
-        else:
-            self.drained_to = (current - MARGIN) << SLOT_SHIFT
         return rows
 
 

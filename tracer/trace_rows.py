@@ -104,25 +104,33 @@ def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
     return pa.record_batch(arrays, schema=SCHEMA)
 
 
-def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
-    """Fault records (layout.FAULT) -> rows of kind `fault`; without
-    `residency` (--no-rss) the resident columns are null."""
+def _fault_columns(rec: np.ndarray, comms: CommTable, residency: bool) -> dict:
+    """The columns a fault row has in both modes, from ring records or merged
+    summary entries (the same field names); without `residency` (--no-rss)
+    the resident columns are null."""
     n = len(rec)
     flags = rec["flags"]
-    entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
-    res = entry if residency else np.zeros(n, bool)
-    rss_cols = {c: rec[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
-                if residency}                # absent: null
-    return _batch(n, {
+    return {
         "ts": rec["ts"], "pid": rec["pid"].view(np.int32), "tid": rec["tid"].view(np.int32),
         "comm": comms.array(rec["tid"]),
         "kind": _kind_array(np.full(n, KIND_INDEX["fault"])),
-        "addr": rec["addr"], "ip": rec["ip"],
+        "addr": rec["addr"],
         "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
-        "error_code": (rec["error_code"], entry),
+        "error_code": (rec["error_code"], (flags & _C["MT_FAULT_NO_ENTRY"]) == 0),
+        **{c: rec[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
+           if residency},                    # absent: null
+    }
+
+
+def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
+    """Fault records (layout.FAULT) -> rows of kind `fault`, one each."""
+    n = len(rec)
+    entry = (rec["flags"] & _C["MT_FAULT_NO_ENTRY"]) == 0
+    return _batch(n, {
+        **_fault_columns(rec, comms, residency),
+        "ip": rec["ip"],
         "latency": rec["latency"],
-        **rss_cols,
-        "alloc": (rec["alloc"], res),
+        "alloc": (rec["alloc"], entry if residency else np.zeros(n, bool)),
         "stack_id": (rec["stack_id"], rec["stack_id"] >= 0),
         "count": np.ones(n, np.uint32),
     })
@@ -133,20 +141,11 @@ def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) ->
     rows that each stand for `count` faults (docs/format.md): `latency`
     (mean) only on major rows, `ip` the first fault's (null on major rows),
     `alloc` null (not followed in this mode)."""
-    n = len(rows)
-    flags = rows["flags"]
-    entry = (flags & _C["MT_FAULT_NO_ENTRY"]) == 0
-    rss_cols = {c: rows[c] for c in ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
-                if residency}
-    return _batch(n, {
-        "ts": rows["ts"], "pid": rows["pid"].view(np.int32), "tid": rows["tid"].view(np.int32),
-        "comm": comms.array(rows["tid"]),
-        "kind": _kind_array(np.full(n, KIND_INDEX["fault"])),
-        "addr": rows["addr"], "ip": (rows["ip"], rows["ip"] != 0),
-        "major": (flags & _C["MT_FAULT_MAJOR"]) != 0,
-        "error_code": (rows["error_code"], entry),
-        **rss_cols,
-        "latency": (rows["latency"], (flags & _C["MT_FAULT_MAJOR"]) != 0),
+    major = (rows["flags"] & _C["MT_FAULT_MAJOR"]) != 0
+    return _batch(len(rows), {
+        **_fault_columns(rows, comms, residency),
+        "ip": (rows["ip"], rows["ip"] != 0),
+        "latency": (rows["latency"], major),
         "count": rows["count"], "last_ts": rows["last_ts"], "pages": rows["pages"],
     })
 
