@@ -76,6 +76,25 @@ static inline void die(const char *what)
 	exit(1);
 }
 
+/* len bytes of private anonymous memory, small pages only (no THP: one
+ * fault per 4 KiB page), untouched. */
+static inline char *map_small_pages(size_t len)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	if (madvise(p, len, MADV_NOHUGEPAGE) != 0)
+		die("madvise");
+	return p;
+}
+
+/* One write per page of [p, p+len): a write fault on each fresh page. */
+static inline void touch_pages(char *p, size_t len)
+{
+	for (size_t off = 0; off < len; off += MT_PAGE)
+		((volatile char *)p)[off] = 1;
+}
+
 /* /proc/self/status read whole into buf (a read(2) loop: stdio would
  * allocate, and fault pages, of its own). */
 static inline void read_self_status(char *buf, size_t size)

@@ -58,13 +58,8 @@ int main(void)
 	 * after fork copy pages the fork already counted) */
 	(void)waitpid(-1, NULL, WNOHANG);
 	marker(1);
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		die("mmap");
-	if (madvise(p, len, MADV_NOHUGEPAGE) != 0)
-		die("madvise");
-	for (size_t off = 0; off < len; off += MT_PAGE)
-		((volatile char *)p)[off] = 1;
+	char *p = map_small_pages(len);
+	touch_pages(p, len);
 	int fd = open("/proc/self/exe", O_RDONLY);
 	if (fd < 0)
 		die("open /proc/self/exe");

@@ -21,14 +21,8 @@ int main(int argc, char **argv)
 	size_t len = (size_t)mib << 20;
 
 	for (long r = 0; r < rounds; r++) {
-		char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
-			die("mmap");
-		if (madvise(p, len, MADV_NOHUGEPAGE) != 0)
-			die("madvise");
-		for (size_t off = 0; off < len; off += MT_PAGE)
-			((volatile char *)p)[off] = 1;
+		char *p = map_small_pages(len);
+		touch_pages(p, len);
 		if (munmap(p, len) != 0)
 			die("munmap");
 	}

@@ -56,13 +56,8 @@ int main(int argc, char **argv)
 	(void)len;
 
 	size_t size = (size_t)mib << 20;
-	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		die("mmap");
-	if (madvise(p, size, MADV_NOHUGEPAGE) != 0)
-		die("madvise");
-	for (size_t off = 0; off < size; off += MT_PAGE)
-		((volatile char *)p)[off] = 1;
+	char *p = map_small_pages(size);
+	touch_pages(p, size);
 	marker(1);
 	read_status(&rss, &hwm);
 	marker(101);
