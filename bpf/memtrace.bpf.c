@@ -67,6 +67,8 @@ struct fault_slot {
 	u32 gen;
 	s32 stack_id;
 	u32 busy;
+	u32 slept;
+	u32 pad;
 	struct mt_summary_key key;
 };
 _Static_assert(__builtin_offsetof(struct fault_slot, key) == sizeof(struct mt_fault_slot),
@@ -380,6 +382,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	u32 tid = args->prev_pid;
 	s64 *n = parked_count();
 	if (fs->state == MT_STATE_TRACED && n) {
+		if (args->prev_state & 3)   /* TASK_(UN)INTERRUPTIBLE: it sleeps, not preempted */
+			fs->slept = 1;
 		if (parked.update(&tid, fs) == 0) {   /* a copy, still active */
 			__sync_fetch_and_add(n, 1);
 		} else if (!fs->summary && !cfg(MT_CFG_FAULT_END)) {
@@ -417,6 +421,16 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 	    fs->state == MT_STATE_TRACED && !fs->summary) {
 		fs->active = 0;
 		count(MT_CNT_FAULT_FAILED);
+		return 0;
+	}
+	/* Killed (a group exit kills every thread): a fault that slept and
+	 * had changed nothing yet was interrupted by the kill (it waited on a
+	 * lock, killably) and is not counted by the kernel. A fault that
+	 * completed before the kill made its page resident, or never slept. */
+	if (args->sig == 9 && fs->slept && fs->state == MT_STATE_TRACED && !fs->summary &&
+	    !(fs->rss[0] | fs->rss[1] | fs->rss[2] | fs->rss[3]) && !fs->alloc) {
+		fs->active = 0;
+		count(MT_CNT_FAULT_KILLED);
 		return 0;
 	}
 	close_slot(fs);
@@ -756,6 +770,7 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	fs->summary = 0;
 	fs->stack_id = -1;
 	fs->ip = 0;
+	fs->slept = 0;
 	u64 end_followed = cfg(MT_CFG_FAULT_END);
 	if (st != MT_STATE_TRACED) {
 		if (st == MT_STATE_PRE_EXEC && !end_followed)

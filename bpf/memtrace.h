@@ -96,6 +96,10 @@
 #define MT_CNT_FAULT_FAILED 19  /* a fault whose thread was then given SIGSEGV or
 				   SIGBUS by the kernel (the fault failed: the kernel
 				   does not count it): not sent */
+#define MT_CNT_FAULT_KILLED 20  /* a fault open when its thread was killed (SIGKILL),
+				   which had slept and changed nothing: the fatal
+				   signal interrupted it, the kernel does not count
+				   it: not sent */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */
@@ -181,6 +185,8 @@ struct mt_fault_slot {
 	__s32 stack_id;    /* taken at entry when the end is not followed */
 	__u32 busy;        /* BPF is reading user memory on this CPU: a fault
 			      now is that read's, not the thread's */
+	__u32 slept;       /* the thread slept (not preempted) while it was open */
+	__u32 pad;
 };
 
 /* Key of a fault_summary entry. `gen` counts the process's layout changes

@@ -133,8 +133,10 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     major = sum(v[1] for v in res.faults.values())
     lines.append(f"  faults    {_n(faults)}: {_n(minor)} minor, {_n(major)} major")
     failed = res.counters.get("fault_failed", 0)
-    if failed:   # entered, then SIGSEGV/SIGBUS: the kernel does not count them
-        lines.append(f"            {_n(failed)} failed (SIGSEGV/SIGBUS), not counted, not in the trace")
+    killed = res.counters.get("fault_killed", 0)
+    if failed or killed:   # entered, then failed or killed: the kernel does not count them
+        lines.append(f"            {_n(failed)} failed (SIGSEGV/SIGBUS), {_n(killed)} killed:"
+                     " not counted, not in the trace")
     late = res.counters.get("summary_late_major", 0)
     if late:   # --faults=summary: ended after their entry was written
         lines.append(f"            {_n(late)} major counted as minor (their end came late)")
