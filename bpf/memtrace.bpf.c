@@ -44,26 +44,37 @@ struct syscall_entry {
 BPF_HASH(inflight, u32, struct syscall_entry, 65536);
 
 /* The fault in progress on this CPU: filled at fault entry, read by
- * kmem:rss_stat inside the fault and by the perf event at its end. A fault
- * starts and ends on one CPU unless its task sleeps and moves (or another
- * task faults here meanwhile): then `tid` no longer matches, the end takes
- * the slow path and the fault is sent without its entry (flag NO_ENTRY,
- * counted). A per-CPU slot costs an array index where a per-thread hash
- * costs a hash lookup, three times per fault. */
+ * kmem:rss_stat inside the fault and by the perf event at its end (or, when
+ * ends are not followed, kept until the thread's next fault, syscall,
+ * signal or exit shows it has ended, and sent then). A fault starts and
+ * ends on one CPU unless its task is switched out meanwhile: then
+ * sched_switch parks it (below). A per-CPU slot costs an array index where
+ * a per-thread hash costs a hash lookup, three times per fault. Its fields
+ * are struct mt_fault_slot's (memtrace.h: user space reads the slots left
+ * at the end of a run), then the summary key. */
 struct fault_slot {
-	u64 ts;            /* entry time (traced processes only) */
+	u64 ts;
 	u64 addr;
+	u64 ip;
 	u32 tid;
-	u32 state;         /* the process's MT_STATE_*, 0 if not traced */
+	u32 pid;
+	u32 state;
 	u32 error_code;
-	u32 active;        /* a fault of `tid` is in progress */
-	s32 rss[4];        /* pages, by kmem:rss_stat member */
-	u32 alloc;         /* pages allocated (kmem:mm_page_alloc) */
-	u32 summary;       /* --faults=summary: counted at entry under `key` */
-	u32 gen;           /* the process's layout generation at entry */
+	u32 active;
+	s32 rss[4];
+	u32 alloc;
+	u32 summary;
+	u32 gen;
+	s32 stack_id;
+	u32 busy;
+	u32 slept;
 	u32 pad;
 	struct mt_summary_key key;
 };
+_Static_assert(__builtin_offsetof(struct fault_slot, key) == sizeof(struct mt_fault_slot),
+	       "fault_slot must begin as struct mt_fault_slot");
+_Static_assert(__builtin_offsetof(struct fault_slot, busy) == __builtin_offsetof(struct mt_fault_slot, busy),
+	       "fault_slot must begin as struct mt_fault_slot");
 BPF_PERCPU_ARRAY(fault_slot, struct fault_slot, 1);
 
 /* A fault whose thread is switched out before the fault ends (it sleeps on
@@ -203,6 +214,17 @@ static __always_inline void bump_layout_gen(u32 tgid)
 		__sync_fetch_and_add(st, MT_GEN_ONE);
 }
 
+/* Marks this CPU's slot busy while BPF reads user memory (a stack walk, a
+ * path): a page fault taken by that read enters fault_enter nested, and is
+ * the read's own, not the thread's (it is fixed up, never counted). */
+static __always_inline void set_busy(u32 busy)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (fs)
+		fs->busy = busy;
+}
+
 /* The user stack of this event in `stacks` (--stacks), or -1: off, not
  * sampled (faults: one in MT_CFG_STACKS per CPU), or not stored (counted).
  * bpf_get_stackid walks frame pointers: code built without them (most
@@ -218,7 +240,9 @@ static __always_inline s32 user_stack(void *ctx, int sampled)
 		if (!tick || (++*tick % every) != 0)
 			return -1;
 	}
+	set_busy(1);
 	int id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+	set_busy(0);
 	if (id < 0) {
 		count(MT_CNT_STACK_LOST);
 		return -1;
@@ -226,35 +250,10 @@ static __always_inline s32 user_stack(void *ctx, int sampled)
 	return id;
 }
 
-/* A fault that never reaches its end (it failed: EFAULT in copy_to_user, a
- * SIGSEGV) leaves the slot active; the thread's next memory syscall or
- * fault retires it, so later resident-set changes are not taken for its.
- * Changes already gathered into it cannot be sent as a fault: counted. */
-static __always_inline void retire_slot(struct fault_slot *fs)
-{
-	if (!fs->active)
-		return;
-	fs->active = 0;
-	/* summary mode: no end is seen of a minor fault (not attached) */
-	if (fs->state != MT_STATE_TRACED || fs->summary)
-		return;
-	count(MT_CNT_FAULT_UNFINISHED);
-	if (fs->rss[0] || fs->rss[1] || fs->rss[2] || fs->rss[3])
-		count(MT_CNT_RSS_STRANDED);
-}
-
 static __always_inline s64 *parked_count(void)
 {
 	int zero = 0;
 	return parked_n.lookup(&zero);
-}
-
-/* Forgets a parked fault of `tid` (it ended elsewhere, or never will). */
-static __always_inline void unpark(u32 tid)
-{
-	s64 *n = parked_count();
-	if (n && *n > 0 && parked.delete(&tid) == 0)
-		__sync_fetch_and_add(n, -1);
 }
 
 /* This CPU's slot, holding the current thread's fault in progress if it has
@@ -277,24 +276,6 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
 	return fs;
 }
 
-TRACEPOINT_PROBE(sched, sched_switch)
-{
-	int zero = 0;
-	struct fault_slot *fs = fault_slot.lookup(&zero);
-	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
-		return 0;
-	u32 tid = args->prev_pid;
-	s64 *n = parked_count();
-	if (fs->state == MT_STATE_TRACED && n) {
-		if (parked.update(&tid, fs) == 0)   /* a copy, still active */
-			__sync_fetch_and_add(n, 1);
-		else
-			count(MT_CNT_MAP_FULL);
-	}
-	fs->active = 0;
-	return 0;
-}
-
 /* A failed reservation is tried once more: on 6.x a ring buffer's lock is
  * a resilient spinlock whose acquisition can fail with the ring far from
  * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
@@ -312,6 +293,148 @@ static __always_inline struct mt_fault *reserve_fault(void)
 	else
 		count(MT_CNT_LOST_FAULT);
 	return f;
+}
+
+/* One fault record from its slot (entry seen): `end` its end time, or 0
+ * when the end was not followed (flag NO_END: the entry's time, no
+ * latency); `ip` the faulting instruction. */
+static __always_inline void send_fault(struct fault_slot *fs, u64 end, u16 flags, u64 ip)
+{
+	struct mt_fault *f = reserve_fault();
+	if (!f)
+		return;
+	f->ts = end ? end : fs->ts;
+	f->addr = fs->addr;
+	f->ip = ip;
+	f->pid = fs->pid;
+	f->tid = fs->tid;
+	f->latency = end ? end - fs->ts : 0;
+	f->error_code = fs->error_code;
+	f->flags = flags | (end ? 0 : MT_FAULT_NO_END) |
+		   ((fs->error_code & MT_PF_USER) ? 0 : MT_FAULT_KERNEL_MODE);
+	f->rss_file = fs->rss[0];
+	f->rss_anon = fs->rss[1];
+	f->rss_swap = fs->rss[2];
+	f->rss_shmem = fs->rss[3];
+	f->alloc = fs->alloc;
+	f->stack_id = fs->stack_id;
+	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+}
+
+/* The fault open in `fs` has ended: the thread entered another fault, a
+ * syscall, a signal or exit (nothing changes a process's own resident
+ * counters outside those: see kmem:rss_stat). When ends are not followed,
+ * this is where a minor fault is sent. When they are (--fault-latency), a
+ * fault still open here never reached its end (it failed: EFAULT in
+ * copy_to_user, a SIGSEGV): counted, and the resident-set changes gathered
+ * into it, which cannot be sent as a fault, too. */
+static __always_inline void close_slot(struct fault_slot *fs)
+{
+	if (!fs->active || cfg(MT_CFG_FROZEN))
+		return;
+	fs->active = 0;
+	/* summary mode: counted at entry */
+	if (fs->state != MT_STATE_TRACED || fs->summary)
+		return;
+	if (!cfg(MT_CFG_FAULT_END)) {
+		send_fault(fs, 0, 0, fs->ip);
+		return;
+	}
+	count(MT_CNT_FAULT_UNFINISHED);
+	if (fs->rss[0] || fs->rss[1] || fs->rss[2] || fs->rss[3])
+		count(MT_CNT_RSS_STRANDED);
+}
+
+/* The fault `tid` had open when it was switched out (parked), now ended:
+ * sent as close_slot would (or forgotten, when ends are followed: it
+ * ended elsewhere, or never will). */
+static __always_inline void close_parked(u32 tid)
+{
+	s64 *n = parked_count();
+	if (!n || *n <= 0 || cfg(MT_CFG_FROZEN))
+		return;
+	struct fault_slot *p = parked.lookup(&tid);
+	if (!p)
+		return;
+	if (p->state == MT_STATE_TRACED && !p->summary && !cfg(MT_CFG_FAULT_END))
+		send_fault(p, 0, 0, p->ip);
+	if (parked.delete(&tid) == 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* The current thread's open fault (in this CPU's slot, or parked) has ended. */
+static __always_inline void close_thread_fault(u32 tid)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (fs && fs->active && fs->tid == tid)
+		close_slot(fs);
+	else
+		close_parked(tid);
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
+		return 0;
+	u32 tid = args->prev_pid;
+	s64 *n = parked_count();
+	if (fs->state == MT_STATE_TRACED && n) {
+		if (args->prev_state & 3)   /* TASK_(UN)INTERRUPTIBLE: it sleeps, not preempted */
+			fs->slept = 1;
+		if (parked.update(&tid, fs) == 0) {   /* a copy, still active */
+			__sync_fetch_and_add(n, 1);
+		} else if (!fs->summary && !cfg(MT_CFG_FAULT_END)) {
+			send_fault(fs, 0, 0, fs->ip);    /* most likely ended: sent now */
+			count(MT_CNT_MAP_FULL);
+		} else {
+			count(MT_CNT_MAP_FULL);
+		}
+	}
+	fs->active = 0;
+	return 0;
+}
+
+/* Ends not followed: any syscall of a thread closes the fault it had open
+ * (a thread enters no syscall inside a fault), so that resident-set
+ * changes the syscall makes are not taken for the fault's. Not attached
+ * with --fault-latency (the perf event ends each fault). */
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+	close_thread_fault((u32)bpf_get_current_pid_tgid());
+	return 0;
+}
+
+/* Ends not followed: a signal closes the thread's open fault. A SIGSEGV or
+ * SIGBUS the kernel sent (si_code > 0) right after a fault is that fault's
+ * failure: the kernel does not count a failed fault, so it is not sent
+ * (counted: fault_failed). Summary mode counted it at entry already. */
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct fault_slot *fs = my_slot(tid);
+	if (!fs || !fs->active || fs->tid != tid)
+		return 0;
+	if ((args->sig == 11 || args->sig == 7) && args->code > 0 &&
+	    fs->state == MT_STATE_TRACED && !fs->summary) {
+		fs->active = 0;
+		count(MT_CNT_FAULT_FAILED);
+		return 0;
+	}
+	/* Killed (a group exit kills every thread): a fault that slept and
+	 * had changed nothing yet was interrupted by the kill (it waited on a
+	 * lock, killably) and is not counted by the kernel. A fault that
+	 * completed before the kill made its page resident, or never slept. */
+	if (args->sig == 9 && fs->slept && fs->state == MT_STATE_TRACED && !fs->summary &&
+	    !(fs->rss[0] | fs->rss[1] | fs->rss[2] | fs->rss[3]) && !fs->alloc) {
+		fs->active = 0;
+		count(MT_CNT_FAULT_KILLED);
+		return 0;
+	}
+	close_slot(fs);
+	return 0;
 }
 
 static __always_inline struct mt_event *reserve_event(int lost)
@@ -372,11 +495,7 @@ static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u6
 	u32 tgid = id >> 32, tid = (u32)id;
 	if (current_state(tgid) != MT_STATE_TRACED)
 		return 0;
-	int zero = 0;
-	struct fault_slot *fs = fault_slot.lookup(&zero);
-	if (fs && fs->tid == tid)
-		retire_slot(fs);
-	unpark(tid);
+	close_thread_fault(tid);
 	struct syscall_entry e = {};
 	e.ts = bpf_ktime_get_ns();
 	e.kind = kind;
@@ -486,7 +605,9 @@ static __always_inline int open_exit(s64 ret)
 	ev->ret = ret;
 	ev->flags = e->args[2];
 	/* the caller's path string is still there at syscall exit */
+	set_busy(1);
 	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), (void *)e->args[1]);
+	set_busy(0);
 	execs.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	inflight.delete(&tid);
 	return 0;
@@ -616,43 +737,56 @@ static __always_inline int summary_major(struct fault_slot *fs, u64 now)
 	return 0;
 }
 
-static __always_inline int fault_enter(u64 addr, u64 error_code, struct pt_regs *regs)
+static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
+				       struct pt_regs *regs)
 {
+	/* a kernel-mode fault on a kernel address is no fault of the process */
+	if (!(error_code & MT_PF_USER) && addr >= MT_USER_ADDR_END)
+		return 0;
 	int zero = 0;
 	struct fault_slot *fs = fault_slot.lookup(&zero);
-	if (!fs)
+	/* busy: our own read of user memory faulted; frozen: user space is
+	 * reading the faults left open */
+	if (!fs || fs->busy || cfg(MT_CFG_FROZEN))
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
-	/* every task's fault takes the slot, so a stale one is never trusted */
-	retire_slot(fs);
-	fs->tid = tid;
-	fs->active = 1;
+	/* the slot is this thread's, if anyone's (sched_switch parks a fault
+	 * it switches out): its previous fault has ended */
+	close_slot(fs);
 	u32 word = state_word(tgid);
-	fs->state = word & MT_STATE_MASK;
+	u32 st = word & MT_STATE_MASK;
+	if (watched(st))
+		close_parked(tid);
+	fs->tid = tid;
+	fs->pid = tgid;
+	fs->active = 1;
+	fs->state = st;
 	fs->gen = word >> 8;
-	if (watched(fs->state))
-		unpark(tid);
-	if (fs->state == MT_STATE_TRACED)
-		fs->ts = bpf_ktime_get_ns();
 	fs->addr = addr;
 	fs->error_code = error_code;
 	fs->rss[0] = fs->rss[1] = fs->rss[2] = fs->rss[3] = 0;
 	fs->alloc = 0;
 	fs->summary = 0;
-	if (fs->state != MT_STATE_TRACED) {
-		if (fs->state == MT_STATE_PRE_EXEC && cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY)
-			count(MT_CNT_PRE_EXEC_FAULT);   /* counted at entry, as the mode counts */
+	fs->stack_id = -1;
+	fs->ip = 0;
+	fs->slept = 0;
+	u64 end_followed = cfg(MT_CFG_FAULT_END);
+	if (st != MT_STATE_TRACED) {
+		if (st == MT_STATE_PRE_EXEC && !end_followed)
+			count(MT_CNT_PRE_EXEC_FAULT);   /* counted at entry, as faults are */
 		return 0;
 	}
-	if (cfg(MT_CFG_FAULT_MODE) != MT_FAULT_MODE_SUMMARY)
+	fs->ts = bpf_ktime_get_ns();
+	if (end_followed)
+		return 0;             /* the end reads ip and stack */
+	bpf_probe_read_kernel(&fs->ip, sizeof(fs->ip), &regs->ip);
+	if (cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY) {
+		summary_enter(fs, tgid, tid, fs->ts, fs->ip);
 		return 0;
-	/* a kernel-mode fault on a kernel address is no fault of the process */
-	if (!(error_code & MT_PF_USER) && addr >= MT_USER_ADDR_END)
-		return 0;
-	u64 ip = 0;
-	bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
-	summary_enter(fs, tgid, tid, fs->ts, ip);
+	}
+	if (error_code & MT_PF_USER)
+		fs->stack_id = user_stack(ctx, 1);
 	return 0;
 }
 
@@ -662,12 +796,12 @@ static __always_inline int fault_enter(u64 addr, u64 error_code, struct pt_regs 
  * (arch/x86/include/asm/trace/exceptions.h): plain integers, no struct read. */
 RAW_TRACEPOINT_PROBE(page_fault_user)
 {
-	return fault_enter(ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
+	return fault_enter(ctx, ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
 }
 
 RAW_TRACEPOINT_PROBE(page_fault_kernel)
 {
-	return fault_enter(ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
+	return fault_enter(ctx, ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
 }
 
 static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
@@ -681,47 +815,59 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 	u32 st = entry ? fs->state : current_state(tgid);
 	if (entry)
 		fs->active = 0;
+	u64 end_followed = cfg(MT_CFG_FAULT_END);
 	if (st != MT_STATE_TRACED) {
-		if (st == MT_STATE_PRE_EXEC && cfg(MT_CFG_FAULT_MODE) != MT_FAULT_MODE_SUMMARY)
+		if (st == MT_STATE_PRE_EXEC && end_followed)
 			count(MT_CNT_PRE_EXEC_FAULT);
 		return 0;
 	}
 	if (entry && fs->summary)
 		return summary_major(fs, now_ns());
+	u16 flags = major ? MT_FAULT_MAJOR : 0;
+	if (entry) {
+		u64 ip = fs->ip;
+		if (end_followed) {
+			ip = PT_REGS_IP(&ctx->regs);
+			if (fs->error_code & MT_PF_USER)
+				fs->stack_id = user_stack(ctx, 1);
+		}
+		send_fault(fs, bpf_ktime_get_ns(), flags, ip);
+		return 0;
+	}
+	/* the end of a fault whose entry was not seen */
+	count(MT_CNT_FAULT_NO_ENTRY);
 	struct mt_fault *f = reserve_fault();
 	if (!f)
 		return 0;
-	u64 now = bpf_ktime_get_ns();
-	f->ts = now;
+	f->ts = bpf_ktime_get_ns();
 	f->addr = ctx->addr;
 	f->ip = PT_REGS_IP(&ctx->regs);
 	f->pid = tgid;
 	f->tid = tid;
-	f->flags = major ? MT_FAULT_MAJOR : 0;
-	if (entry) {
-		f->latency = now - fs->ts;
-		f->error_code = fs->error_code;
-		if (!(fs->error_code & MT_PF_USER))
-			f->flags |= MT_FAULT_KERNEL_MODE;
-		f->rss_file = fs->rss[0];
-		f->rss_anon = fs->rss[1];
-		f->rss_swap = fs->rss[2];
-		f->rss_shmem = fs->rss[3];
-		f->alloc = fs->alloc;
-	} else {
-		count(MT_CNT_FAULT_NO_ENTRY);
-		f->latency = 0;
-		f->error_code = 0;
-		f->flags |= MT_FAULT_NO_ENTRY;
-		f->rss_file = f->rss_anon = f->rss_swap = f->rss_shmem = 0;
-		f->alloc = 0;
-	}
-	f->stack_id = (f->flags & MT_FAULT_KERNEL_MODE) ? -1 : user_stack(ctx, 1);
+	f->flags = flags | MT_FAULT_NO_ENTRY;
+	f->latency = 0;
+	f->error_code = 0;
+	f->rss_file = f->rss_anon = f->rss_swap = f->rss_shmem = 0;
+	f->alloc = 0;
+	f->stack_id = user_stack(ctx, 1);
 	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
 int on_fault_min(struct bpf_perf_event_data *ctx) { return fault_end(ctx, 0); }
+
+/* Ends not followed: a CPU clock tick (every 50 ms) that interrupts a thread
+ * in user mode closes the fault it had open (it ended when the thread went
+ * back to user mode), so that a thread computing without syscalls or faults
+ * does not hold its last fault back from user space for long. In kernel
+ * mode the thread may be inside that fault: left open. */
+int on_tick(struct bpf_perf_event_data *ctx)
+{
+	if (!(ctx->regs.cs & 3))
+		return 0;
+	close_thread_fault((u32)bpf_get_current_pid_tgid());
+	return 0;
+}
 int on_fault_maj(struct bpf_perf_event_data *ctx) { return fault_end(ctx, 1); }
 
 /* ---- resident-set changes ---- */
@@ -1052,7 +1198,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	inflight.delete(&tid);
 	clone_flags.delete(&tid);
 	building.delete(&tid);
-	unpark(tid);
+	close_thread_fault(tid);    /* its last fault has ended */
 	if (dead)
 		traced.delete(&tgid);   /* its mm's state goes with the teardown */
 	if (st == MT_STATE_TRACED)

@@ -47,6 +47,10 @@
 #define MT_FAULT_MAJOR 1
 #define MT_FAULT_NO_ENTRY 2
 #define MT_FAULT_KERNEL_MODE 4
+#define MT_FAULT_NO_END 8     /* the end was not followed (minor faults without
+				 --fault-latency): sent when the thread's next fault,
+				 syscall, signal or exit showed it had ended; ts is
+				 the entry's, latency unknown */
 
 /* mt_event.flags */
 #define MT_EXIT_GROUP_DEAD 1
@@ -89,6 +93,13 @@
 #define MT_CNT_SUMMARY_FAULTS 17   /* --faults=summary: faults counted in the map */
 #define MT_CNT_SUMMARY_LATE_MAJOR 18  /* --faults=summary: a major fault whose entry was
 				      drained before its end (in a row as minor) */
+#define MT_CNT_FAULT_FAILED 19  /* a fault whose thread was then given SIGSEGV or
+				   SIGBUS by the kernel (the fault failed: the kernel
+				   does not count it): not sent */
+#define MT_CNT_FAULT_KILLED 20  /* a fault open when its thread was killed (SIGKILL),
+				   which had slept and changed nothing: the fatal
+				   signal interrupted it, the kernel does not count
+				   it: not sent */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */
@@ -103,6 +114,12 @@
 #define MT_CFG_CGROUP 7         /* -a --cgroup: cgroup v2 id (the directory's inode) of
 				   the cgroup or one of its ancestors; 0 no filter */
 #define MT_CFG_COMM 8           /* -a --comm: 1 if the names are in `comm_filter` */
+#define MT_CFG_FAULT_END 9       /* 1: minor faults' ends followed (PAGE_FAULTS_MIN
+				   attached, --fault-latency); 0: a fault ends when the
+				   thread's next fault, syscall, signal or exit shows it */
+#define MT_CFG_FROZEN 10         /* 1: tracing has stopped: the fault slots are left as
+				   they are, for user space to read the faults still
+				   open (tracer/pending_faults.py) */
 #define MT_NR_CONFIG 16
 
 #define MT_ALL_FILTERS 1        /* the filters apply: decided again at exec, fork, rename */
@@ -145,6 +162,31 @@ struct mt_fault {
 			      page-cache memory (a copy-on-write copy, a zeroed page,
 			      read-ahead), from kmem:mm_page_alloc */
 	__s32 stack_id;    /* user stack in the `stacks` map (--stacks), -1 none */
+};
+
+/* The fault in progress on a CPU (or ended and not yet sent, when ends
+ * are not followed), as the BPF side's `fault_slot` begins (it adds the
+ * summary key after these fields). User space reads the slots left at
+ * the end of a run (tracer/pending_faults.py). */
+struct mt_fault_slot {
+	__u64 ts;          /* entry time (traced processes only) */
+	__u64 addr;
+	__u64 ip;          /* the faulting instruction, read at entry when the
+			      end is not followed; else 0 */
+	__u32 tid;
+	__u32 pid;
+	__u32 state;       /* the process's MT_STATE_*, 0 if not traced */
+	__u32 error_code;
+	__u32 active;      /* a fault of `tid` is open in this slot */
+	__s32 rss[4];      /* pages, by kmem:rss_stat member */
+	__u32 alloc;       /* pages allocated (kmem:mm_page_alloc) */
+	__u32 summary;     /* --faults=summary: counted at entry */
+	__u32 gen;         /* the process's layout generation at entry */
+	__s32 stack_id;    /* taken at entry when the end is not followed */
+	__u32 busy;        /* BPF is reading user memory on this CPU: a fault
+			      now is that read's, not the thread's */
+	__u32 slept;       /* the thread slept (not preempted) while it was open */
+	__u32 pad;
 };
 
 /* Key of a fault_summary entry. `gen` counts the process's layout changes

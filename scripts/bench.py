@@ -74,6 +74,10 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
                              str(tmp / "bench-summary.parquet"), "--"],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
                                    "-o", str(tmp / "bench-summary-norss.parquet"), "--"],
+        # minor faults followed to their end (PAGE_FAULTS_MIN: latency), the
+        # default before the lazy end
+        "memtrace-latency": [PY, "-m", "tracer", "-q", "--fault-latency", "-o",
+                             str(tmp / "bench-latency.parquet"), "--"],
         # residency off (issue 10: the overhead with and without it)
         "memtrace-norss": [PY, "-m", "tracer", "-q", "--no-rss", "-o",
                            str(tmp / "bench-norss.parquet"), "--"],
@@ -170,14 +174,20 @@ def main() -> int:
                 if tname == "untraced":
                     continue
                 ratios = [x["workload"] / base for x in times[tname]]
+                # each run against the untraced run of its own repetition:
+                # the machine's drift between repetitions cancels out
+                paired = [x["workload"] / u["workload"]
+                          for x, u in zip(times[tname], times["untraced"])]
                 walls = [x["wall"] / base_wall for x in times[tname]]
                 cpus = [x["cpu"] / base_cpu for x in times[tname]]
                 row[tname] = {"ratio": statistics.median(ratios), "min": min(ratios),
                               "max": max(ratios), "whole_run_ratio": statistics.median(walls),
-                              "cpu_ratio": statistics.median(cpus)}
+                              "cpu_ratio": statistics.median(cpus),
+                              "paired_ratio": statistics.median(paired)}
                 print(f"  {tname:<14} {statistics.median(ratios):5.2f}x  "
                       f"({min(ratios):.2f}..{max(ratios):.2f})  cpu "
-                      f"{statistics.median(cpus):5.2f}x  whole run {statistics.median(walls):5.2f}x")
+                      f"{statistics.median(cpus):5.2f}x  paired {statistics.median(paired):5.2f}x  "
+                      f"whole run {statistics.median(walls):5.2f}x")
             if stats:
                 print(f"  memtrace captured {stats['faults']:,} faults, kernel "
                       f"{stats['kernel_minor']:,} minor + {stats['kernel_major']:,} major, "

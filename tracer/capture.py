@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, system, trace_rows, writer
+from tracer import _procfs, cmd_stop, layout, pending_faults, system, trace_rows, writer
 from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
@@ -65,6 +65,7 @@ class Options:
     residency: bool = True       # kmem:rss_stat and kmem:mm_page_alloc attached
     stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
     fault_mode: str = "events"   # "summary": faults counted in BPF (tracer.fault_summary)
+    fault_latency: bool = False  # minor faults' ends followed (PAGE_FAULTS_MIN attached)
     system: system.Filters | None = None   # -a: every process matching these (tracer/system.py)
 
 
@@ -132,7 +133,7 @@ def run(opts: Options, say: Say,
     try:
         remove_stale(opts.output)
         probes = Probes(opts.fault_ring_pages, residency=opts.residency,
-                        summary=opts.fault_mode == "summary")
+                        summary=opts.fault_mode == "summary", fault_end=opts.fault_latency)
     except BaseException:
         _restore(old)
         discard_spill(spill)
@@ -155,6 +156,7 @@ def run(opts: Options, say: Say,
         probes.set_config(C["MT_CFG_FOLLOW"], int(opts.follow))
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], int(opts.stop_at_exec))
         probes.set_config(C["MT_CFG_STACKS"], opts.stacks)
+        probes.set_config(C["MT_CFG_FAULT_END"], int(probes.fault_end))
         summary = None
         if opts.fault_mode == "summary":
             summary = SummaryReader(probes.table("fault_summary"))
@@ -223,8 +225,15 @@ def run(opts: Options, say: Say,
                 reap(child.pid, res)
             now = time.monotonic()
             if now - last_flush >= opts.flush_interval:
-                # rows newer than a ring's watermark wait: time order across flushes
-                spill.write(pending, before=watermark())
+                # rows newer than a ring's watermark wait: time order across
+                # flushes; a fault still open in BPF comes later with its
+                # entry's time: bound by the open ones, read before the rings
+                mark = watermark()
+                if not probes.fault_end:
+                    bound = pending_faults.open_since(probes)
+                    drain()
+                    mark = min(watermark(), bound)
+                spill.write(pending, before=mark)
                 pending = []
                 last_flush = now
                 if live_pids:  # exited, though its exit event was lost
@@ -259,7 +268,14 @@ def run(opts: Options, say: Say,
             # between the reads of the event and fault rings would show its
             # faults without its fork row).
             _untrace_all(probes)
+        left_open = np.zeros(0, layout.FAULT)
+        if not probes.fault_end:   # the faults still open in BPF: read as they are
+            probes.set_config(C["MT_CFG_FROZEN"], 1)
+            left_open = pending_faults.read(probes)
         drain(final=True)
+        if len(left_open):
+            pending.append(trace_rows.fault_batch(left_open, comms, opts.residency))
+            account_faults(left_open, res)
         res.end_ts = time.monotonic_ns()
         res.counters = probes.counters()
         if opts.stacks:

@@ -24,11 +24,14 @@ SOURCE = BPF_DIR / "memtrace.bpf.c"
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_PAGE_FAULTS_MIN = 5
 PERF_COUNT_SW_PAGE_FAULTS_MAJ = 6
+PERF_COUNT_SW_CPU_CLOCK = 0
+TICK_NS = 50_000_000     # on_tick's period (bpf/memtrace.bpf.c)
 
 # the perf-event programs: function -> [(type, config, sample period)], on every online CPU
 PERF_EVENTS = {
     "on_fault_min": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS_MIN, 1)],
     "on_fault_maj": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_PAGE_FAULTS_MAJ, 1)],
+    "on_tick": [(PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, TICK_NS)],
 }
 RINGS = {"faults": layout.FAULT, "events": layout.EVENT, "execs": layout.EXEC}
 # residency (--no-rss turns it off): the programs not attached then, as
@@ -38,6 +41,17 @@ RESIDENCY = {"tracepoint__kmem__rss_stat": ("tracepoint", b"kmem:rss_stat"),
 # --faults=summary: faults are counted at entry; a minor fault's end and the
 # page allocations inside it are not followed (the costliest hooks)
 SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
+# The end of a minor fault (the PAGE_FAULTS_MIN perf event, the costliest
+# hook: about 6.7% of a fault-heavy workload's time with an empty program,
+# docs/benchmarks.md) is followed only with --fault-latency. Without it, a
+# fault ends when its thread's next fault, syscall, signal or exit shows
+# it: the programs that close it then are attached instead.
+FAULT_END_SKIP = ("on_fault_min",)
+LAZY_END = {"raw_tracepoint__sys_enter": ("raw_tracepoint", b"sys_enter"),
+            "tracepoint__signal__signal_deliver": ("tracepoint", b"signal:signal_deliver"),
+            "on_tick": ("perf_event", None)}
+# what bcc's own loader attached by itself and may have to detach
+_BCC_ATTACHED = {k: v for k, v in {**RESIDENCY, **LAZY_END}.items() if v[0] != "perf_event"}
 STACK_DEPTH = 127        # bcc's BPF_STACK_TRACE value: u64 ips[127]
 
 _U32 = struct.Struct("<I")
@@ -53,14 +67,17 @@ class Probes:
     memtrace loaded before the cache, kept as the last resort)."""
 
     def __init__(self, fault_ring_pages: int | None = None, cache=None,
-                 residency: bool = True, summary: bool = False) -> None:
+                 residency: bool = True, summary: bool = False,
+                 fault_end: bool = False) -> None:
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
         if fault_ring_pages:
             cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
         self.fault_ring_pages = fault_ring_pages or C["MT_FAULT_RING_PAGES"]
         self.bpf = None               # bcc.BPF, on the last-resort path only
+        self.fault_end = fault_end and not summary
         self._skip = frozenset(() if residency else RESIDENCY) | frozenset(
-            SUMMARY_SKIP if summary else ())
+            SUMMARY_SKIP if summary else ()) | frozenset(
+            LAZY_END if self.fault_end else FAULT_END_SKIP)
         self.cache_key: str | None = None
         self.cache_status = ""
         self.startup: dict[str, float] = {"import": 0.0, "compile": 0.0, "load": 0.0,
@@ -130,8 +147,8 @@ class Probes:
         from bcc import BPF  # import late: bcc is slow and needs root
         t1 = time.monotonic()
         self.bpf = b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        for fn in self._skip & RESIDENCY.keys():   # bcc attached every tracepoint program
-            kind, target = RESIDENCY[fn]
+        for fn in self._skip & _BCC_ATTACHED.keys():   # bcc attached every tracepoint program
+            kind, target = _BCC_ATTACHED[fn]
             if kind == "tracepoint":
                 b.detach_tracepoint(target)
             else:

@@ -43,6 +43,8 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
         "fault_mode": opts.fault_mode,
+        # minor faults followed to their end (latency), or sent at entry
+        "fault_end": "followed" if opts.fault_latency and opts.fault_mode == "events" else "entry",
         "system": None if opts.system is None else system.to_meta(res, opts.system),
         "peaks": _peaks(res, opts),
     }
@@ -130,6 +132,11 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     minor = sum(v[0] for v in res.faults.values())
     major = sum(v[1] for v in res.faults.values())
     lines.append(f"  faults    {_n(faults)}: {_n(minor)} minor, {_n(major)} major")
+    failed = res.counters.get("fault_failed", 0)
+    killed = res.counters.get("fault_killed", 0)
+    if failed or killed:   # entered, then failed or killed: the kernel does not count them
+        lines.append(f"            {_n(failed)} failed (SIGSEGV/SIGBUS), {_n(killed)} killed:"
+                     " not counted, not in the trace")
     late = res.counters.get("summary_late_major", 0)
     if late:   # --faults=summary: ended after their entry was written
         lines.append(f"            {_n(late)} major counted as minor (their end came late)")

@@ -129,7 +129,8 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa
     return _batch(n, {
         **_fault_columns(rec, comms, residency),
         "ip": rec["ip"],
-        "latency": rec["latency"],
+        # a minor fault sent at its entry (no --fault-latency): no latency
+        "latency": (rec["latency"], (rec["flags"] & _C["MT_FAULT_NO_END"]) == 0),
         "alloc": (rec["alloc"], entry if residency else np.zeros(n, bool)),
         "stack_id": (rec["stack_id"], rec["stack_id"] >= 0),
         "count": np.ones(n, np.uint32),

@@ -14,6 +14,11 @@
  * and prints "MAP addr=0x... len=1048576" and "RUSAGE minflt=N majflt=M"
  * to stderr, and exits 0.
  *
+ * `attachme spin`: after the signal, marker 1, the mmap and madvise, prints
+ * the MAP line first, writes the 256 pages, then computes without a syscall
+ * or a fault for up to 60 s (until killed): its last fault is followed by
+ * nothing that would show a tracer it has ended.
+ *
  * A tracer attached while it waits must see the mappings that existed before
  * (the binary, libc, stack, the 64 KiB region, /etc/passwd) as its state at
  * attach (memtrace: `map` rows with cause `attach`), and after the signal
@@ -28,8 +33,22 @@
 #define PRE_LEN (64 * 1024)
 #define LEN (1024 * 1024)
 
-int main(void)
+static void spin(void)
 {
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);   /* the vDSO: no syscall */
+	for (volatile unsigned long i = 0;; i++) {
+		if (i % (1UL << 20) == 0) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			if (t.tv_sec - t0.tv_sec > 60)
+				_exit(1);
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int spinning = argc > 1 && strcmp(argv[1], "spin") == 0;
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
@@ -72,6 +91,14 @@ int main(void)
 		die("mmap");
 	if (madvise(p, LEN, MADV_NOHUGEPAGE) != 0)
 		die("madvise");
+	if (spinning) {
+		fprintf(stderr, "MAP addr=%p len=%d\n", (void *)p, LEN);
+		struct timespec t;
+		clock_gettime(CLOCK_MONOTONIC, &t);     /* its code faulted in now */
+		for (size_t off = 0; off < LEN; off += MT_PAGE)
+			((volatile char *)p)[off] = 1;
+		spin();
+	}
 	for (size_t off = 0; off < LEN; off += MT_PAGE)
 		((volatile char *)p)[off] = 1;
 	marker(2);

@@ -1,0 +1,105 @@
+"""What one hook costs a fault-heavy workload, with an empty BPF program.
+
+Whole-run ratios on this kind of VM move +-15% from one run to the next, so
+a hook is measured in paired runs: the workload (tests/workloads/faults.c,
+64 MiB x 8 by default) runs with the hook on and off, in alternating order,
+N times, and the median of the per-pair ratios of its CPU time is printed
+with the quartiles. Perf-event and tracepoint hooks are switched with
+PERF_EVENT_IOC_ENABLE/DISABLE, raw tracepoints attached and detached.
+
+    sudo .venv/bin/python scripts/bench_hooks.py [--pairs 30] [HOOK ...]
+
+HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
+alloc (raw mm_page_alloc), sys_enter (raw). (A bpf-attached tracepoint such
+as kmem:rss_stat cannot be switched off by ioctl: its program runs while
+the event is disabled, so it is not offered.)
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = r"""
+#include <uapi/linux/bpf_perf_event.h>
+BPF_PERCPU_ARRAY(cnt, u64, 1);
+static __always_inline int bump(void) { int i = 0; u64 *c = cnt.lookup(&i); if (c) (*c)++; return 0; }
+int on_perf(struct bpf_perf_event_data *ctx) { return bump(); }
+int on_raw(struct bpf_raw_tracepoint_args *ctx) { return bump(); }
+"""
+PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
+RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--workload", default="64 8", help="faults' arguments (MiB rounds)")
+    ap.add_argument("hooks", nargs="*", default=["min", "entry", "alloc"])
+    args = ap.parse_args()
+    from bcc import BPF, PerfType
+    sys.path.insert(0, str(ROOT))
+    from tracer.preflight import SUBSTITUTE_DIR
+    import os
+    if not os.environ.get("BCC_KERNEL_SOURCE") and Path(SUBSTITUTE_DIR).is_dir():
+        os.environ["BCC_KERNEL_SOURCE"] = SUBSTITUTE_DIR
+    with tempfile.TemporaryDirectory() as d:
+        timer, faults = Path(d) / "timer", Path(d) / "faults"
+        for src, exe in ((ROOT / "scripts" / "fork_exit_timer.c", timer),
+                         (ROOT / "tests" / "workloads" / "faults.c", faults)):
+            subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+        cmd = [str(timer), str(faults), *args.workload.split()]
+
+        def cpu() -> float:
+            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            return int(re.search(r"WORKLOAD_CPU_NS (\d+)", r.stderr).group(1)) / 1e9
+
+        for hook in args.hooks:
+            b = BPF(text=PROGRAMS)
+            if hook in PERF:
+                b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PERF[hook],
+                                    fn_name=b"on_perf", sample_period=1)
+                fds = list(b.open_perf_events[(PerfType.SOFTWARE, PERF[hook])].values())
+
+                def switch(on: bool) -> None:
+                    for fd in fds:
+                        fcntl.ioctl(fd, 0x2400 if on else 0x2401, 0)
+            elif hook in RAW:
+                state = {"on": True}
+                b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+
+                def switch(on: bool) -> None:
+                    if on != state["on"]:
+                        if on:
+                            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+                        else:
+                            b.detach_raw_tracepoint(tp=RAW[hook])
+                        state["on"] = on
+            else:
+                ap.error(f"unknown hook {hook}")
+            ratios, on_t, off_t = [], [], []
+            for i in range(args.pairs):
+                t = {}
+                for on in ((False, True) if i % 2 == 0 else (True, False)):
+                    switch(on)
+                    t[on] = cpu()
+                ratios.append(t[True] / t[False])
+                on_t.append(t[True])
+                off_t.append(t[False])
+            switch(False)
+            b.cleanup()
+            q = statistics.quantiles(ratios, n=4)
+            print(f"{hook:10s} paired median {statistics.median(ratios):.3f}x "
+                  f"(quartiles {q[0]:.3f}..{q[2]:.3f}), on {statistics.median(on_t):.3f} s, "
+                  f"off {statistics.median(off_t):.3f} s, {args.pairs} pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
