@@ -113,6 +113,9 @@ BPF_HASH(building, u32, u32, 16384);
  * entries x CPUs x 80 bytes preallocated, and without preallocation its
  * inserts (one fault in 16 on a first touch) cost more than the ring. */
 BPF_HASH(fault_summary, struct mt_summary_key, struct mt_summary, MT_SUMMARY_ENTRIES);
+/* ... reached through this CPU's run of faults of one key: plain per-CPU
+ * writes per fault, the hash only when the key changes (layout: memtrace.h) */
+BPF_PERCPU_ARRAY(summary_acc, struct mt_summary_acc, 1);
 
 /* --stacks: user stacks of memory syscalls and of sampled faults. */
 BPF_STACK_TRACE(stacks, 16384);
@@ -373,8 +376,11 @@ static __always_inline void close_thread_fault(u32 tid)
 		close_parked(tid);
 }
 
+static __always_inline void summary_switch(void);
+
 TRACEPOINT_PROBE(sched, sched_switch)
 {
+	summary_switch();
 	int zero = 0;
 	struct fault_slot *fs = fault_slot.lookup(&zero);
 	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
@@ -629,7 +635,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
 
 /* ---- page faults: entry (tracepoint, error code) + end (perf event, minor/major) ---- */
 
-/* ---- --faults=summary: each fault counted in fault_summary at its entry ----
+/* ---- --faults=summary: each fault counted at its entry ----
  *
  * Counting at entry spares the PAGE_FAULTS_MIN perf event (not attached in
  * this mode), the costliest hook of a minor fault. The kernel counts a fault
@@ -637,9 +643,30 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
  * (SIGSEGV, a kernel access fixed up with EFAULT) is counted here as a minor
  * fault: the run's reconciliation with the kernel's counters shows them.
  * A major fault is moved from its minor entry to a major one at its end
- * (PAGE_FAULTS_MAJ), with its latency. */
+ * (PAGE_FAULTS_MAJ), with its latency.
+ *
+ * A fault is counted in this CPU's run (summary_acc): the CPU's consecutive
+ * faults of one key, with plain per-CPU writes. The run is added to the
+ * key's fault_summary entry (flushed: a lookup, an insert if new, atomic
+ * adds) when a fault of another key comes on this CPU (a new 67 ms slot is
+ * another key), and at every task switch (so a run never waits on an idle
+ * CPU, and a fault that sleeps or moves to another CPU is in the hash by
+ * then). Resident-set changes inside a fault still in the run go to the
+ * run; a major fault's move takes it from the run, or from the hash if its
+ * run was flushed. MT_CNT_SUMMARY_FAULTS counts at entry what the run
+ * holds; a failed flush (map full) moves the run's count to
+ * MT_CNT_SUMMARY_FULL. At the end user space sets MT_CFG_SUMMARY_HOLD (no
+ * flush at a switch any more), reads the runs not flushed and merges them
+ * with the hash's entries. */
 
 static __always_inline u64 now_ns(void) { return bpf_ktime_get_ns(); }
+
+static __always_inline void count_add(int idx, s64 n)
+{
+	u64 *c = counters.lookup(&idx);
+	if (c)
+		*c += n;
+}
 
 /* The entry of `k`, created with this fault as its first if new; NULL if
  * the map is full. */
@@ -668,8 +695,69 @@ static __always_inline void summary_add(struct mt_summary *v, u64 ts, u64 addr)
 	v->pages |= 1 << ((addr >> 12) & 15);      /* racy: see mt_summary */
 }
 
+static __always_inline int same_key(struct mt_summary_key *a, struct mt_summary_key *b)
+{
+	u64 *x = (u64 *)a, *y = (u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
+}
+
+/* This CPU's run into the hash; the run is empty after. A full map loses
+ * the run's faults (counted). */
+static __always_inline void summary_flush(struct mt_summary_acc *acc)
+{
+	struct mt_summary *a = &acc->v;
+	acc->live = 0;
+	if (!a->count && !(a->rss_file | a->rss_anon | a->rss_swap | a->rss_shmem))
+		return;    /* its faults were all moved to major entries */
+	struct mt_summary *v = fault_summary.lookup(&acc->key);
+	if (!v) {
+		/* a new entry: the run as it is (BPF_NOEXIST: see summary_entry) */
+		if (fault_summary.insert(&acc->key, a) == 0)
+			return;
+		v = fault_summary.lookup(&acc->key);   /* made meanwhile on another CPU */
+		if (!v) {
+			count_add(MT_CNT_SUMMARY_FULL, a->count);
+			count_add(MT_CNT_SUMMARY_FAULTS, -a->count);
+			return;
+		}
+	}
+	if (a->first_ts < v->first_ts) {          /* racy, as last_ts */
+		v->first_ts = a->first_ts;
+		v->addr = a->addr;
+		v->ip = a->ip;
+		v->tid = a->tid;
+	}
+	__sync_fetch_and_add(&v->count, a->count);
+	if (a->latency)
+		__sync_fetch_and_add(&v->latency, a->latency);
+	if (a->rss_file)
+		__sync_fetch_and_add(&v->rss_file, a->rss_file);
+	if (a->rss_anon)
+		__sync_fetch_and_add(&v->rss_anon, a->rss_anon);
+	if (a->rss_swap)
+		__sync_fetch_and_add(&v->rss_swap, a->rss_swap);
+	if (a->rss_shmem)
+		__sync_fetch_and_add(&v->rss_shmem, a->rss_shmem);
+	if (a->alloc)
+		__sync_fetch_and_add(&v->alloc, a->alloc);
+	if (a->last_ts > v->last_ts)
+		v->last_ts = a->last_ts;               /* racy: see mt_summary */
+	v->pages |= a->pages;                      /* racy: see mt_summary */
+}
+
+/* A task switch on this CPU: the run is flushed (but while user space
+ * reads the runs at the end). */
+static __always_inline void summary_switch(void)
+{
+	int zero = 0;
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (!acc || !acc->live || cfg(MT_CFG_SUMMARY_HOLD))
+		return;
+	summary_flush(acc);
+}
+
 static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 tid, u64 ts,
-					  u64 ip)
+					  struct pt_regs *regs)
 {
 	struct mt_summary_key *k = &fs->key;
 	k->block = fs->addr >> MT_SUMMARY_BLOCK_SHIFT;
@@ -678,22 +766,63 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 	k->slot = ts >> MT_SUMMARY_SLOT_SHIFT;
 	k->error_code = fs->error_code & (MT_PF_PROT | MT_PF_WRITE | MT_PF_USER | MT_PF_INSTR);
 	k->flags = (fs->error_code & MT_PF_USER) ? 0 : MT_FAULT_KERNEL_MODE;
-	struct mt_summary *v = summary_entry(k, ts, fs->addr, ip, tid);
-	if (!v) {
-		count(MT_CNT_SUMMARY_FULL);
+	int zero = 0;
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (!acc)
 		return;
+	struct mt_summary *a = &acc->v;
+	if (!acc->live || !same_key(&acc->key, k)) {
+		if (acc->live)
+			summary_flush(acc);
+		/* a new run, with this fault as its first */
+		u64 ip = 0;
+		bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
+		__builtin_memcpy(&acc->key, k, sizeof(*k));
+		__builtin_memset(a, 0, sizeof(*a));
+		a->first_ts = ts;
+		a->addr = fs->addr;
+		a->ip = ip;
+		a->tid = tid;
+		u32 seq = acc->seq + 1;
+		acc->seq = seq < 2 ? 2 : seq;
+		acc->live = 1;
 	}
-	fs->summary = 1;
+	a->count++;
+	a->last_ts = ts;
+	a->pages |= 1 << ((fs->addr >> 12) & 15);
+	fs->summary = acc->seq;
 	count(MT_CNT_SUMMARY_FAULTS);
-	summary_add(v, ts, fs->addr);
 }
 
-/* A resident-set change inside a counted fault: onto its entry. */
+/* This CPU's run if it still holds the fault of `fs`, else NULL (the run
+ * was flushed: the fault is in the hash under fs->key). */
+static __always_inline struct mt_summary_acc *summary_run(struct fault_slot *fs)
+{
+	int zero = 0;
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (!acc || !acc->live || acc->seq != fs->summary || !same_key(&acc->key, &fs->key))
+		return 0;
+	return acc;
+}
+
+/* A resident-set change inside a counted fault: onto its run, or its entry. */
 static __always_inline void summary_rss(struct fault_slot *fs, u32 member, s32 pages)
 {
-	struct mt_summary *v = fault_summary.lookup(&fs->key);
+	struct mt_summary_acc *acc = summary_run(fs);
+	struct mt_summary *v = acc ? &acc->v : fault_summary.lookup(&fs->key);
 	if (!v)
 		return;
+	if (acc) {
+		if (member == 0)
+			v->rss_file += pages;
+		else if (member == 1)
+			v->rss_anon += pages;
+		else if (member == 2)
+			v->rss_swap += pages;
+		else
+			v->rss_shmem += pages;
+		return;
+	}
 	if (member == 0)
 		__sync_fetch_and_add(&v->rss_file, pages);
 	else if (member == 1)
@@ -704,28 +833,40 @@ static __always_inline void summary_rss(struct fault_slot *fs, u32 member, s32 p
 		__sync_fetch_and_add(&v->rss_shmem, pages);
 }
 
-/* The fault counted at entry ended as a major fault: moved to a major entry
- * of the same key, with its resident-set changes and its latency. */
+/* The fault counted at entry ended as a major fault: moved from its run or
+ * its entry to a major entry of the same key, with its resident-set
+ * changes and its latency. A full map loses it (counted). */
 static __always_inline int summary_major(struct fault_slot *fs, u64 now)
 {
-	struct mt_summary *v = fault_summary.lookup(&fs->key);
-	if (v) {
-		__sync_fetch_and_add(&v->count, -1);
-		__sync_fetch_and_add(&v->rss_file, -fs->rss[0]);
-		__sync_fetch_and_add(&v->rss_anon, -fs->rss[1]);
-		__sync_fetch_and_add(&v->rss_swap, -fs->rss[2]);
-		__sync_fetch_and_add(&v->rss_shmem, -fs->rss[3]);
-	} else {
+	struct mt_summary_acc *acc = summary_run(fs);
+	struct mt_summary *v = acc ? &acc->v : fault_summary.lookup(&fs->key);
+	if (!v) {
 		/* its entry was drained already (a major fault longer than
 		 * user space's margin): a row holds it as minor */
 		count(MT_CNT_SUMMARY_LATE_MAJOR);
 		return 0;
 	}
+	if (acc) {
+		v->count--;
+		v->rss_file -= fs->rss[0];
+		v->rss_anon -= fs->rss[1];
+		v->rss_swap -= fs->rss[2];
+		v->rss_shmem -= fs->rss[3];
+	} else {
+		__sync_fetch_and_add(&v->count, -1);
+		__sync_fetch_and_add(&v->rss_file, -fs->rss[0]);
+		__sync_fetch_and_add(&v->rss_anon, -fs->rss[1]);
+		__sync_fetch_and_add(&v->rss_swap, -fs->rss[2]);
+		__sync_fetch_and_add(&v->rss_shmem, -fs->rss[3]);
+	}
 	struct mt_summary_key k = fs->key;
 	k.flags |= MT_FAULT_MAJOR;
 	struct mt_summary *m = summary_entry(&k, fs->ts, fs->addr, 0, fs->tid);
 	if (!m) {
+		/* counted at entry on some CPU: the counters are summed
+		 * modulo 2^64 (tracer.probes) */
 		count(MT_CNT_SUMMARY_FULL);
+		count_add(MT_CNT_SUMMARY_FAULTS, -1);
 		return 0;
 	}
 	summary_add(m, fs->ts, fs->addr);
@@ -780,11 +921,11 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	fs->ts = bpf_ktime_get_ns();
 	if (end_followed)
 		return 0;             /* the end reads ip and stack */
-	bpf_probe_read_kernel(&fs->ip, sizeof(fs->ip), &regs->ip);
 	if (cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY) {
-		summary_enter(fs, tgid, tid, fs->ts, fs->ip);
+		summary_enter(fs, tgid, tid, fs->ts, regs);   /* reads the ip when a run starts */
 		return 0;
 	}
+	bpf_probe_read_kernel(&fs->ip, sizeof(fs->ip), &regs->ip);
 	if (error_code & MT_PF_USER)
 		fs->stack_id = user_stack(ctx, 1);
 	return 0;

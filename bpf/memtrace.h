@@ -3,7 +3,8 @@
  * The BPF program (bpf/memtrace.bpf.c) includes this file; the Python side
  * (tracer/layout.py) parses it into numpy dtypes. Keep it parseable:
  *   - only `#define NAME value` constants and `struct name { type field; };`
- *   - only fixed-width types (__u8.. __u64, __s8.. __s64, char arrays)
+ *   - only fixed-width types (__u8.. __u64, __s8.. __s64, char arrays), or a
+ *     struct defined above it (`struct mt_x name;`)
  *   - no implicit padding: every struct spells out its padding and is a
  *     multiple of 8 bytes (ring buffer records are 8-byte aligned, so a
  *     fixed-size record gives a fixed stride and a numpy view of the ring).
@@ -120,6 +121,8 @@
 #define MT_CFG_FROZEN 10         /* 1: tracing has stopped: the fault slots are left as
 				   they are, for user space to read the faults still
 				   open (tracer/pending_faults.py) */
+#define MT_CFG_SUMMARY_HOLD 11   /* --faults=summary: 1 while user space reads the
+				   `summary_acc` runs at the end (no flush at a task switch) */
 #define MT_NR_CONFIG 16
 
 #define MT_ALL_FILTERS 1        /* the filters apply: decided again at exec, fork, rename */
@@ -131,9 +134,10 @@
 #define MT_FAULT_MODE_EVENTS 0
 #define MT_FAULT_MODE_SUMMARY 1
 
-/* --faults=summary: faults are counted in the `fault_summary` per-CPU hash,
- * one entry per (process, 64 KiB block, access, major, time slot, layout
- * generation); user space drains the slots no fault can reach any more. */
+/* --faults=summary: faults are counted in the `fault_summary` hash, one
+ * entry per (process, 64 KiB block, access, major, time slot, layout
+ * generation), through a per-CPU run (`summary_acc`: the CPU's consecutive
+ * faults of one key); user space drains the slots no fault can reach any more. */
 #define MT_SUMMARY_BLOCK_SHIFT 16     /* 64 KiB blocks: 16 pages, a u16 bitmap */
 #define MT_SUMMARY_SLOT_SHIFT 26      /* time slots of 2^26 ns (67 ms) */
 #define MT_SUMMARY_ENTRIES 131072
@@ -218,6 +222,19 @@ struct mt_summary {
 	__u32 tid;
 	__u16 pages;       /* bit i: the block's page i took a fault */
 	__u16 pad[3];
+};
+
+/* Value of the `summary_acc` per-CPU array (one entry): the CPU's current
+ * run of faults of one key, counted with plain per-CPU writes and added to
+ * the key's fault_summary entry (flushed) when a fault of another key comes
+ * on this CPU, or at a task switch; at the end user space reads the runs
+ * not flushed. A fault counted in it has fault_slot.summary == seq. */
+struct mt_summary_acc {
+	struct mt_summary_key key;
+	struct mt_summary v;     /* as a fault_summary value; latency and alloc 0 (a
+				    major fault is moved to the hash at its end) */
+	__u32 seq;         /* which run: one more at each start (>= 2) */
+	__u32 live;        /* 1: holds faults not flushed yet */
 };
 
 /* A memory syscall (entry and exit joined), or a process event. */

@@ -1,19 +1,30 @@
 """--faults=summary: the `fault_summary` BPF map drained into fault rows.
 
-BPF counts each fault into a per-CPU hash entry keyed by (process, 64 KiB
-block, access, major, time slot of 2^26 ns, layout generation) instead of
-sending a record (bpf/memtrace.bpf.c `summarise`, layout: memtrace.h). An
-entry is only written while the clock is in its slot, so user space drains
-the slots that ended two slots (134 ms) ago: no fault can still be adding
-to them, and deleting them loses nothing (but the end of a major fault
-slower than that: it stays counted as minor, counter `summary_late_major`). At the end of the run, with no
-process traced any more, every slot is drained.
+BPF counts each fault into a hash entry keyed by (process, 64 KiB block,
+access, major, time slot of 2^26 ns, layout generation) instead of sending
+a record (bpf/memtrace.bpf.c, layout: memtrace.h), through a per-CPU run
+(`summary_acc`): the CPU's consecutive faults of one key, added to the hash
+when a fault of another key comes on that CPU or at a task switch. A fault
+is counted in the slot of its entry time, so user space drains the slots
+that ended two slots (134 ms) ago: no new fault can add to them, and
+deleting them loses nothing (but the end of a major fault slower than that:
+it stays counted as minor, counter `summary_late_major`) -- provided no
+run of such a slot is still waiting on a CPU: each drain first reads the
+runs, and neither drains nor lets the watermark pass the slot of the oldest
+one not flushed (a CPU whose tasks neither fault nor switch may hold one a
+while). At the end of the run, with no process traced any more, BPF stops
+flushing at task switches (MT_CFG_SUMMARY_HOLD), and every slot is drained
+with the runs still on the CPUs merged in.
 
-Each entry becomes one `fault` row with `count` (docs/format.md): the CPUs'
-values are merged (counts, latencies and resident-page changes summed, page
-bitmaps or-ed; time, address, ip and thread of the earliest first fault).
+Each entry becomes one `fault` row with `count` (docs/format.md): the
+values of one key (the hash's and the runs') are merged (counts, latencies
+and resident-page changes summed, page bitmaps or-ed; time, address, ip and
+thread of the earliest first fault).
 """
 from __future__ import annotations
+
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -38,8 +49,9 @@ _RSS = ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
 
 def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Entries (keys: layout.SUMMARY_KEY, values: layout.SUMMARY of shape
-    (entries, CPUs)) -> ROW records in time order, one per entry that
-    counted a fault."""
+    (entries, parts): the parts of one key, e.g. per CPU, or the hash's and
+    the runs' (tracer.fault_summary.with_runs)) -> ROW records in time
+    order, one per entry that counted a fault."""
     count = values["count"].sum(axis=1)
     keep = count > 0
     keys, values, count = keys[keep], values[keep], count[keep]
@@ -68,42 +80,111 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out[np.argsort(out["ts"], kind="stable")]
 
 
-class SummaryReader:
-    """Drains the `fault_summary` map (a tracer.bpf_syscall.Map)."""
+def with_runs(keys: np.ndarray, values: np.ndarray,
+              runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entries (keys, values of shape (entries, parts), as merge takes
+    them) and runs not flushed (layout.SUMMARY_ACC) -> entries with one more
+    part per run: a run joins the entry of its key (one row), or makes an
+    entry of its own."""
+    runs = runs[runs["live"] != 0]
+    if not len(runs):
+        return keys, values
+    n, parts = values.shape
+    extra: list[np.ndarray] = []     # keys no entry has
+    at = np.empty(len(runs), np.int64)
+    for i, k in enumerate(runs["key"]):
+        same = np.flatnonzero(keys == k)
+        if not len(same):
+            same = [n + j for j, e in enumerate(extra) if e == k]
+        if len(same):
+            at[i] = same[0]
+        else:
+            at[i] = n + len(extra)
+            extra.append(k)
+    out_keys = np.concatenate([keys, np.array(extra, keys.dtype)])
+    out = np.zeros((len(out_keys), parts + len(runs)), values.dtype)
+    out[:n, :parts] = values
+    out[at, parts + np.arange(len(runs))] = runs["v"]
+    return out_keys, out
 
-    def __init__(self, table) -> None:
+
+class SummaryReader:
+    """Drains the `fault_summary` map and, at the end, the runs still in
+    `summary_acc` (tracer.bpf_syscall.Map objects); `hold` tells BPF to stop
+    flushing runs at task switches (before the last drain)."""
+
+    def __init__(self, table, runs=None, hold: Callable[[], None] | None = None) -> None:
         self.table = table
         self.ncpus = table.ncpus
+        self.runs = runs
+        self._hold = hold
         self.faults = 0            # counted in the rows drained so far
         # rows not drained yet are all at least this recent (writer.Spill.write's `before`)
         self.drained_to = 0
         self._slot = -1            # the slot of the last drain
 
+    def pending(self) -> np.ndarray:
+        """The runs not flushed (layout.SUMMARY_ACC), one per CPU at most."""
+        if self.runs is None:
+            return np.zeros(0, layout.SUMMARY_ACC)
+        raw = self.runs.lookup(bytes(self.runs.d.key_size))
+        if raw is None:
+            return np.zeros(0, layout.SUMMARY_ACC)
+        runs = np.frombuffer(raw, _slot_dtype(self.runs, layout.SUMMARY_ACC),
+                             count=self.runs.ncpus)["v"]
+        return runs[runs["live"] != 0].copy()
+
     def drain(self, now_ns: int, final: bool = False) -> np.ndarray:
         """The entries of the slots that ended before the previous one (all,
         if `final`) as ROW records, deleted from the map; nothing (and no
-        map read) while the slot of the last drain has not ended."""
+        map read) while the slot of the last drain has not ended. Not
+        drained: the slots of a run still on a CPU and after (a run is
+        flushed into its slot's entry late); at the end the runs are read
+        (BPF holding them) and merged with the entries of their keys."""
         current = now_ns >> SLOT_SHIFT
         if not final and current == self._slot:
             return np.zeros(0, ROW)
         self._slot = current
-        self.drained_to = now_ns if final else (current - MARGIN) << SLOT_SHIFT
+        if final and self._hold is not None and self.runs is not None:
+            self._hold()
+            time.sleep(HOLD_SETTLE)   # a flush that began before the hold: done
+        # the runs first: one flushed after this read is in the map's next read
+        runs = self.pending()
+        cut = current - MARGIN
+        if len(runs):
+            cut = min(cut, int(runs["key"]["slot"].min()))
+        self.drained_to = now_ns if final else cut << SLOT_SHIFT
         raw_keys, raw_values, n = self.table.lookup_batch()
-        if not n:
-            return np.zeros(0, ROW)
         keys = np.frombuffer(raw_keys, layout.SUMMARY_KEY, count=n)
-        values = np.frombuffer(raw_values, _slot_dtype(self.table), count=n * self.ncpus)
+        values = np.frombuffer(raw_values, _slot_dtype(self.table, layout.SUMMARY),
+                               count=n * self.ncpus)
         values = values["v"].reshape(n, self.ncpus)
-        done = np.ones(n, bool) if final else keys["slot"] < current - MARGIN
+        done = np.ones(n, bool) if final else keys["slot"] < cut
         if done.any():
             self.table.delete_batch(keys[done].tobytes())
-        rows = merge(keys[done], values[done])
+        keys, values = keys[done], values[done]
+        if final and len(runs):
+            keys, values = with_runs(keys, values, runs)
+            self._clear_runs()
+        rows = merge(keys, values)
         self.faults += int(rows["count"].sum())
         return rows
 
+    def _clear_runs(self) -> None:
+        """The runs just merged are not read again (BPF holds them: nothing
+        traced, no flush at a switch)."""
+        try:
+            self.runs.update(bytes(self.runs.d.key_size), bytes(self.runs.value_bytes))
+        except OSError:
+            pass
 
-def _slot_dtype(table) -> np.dtype:
-    """One CPU's value in a batch: the struct padded to 8 bytes."""
-    pad = table.slot - layout.SUMMARY.itemsize
-    fields = [("v", layout.SUMMARY)] + ([("_pad", f"V{pad}")] if pad else [])
+
+# seconds for a BPF program that read MT_CFG_SUMMARY_HOLD before it was set to end
+HOLD_SETTLE = 0.005
+
+
+def _slot_dtype(table, dtype: np.dtype) -> np.dtype:
+    """One CPU's value in a map read: the struct padded to 8 bytes."""
+    pad = table.slot - dtype.itemsize
+    fields = [("v", dtype)] + ([("_pad", f"V{pad}")] if pad else [])
     return np.dtype(fields)

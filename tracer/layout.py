@@ -1,8 +1,8 @@
 """The event layout of bpf/memtrace.h as numpy dtypes and constants.
 
 The header is the one definition; this module parses it (it is written to be
-parseable: `#define NAME value` and flat structs of fixed-width fields with
-explicit padding), so the two sides cannot drift apart.
+parseable: `#define NAME value` and structs of fixed-width fields, or of
+structs defined before them, with explicit padding), so the two sides cannot drift apart.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _CTYPES = {
 }
 _DEFINE = re.compile(r"^#define\s+(MT_\w+)\s+(\w+)\s*$", re.M)
 _STRUCT = re.compile(r"struct\s+(mt_\w+)\s*\{(.*?)\};", re.S)
-_FIELD = re.compile(r"^\s*(\w+)\s+(\w+)(?:\[(\w+)\])?\s*;", re.M)
+_FIELD = re.compile(r"^\s*(?:struct\s+)?(\w+)\s+(\w+)(?:\[(\w+)\])?\s*;", re.M)
 
 
 @lru_cache(maxsize=None)
@@ -35,6 +35,9 @@ def _parse(text: str) -> tuple[dict[str, int], dict[str, np.dtype]]:
     for name, body in _STRUCT.findall(body_text):
         fields = []
         for ctype, fname, dim in _FIELD.findall(body):
+            if ctype in structs and not dim:    # a struct defined above
+                fields.append((fname, structs[ctype]))
+                continue
             if ctype not in _CTYPES:
                 raise ValueError(f"{HEADER.name}: {name}.{fname}: type {ctype} not fixed-width")
             n = (int(dim) if dim.isdigit() else consts[dim]) if dim else 0
@@ -65,6 +68,7 @@ EVENT = dtypes()["mt_event"]
 EXEC = dtypes()["mt_exec"]
 SUMMARY_KEY = dtypes()["mt_summary_key"]
 SUMMARY = dtypes()["mt_summary"]
+SUMMARY_ACC = dtypes()["mt_summary_acc"]
 
 # MT_EV_* -> the trace's `kind` names
 KIND_NAMES = {v: k[len("MT_EV_"):].lower() for k, v in C.items() if k.startswith("MT_EV_")}

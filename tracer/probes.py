@@ -191,9 +191,11 @@ class Probes:
                 for k, v in self._maps["traced"].items()}
 
     def counters(self) -> dict[str, int]:
+        """Summed over the CPUs modulo 2^64: a counter BPF takes back on
+        another CPU than the one that counted (summary_faults) wraps there."""
         table = self._maps["counters"]
         return {name: sum(_U64.unpack(v)[0] for v in table.percpu_values(_I32.pack(i)))
-                for i, name in layout.COUNTER_NAMES.items()}
+                % (1 << 64) for i, name in layout.COUNTER_NAMES.items()}
 
     def stacks(self) -> dict[int, list[int]]:
         """--stacks: every stored user stack, id -> instruction pointers

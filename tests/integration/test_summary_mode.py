@@ -157,3 +157,46 @@ def test_summary_follows_forked_children(workloads, tmp_path):
     assert k is not None
     got = _n(_faults(ev, parent, major=False))
     assert 0 <= int(k["minflt"]) - pre_exec_faults(meta) - got <= GUP_MAX, (k, got)
+
+
+def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, monkeypatch):
+    """BPF counts a CPU's consecutive faults of one key in a per-CPU run
+    (summary_acc) and adds the run to the hash when a fault of another key
+    comes on that CPU or the CPU switches tasks; at the end memtrace reads
+    the runs still on the CPUs. Here BPF is told from the start not to flush
+    at a switch (MT_CFG_SUMMARY_HOLD, which memtrace sets only for its last
+    read), so the workload's last run is still on its CPU when the workload
+    has exited: only the final read brings it in. The counts still equal
+    the BPF counter and the kernel's."""
+    from tracer import capture, fault_summary, preflight
+    preflight.check_all(lambda s: None)
+    readers: list = []
+    found: list[int] = []
+
+    class HeldFromStart(fault_summary.SummaryReader):
+        def __init__(self, table, runs=None, hold=None) -> None:
+            super().__init__(table, runs, hold)
+            hold()
+            readers.append(self)
+
+        def pending(self):
+            runs = super().pending()
+            found.append(int(runs["v"]["count"].sum()))
+            return runs
+
+    monkeypatch.setattr(capture, "SummaryReader", HeldFromStart)
+    opts = capture.Options(command=[workloads["faults"], "16", "2"], pids=[], follow=True,
+                           duration=None, output=tmp_path / "x.parquet", fmt="parquet",
+                           fault_mode="summary")
+    res = capture.run(opts, lambda s: None)
+    res.spill.close()
+    assert len(readers) == 1 and found, found
+    assert found[-1] > 0, f"no fault left in a run at the end: {found}"
+    c = res.counters
+    assert not c["summary_full"] and not c["summary_late_major"], c
+    assert c["summary_faults"] == readers[0].faults, (c, readers[0].faults)
+    (pid, (minor, major)), = res.faults.items()
+    assert major == 0 and minor == readers[0].faults
+    k = res.kernel_total
+    unseen = int(k["minflt"]) - c["pre_exec_fault"] - minor
+    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)

@@ -1,10 +1,11 @@
-"""tracer.fault_summary.merge: BPF summary entries -> fault rows."""
+"""tracer.fault_summary: BPF summary entries (the hash's, and the per-CPU
+runs not flushed yet) -> fault rows; the drain's cut and watermark."""
 from __future__ import annotations
 
 import numpy as np
 
-from tracer import layout
-from tracer.fault_summary import ROW, merge
+from tracer import fault_summary, layout
+from tracer.fault_summary import ROW, SummaryReader, merge, with_runs
 
 
 def _entries(n: int, cpus: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,3 +42,147 @@ def test_merge_drops_entries_that_count_nothing():
     rows = merge(keys, v)
     assert len(rows) == 1 and rows[0]["ts"] == 6
     assert len(merge(*_entries(0, 4))) == 0
+
+
+# ---- the runs BPF keeps per CPU (summary_acc), and the drain around them ----
+
+def _key(pid: int, slot: int, block: int = 0x7000) -> np.ndarray:
+    k = np.zeros((), layout.SUMMARY_KEY)
+    k["pid"], k["slot"], k["block"] = pid, slot, block
+    return k
+
+
+def _value(count: int, first_ts: int, last_ts: int, pages: int = 1, rss_anon: int = 0,
+           tid: int = 0) -> np.ndarray:
+    v = np.zeros((), layout.SUMMARY)
+    v["count"], v["first_ts"], v["last_ts"], v["pages"] = count, first_ts, last_ts, pages
+    v["rss_anon"], v["tid"], v["addr"] = rss_anon, tid, 0x7000_0000
+    return v
+
+
+def _run(key: np.ndarray, value: np.ndarray, live: int = 1) -> np.ndarray:
+    r = np.zeros((), layout.SUMMARY_ACC)
+    r["key"], r["v"], r["live"], r["seq"] = key, value, live, 2
+    return r
+
+
+class _Def:
+    def __init__(self, key_size: int) -> None:
+        self.key_size = key_size
+
+
+class FakeHash:
+    """fault_summary as tracer.bpf_syscall.Map shows it (shared: 1 CPU column)."""
+    ncpus, slot = 1, layout.SUMMARY.itemsize
+
+    def __init__(self, entries) -> None:
+        self.entries = {k.tobytes(): v for k, v in entries}
+        self.deleted: list[np.ndarray] = []
+
+    def lookup_batch(self):
+        keys = b"".join(self.entries)
+        values = b"".join(v.tobytes() for v in self.entries.values())
+        return keys, values, len(self.entries)
+
+    def delete_batch(self, keys: bytes) -> int:
+        ks = np.frombuffer(keys, layout.SUMMARY_KEY)
+        for k in ks:
+            del self.entries[k.tobytes()]
+        self.deleted.extend(ks)
+        return len(ks)
+
+
+class FakeRuns:
+    """summary_acc: one entry, a value per CPU (the struct is a multiple of 8)."""
+    slot = layout.SUMMARY_ACC.itemsize
+
+    def __init__(self, runs) -> None:
+        self.ncpus = len(runs)
+        self.d = _Def(4)
+        self.value_bytes = self.slot * self.ncpus
+        self.raw = np.array(runs, layout.SUMMARY_ACC).tobytes()
+
+    def lookup(self, key: bytes) -> bytes:
+        assert key == bytes(4)
+        return self.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        assert len(value) == self.value_bytes
+        self.raw = value
+
+
+def _reader(entries, runs, monkeypatch):
+    monkeypatch.setattr(fault_summary, "HOLD_SETTLE", 0)
+    held = []
+    r = SummaryReader(FakeHash(entries), FakeRuns(runs), hold=lambda: held.append(1))
+    return r, held
+
+
+def test_with_runs_joins_a_run_to_the_entry_of_its_key():
+    keys = np.array([_key(10, 5), _key(11, 5)])
+    values = np.array([_value(3, 200, 300, pages=0b11)])[:, None].repeat(2, 0)
+    values[1, 0] = _value(1, 400, 400)
+    runs = np.array([_run(_key(10, 5), _value(2, 100, 350, pages=0b100, tid=7)),
+                     _run(_key(12, 6), _value(4, 500, 600)),
+                     _run(_key(11, 5), _value(9, 1, 1), live=0)])      # flushed: ignored
+    k, v = with_runs(keys, values, runs)
+    assert v.shape == (3, 3) and list(k["pid"]) == [10, 11, 12]
+    rows = merge(k, v)
+    by_pid = {int(r["pid"]): r for r in rows}
+    r10 = by_pid[10]
+    assert (r10["count"], r10["ts"], r10["last_ts"], r10["tid"]) == (5, 100, 350, 7)
+    assert r10["pages"] == 0b111
+    assert by_pid[11]["count"] == 1 and by_pid[12]["count"] == 4
+    # two CPUs' runs of one key no entry has: one row
+    k3, v3 = with_runs(keys, values, np.array([_run(_key(13, 7), _value(1, 90, 91)),
+                                              _run(_key(13, 7), _value(2, 80, 95))]))
+    rows = merge(k3, v3)
+    assert v3.shape == (3, 3) and list(k3["pid"]) == [10, 11, 13]
+    assert [(int(r["pid"]), int(r["count"]), int(r["ts"]), int(r["last_ts"]))
+            for r in rows if r["pid"] == 13] == [(13, 3, 80, 95)]
+    # nothing pending: unchanged
+    k2, v2 = with_runs(keys, values, runs[2:])
+    assert k2 is keys and v2 is values
+
+
+def test_drain_holds_back_the_slot_of_a_run_still_on_a_cpu(monkeypatch):
+    """A run of slot 8 not flushed yet: slot 5 is drained, slots 8 and 9
+    stay in the map (the run will be added to its entry), and the watermark
+    stays at slot 8's start (a row of slot 8 may still come)."""
+    shift = fault_summary.SLOT_SHIFT
+    entries = [(_key(1, 5), _value(1, 5 << shift, 5 << shift)),
+               (_key(1, 8), _value(2, 8 << shift, 8 << shift)),
+               (_key(1, 9), _value(4, 9 << shift, 9 << shift))]
+    run = _run(_key(1, 8), _value(16, (8 << shift) + 10, (8 << shift) + 20))
+    r, held = _reader(entries, [run, _run(_key(2, 3), _value(1, 3 << shift, 3 << shift), 0)],
+                      monkeypatch)
+    now = 12 << shift                       # cut without runs: slot 9
+    rows = r.drain(now)
+    assert list(rows["count"]) == [1] and r.faults == 1
+    assert r.drained_to == 8 << shift
+    assert sorted(k.tobytes() for k in r.table.deleted) == [_key(1, 5).tobytes()]
+    assert not held
+    # the run flushed meanwhile (in the map now, and no longer live): both go
+    r.table.entries[_key(1, 8).tobytes()]["count"] += 16
+    flushed = _run(_key(1, 8), _value(16, 0, 0), live=0)
+    r.runs.raw = FakeRuns([flushed, flushed]).raw
+    rows = r.drain(now + (1 << shift))      # slot 13: cut 10
+    assert list(rows["count"]) == [18, 4] and r.drained_to == 10 << shift
+
+
+def test_final_drain_merges_the_runs_left_on_the_cpus(monkeypatch):
+    shift = fault_summary.SLOT_SHIFT
+    entries = [(_key(1, 8), _value(2, (8 << shift) + 5, (8 << shift) + 6, rss_anon=2)),
+               (_key(1, 9), _value(4, 9 << shift, 9 << shift))]
+    runs = [_run(_key(1, 8), _value(16, 8 << shift, (8 << shift) + 9, pages=0xfffe,
+                                    rss_anon=16)),
+            _run(_key(3, 9), _value(5, (9 << shift) + 1, (9 << shift) + 2))]
+    r, held = _reader(entries, runs, monkeypatch)
+    rows = r.drain(9 << shift, final=True)
+    assert held == [1] and not r.table.entries
+    assert [(int(x["pid"]), int(x["count"])) for x in rows] == [(1, 18), (1, 4), (3, 5)]
+    assert rows[0]["ts"] == 8 << shift and rows[0]["rss_anon"] == 18
+    assert rows[0]["pages"] == 0xffff
+    assert r.faults == 27
+    # the runs read are cleared: a second read finds none
+    assert len(r.pending()) == 0

@@ -22,6 +22,18 @@ def test_parser_rejects_implicit_padding_and_unknown_types():
         layout._parse("struct mt_y {\n\tint a;\n\tint b;\n};\n")
 
 
+def test_parser_nests_structs_defined_before():
+    _, st = layout._parse("struct mt_a {\n\t__u32 x;\n\t__u32 y;\n};\n"
+                          "struct mt_b {\n\tstruct mt_a a;\n\t__u64 z;\n};\n")
+    assert st["mt_b"].names == ("a", "z") and st["mt_b"]["a"] == st["mt_a"]
+    assert st["mt_b"].itemsize == 16
+    assert layout.SUMMARY_ACC["key"] == layout.SUMMARY_KEY
+    assert layout.SUMMARY_ACC["v"] == layout.SUMMARY
+    assert layout.SUMMARY_ACC.itemsize % 8 == 0
+    with pytest.raises(ValueError, match="not fixed-width"):
+        layout._parse("struct mt_c {\n\tstruct mt_later l;\n};\n")
+
+
 def _ring(records: np.ndarray, hdr_flags: list[int]) -> np.ndarray:
     slot = ringbuf.record_dtype(records.dtype)
     buf = np.zeros(len(records), slot)
