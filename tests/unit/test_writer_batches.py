@@ -34,6 +34,26 @@ def test_without_residency_the_resident_columns_are_null():
     assert rows["error_code"] == [6, 6, None]
 
 
+def test_long_reads_keep_every_field_and_thread_name():
+    # more records than one copy block; threads in runs (a lookup per run)
+    # and interleaved (per fault); thread 9 never named
+    n = 3 * trace_rows._BLOCK + 5
+    rng = np.random.default_rng(1)
+    f = np.zeros(n, layout.FAULT)
+    f["ts"] = np.arange(n) + 1
+    f["addr"] = rng.integers(0, 2**47, n, dtype=np.uint64)
+    f["rss_file"] = rng.integers(-2, 3, n)
+    f["latency"] = rng.integers(0, 10**6, n)
+    comms = trace_rows.CommTable()
+    comms.update([5, 6], ["five", "six"])
+    for tids in (np.repeat([5, 6, 9, 5], n // 4 + 1)[:n], rng.choice([5, 6, 9], n)):
+        f["pid"] = f["tid"] = tids
+        rows = trace_rows.fault_batch(f, comms).to_pydict()
+        assert rows["comm"] == [{5: "five", 6: "six"}.get(t) for t in tids.tolist()]
+        for col in ("ts", "addr", "tid", "rss_file", "latency"):
+            assert rows[col] == f[col].tolist(), col
+
+
 def _events(kinds_flags: list[tuple[int, int, int, int]]) -> np.ndarray:
     """(kind, flags, aux, args[2]) per record."""
     e = np.zeros(len(kinds_flags), layout.EVENT)
