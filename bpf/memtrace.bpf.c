@@ -212,6 +212,10 @@ static __always_inline u32 current_state(u32 tgid)
 /* The process's layout changes: one more. */
 static __always_inline void bump_layout_gen(u32 tgid)
 {
+	/* only summary entries are keyed by it: events mode spares the two
+	 * lookups and atomic adds per memory syscall */
+	if (cfg(MT_CFG_FAULT_MODE) != MT_FAULT_MODE_SUMMARY)
+		return;
 	u32 *st = traced.lookup(&tgid);
 	if (st)
 		__sync_fetch_and_add(st, MT_GEN_ONE);
