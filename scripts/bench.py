@@ -93,7 +93,21 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
 
 
-def run_once(prefix: list[str], timer: str, cmd: list[str]) -> dict:
+def wait_released(timeout: float = 15.0) -> None:
+    """Until no memtrace program is attached: memtrace leaves the kernel's
+    slow detach to a helper (tracer/bpf_load.release), so the programs of
+    the run before stay on the hooks for up to a second or more after it
+    exits, and would weigh on the next run (an untraced one too)."""
+    sys.path.insert(0, str(ROOT))
+    from tracer.bpf_syscall import loaded_prog_names
+    deadline = time.monotonic() + timeout
+    while "page_fault_user" in loaded_prog_names() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -> dict:
+    if wait:
+        wait_released()
     if prefix[-1:] == [ALL]:
         return _run_under_system_wide(prefix[:-1], timer, cmd)
     t0 = time.monotonic()
@@ -116,7 +130,7 @@ def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> d
     try:
         if bg.poll() is not None:
             raise RuntimeError(f"memtrace -a exited {bg.returncode}: {bg.stderr.read()[-500:]}")
-        return run_once([], timer, cmd)
+        return run_once([], timer, cmd, wait=False)
     finally:
         bg.send_signal(signal.SIGINT)
         bg.communicate(timeout=120)

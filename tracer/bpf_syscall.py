@@ -25,6 +25,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
 BPF_PROG_LOAD = 5
+BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -159,6 +160,29 @@ def object_alive(kind: str, obj_id: int) -> bool:
         raise
     os.close(fd)
     return True
+
+
+def loaded_prog_names() -> list[str]:
+    """The names of every BPF program loaded on the machine (root)."""
+    names, next_id = [], 0
+    while True:
+        a = _attr()
+        struct.pack_into("<I", a, 0, next_id)
+        try:
+            _bpf(BPF_PROG_GET_NEXT_ID, a)
+        except LoadError:
+            return names
+        next_id = struct.unpack_from("<I", a, 4)[0]
+        a = _attr()
+        struct.pack_into("<I", a, 0, next_id)
+        try:
+            fd = _bpf(BPF_PROG_GET_FD_BY_ID, a)
+        except LoadError:
+            continue        # unloaded meanwhile
+        try:
+            names.append(prog_info(fd)["name"])
+        finally:
+            os.close(fd)
 
 
 # ---- maps, for user space ----

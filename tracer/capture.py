@@ -66,6 +66,7 @@ class Options:
     stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
     fault_mode: str = "events"   # "summary": faults counted in BPF (tracer.fault_summary)
     fault_latency: bool = False  # minor faults' ends followed (PAGE_FAULTS_MIN attached)
+    alloc: bool = False          # pages allocated inside each fault (kmem:mm_page_alloc)
     system: system.Filters | None = None   # -a: every process matching these (tracer/system.py)
 
 
@@ -133,7 +134,9 @@ def run(opts: Options, say: Say,
     try:
         remove_stale(opts.output)
         probes = Probes(opts.fault_ring_pages, residency=opts.residency,
-                        summary=opts.fault_mode == "summary", fault_end=opts.fault_latency)
+                        summary=opts.fault_mode == "summary", fault_end=opts.fault_latency,
+                        alloc=opts.alloc)
+        opts.alloc = probes.alloc      # as attached (not in summary mode, nor --no-rss)
     except BaseException:
         _restore(old)
         discard_spill(spill)
@@ -192,7 +195,7 @@ def run(opts: Options, say: Say,
                 probes, opts.system, res, lambda pid: _attach_snapshot(pid, res, comms),
                 lambda: pending.extend(_drain(probes, res, comms, live_pids,
                                               held if opts.stop_at_exec else None,
-                                              opts.residency)))
+                                              opts.residency, opts.alloc)))
             pending.extend(batches)
             live_pids |= pids
         started = True
@@ -205,7 +208,8 @@ def run(opts: Options, say: Say,
         deadline = time.monotonic() + opts.duration if opts.duration else None
         def drain(final: bool = False) -> None:
             pending.extend(_drain(probes, res, comms, live_pids,
-                                  held if opts.stop_at_exec else None, opts.residency))
+                                  held if opts.stop_at_exec else None, opts.residency,
+                                  opts.alloc))
             rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
             if len(rows):
                 pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
@@ -276,7 +280,7 @@ def run(opts: Options, say: Say,
             left_open = pending_faults.read(probes)
         drain(final=True)
         if len(left_open):
-            pending.append(trace_rows.fault_batch(left_open, comms, opts.residency))
+            pending.append(trace_rows.fault_batch(left_open, comms, opts.residency, opts.alloc))
             account_faults(left_open, res)
         res.end_ts = time.monotonic_ns()
         res.counters = probes.counters()
@@ -333,7 +337,7 @@ def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
 
 def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
            live_pids: set[int], held: set[int] | None,
-           residency: bool = True) -> list[pa.RecordBatch]:
+           residency: bool = True, alloc: bool = False) -> list[pa.RecordBatch]:
     """Reads the three rings; `held` (None if BPF does not stop processes at
     exec) gets the pids of the execs read, and loses each once continued."""
     out: list[pa.RecordBatch] = []
@@ -373,7 +377,7 @@ def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
     if res.net_mapped is not None:   # for the live view
         res.net_mapped.update(out[-1] if len(events) else None, execs)
     if len(faults):
-        out.append(trace_rows.fault_batch(faults, comms, residency))
+        out.append(trace_rows.fault_batch(faults, comms, residency, alloc))
         account_faults(faults, res)
     if res.origin is not None:   # -a: forks, processes that left, processes first seen
         out.extend(system.account(res, events, faults, live_pids,

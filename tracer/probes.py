@@ -38,6 +38,10 @@ RINGS = {"faults": layout.FAULT, "events": layout.EVENT, "execs": layout.EXEC}
 # (bcc's function name, how bcc's own loader names the attachment)
 RESIDENCY = {"tracepoint__kmem__rss_stat": ("tracepoint", b"kmem:rss_stat"),
              "raw_tracepoint__mm_page_alloc": ("raw_tracepoint", b"mm_page_alloc")}
+# the pages allocated inside each fault (--alloc): kmem:mm_page_alloc fires
+# for every page the machine allocates, and cost the fault-heavy workload
+# about 9% (docs/benchmarks.md), most of what residency costs
+ALLOC = "raw_tracepoint__mm_page_alloc"
 # --faults=summary: faults are counted at entry; a minor fault's end and the
 # page allocations inside it are not followed (the costliest hooks)
 SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
@@ -68,7 +72,7 @@ class Probes:
 
     def __init__(self, fault_ring_pages: int | None = None, cache=None,
                  residency: bool = True, summary: bool = False,
-                 fault_end: bool = False) -> None:
+                 fault_end: bool = False, alloc: bool = False) -> None:
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
         if fault_ring_pages:
             cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
@@ -77,7 +81,9 @@ class Probes:
         self.fault_end = fault_end and not summary
         self._skip = frozenset(() if residency else RESIDENCY) | frozenset(
             SUMMARY_SKIP if summary else ()) | frozenset(
-            LAZY_END if self.fault_end else FAULT_END_SKIP)
+            LAZY_END if self.fault_end else FAULT_END_SKIP) | frozenset(
+            () if alloc else (ALLOC,))
+        self.alloc = residency and alloc and not summary
         self.cache_key: str | None = None
         self.cache_status = ""
         self.startup: dict[str, float] = {"import": 0.0, "compile": 0.0, "load": 0.0,

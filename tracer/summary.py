@@ -43,6 +43,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
         "fault_mode": opts.fault_mode,
+        "alloc": opts.alloc,   # fault rows' `alloc` followed (--alloc)
         # minor faults followed to their end (latency), or sent at entry
         "fault_end": "followed" if opts.fault_latency and opts.fault_mode == "events" else "entry",
         "system": None if opts.system is None else system.to_meta(res, opts.system),

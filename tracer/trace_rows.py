@@ -159,8 +159,10 @@ def _fault_columns(f: dict[str, np.ndarray], comms: CommTable, residency: bool,
 _FAULT_FIELDS = ("ts", "pid", "tid", "addr", "flags", "error_code", "ip", "latency")
 
 
-def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
-    """Fault records (layout.FAULT) -> rows of kind `fault`, one each."""
+def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True,
+                alloc: bool = True) -> pa.RecordBatch:
+    """Fault records (layout.FAULT) -> rows of kind `fault`, one each;
+    `alloc` null unless kmem:mm_page_alloc was followed (--alloc)."""
     n = len(rec)
     f = _fields(rec, _FAULT_FIELDS + ("alloc", "stack_id") + (_RSS if residency else ()))
     entry = (f["flags"] & _C["MT_FAULT_NO_ENTRY"]) == 0
@@ -169,7 +171,7 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True) -> pa
         "ip": f["ip"],
         # a minor fault sent at its entry (no --fault-latency): no latency
         "latency": (f["latency"], (f["flags"] & _C["MT_FAULT_NO_END"]) == 0),
-        "alloc": (f["alloc"], entry if residency else np.zeros(n, bool)),
+        "alloc": (f["alloc"], entry if residency and alloc else np.zeros(n, bool)),
         "stack_id": (f["stack_id"], f["stack_id"] >= 0),
         "count": np.ones(n, np.uint32),
     })

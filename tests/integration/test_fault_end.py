@@ -72,6 +72,9 @@ def test_both_ends_count_the_same_faults(workloads, tmp_path, latency):
     gup = ru.minflt - pre_exec_faults(meta) - before
     assert 0 <= gup <= GUP_MAX, (ru.minflt, before, pre_exec_faults(meta))
     assert (minor["ts"].diff().dropna() >= 0).all(), "fault rows not in time order"
+    # pages allocated inside faults: only with --alloc
+    assert meta["alloc"] is False and minor["alloc"].isna().all()
+    assert (minor["rss_anon"].astype(int) >= 0).all() and minor["rss_anon"].notna().all()
 
 
 def test_last_faults_of_a_process_that_runs_on(workloads, tmp_path):

@@ -52,7 +52,7 @@ def _no_gap(t) -> pd.DataFrame:
 # ---- acceptance 1: seed003 ----
 
 def test_seed003_reads_make_nothing_resident_writes_one_page_each(workloads, tmp_path):
-    proc, t = run_memtrace(["--", workloads["seed003"]], tmp_path)
+    proc, t = run_memtrace(["--alloc", "--", workloads["seed003"]], tmp_path)
     ev = t.events
     assert t.meta.get("lost") == 0
     pid = exec_pid(ev, "seed003")
@@ -157,7 +157,8 @@ def test_change_after_a_fault_that_never_completes(workloads, tmp_path, disk_tmp
 # ---- acceptance 3: copy-on-write after fork ----
 
 def _cowfork(workloads, tmp_path):
-    proc, t = run_memtrace(["--", workloads["cowfork"]], tmp_path)
+    # --alloc: the pages allocated inside each fault (a copy is a new page)
+    proc, t = run_memtrace(["--alloc", "--", workloads["cowfork"]], tmp_path)
     ev = t.events
     assert t.meta.get("lost") == 0
     parent = exec_pid(ev, "cowfork")

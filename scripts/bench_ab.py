@@ -1,0 +1,57 @@
+"""Two tracers (or a tracer and none) compared on one workload, run after
+run: the paired ratio B/A of the workload's CPU time.
+
+On this kind of VM a workload's time moves +-15% from one run to the next
+whatever traces it, so a difference of a few percent between two memtrace
+variants drowns in `scripts/bench`'s medians. Here A and B alternate (ABBA),
+each pair gives B/A, and the median of many pairs with its quartiles is
+printed. Tracer names are scripts/bench's (`untraced`, `memtrace`,
+`memtrace-latency`, `memtrace-norss`, `memtrace-summary`, ...).
+
+    sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
+         [--args "64 8"] A B [A B ...]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (scripts/bench.py: the tracers, the workloads, run_once)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--workload", default="faults")
+    ap.add_argument("--args", default="64 8", help="the workload's arguments")
+    ap.add_argument("tracers", nargs="+", help="A B [A B ...]")
+    args = ap.parse_args()
+    if len(args.tracers) % 2:
+        ap.error("tracers come in pairs: A B")
+    with tempfile.TemporaryDirectory(prefix="memtrace-ab-") as d:
+        tmp = Path(d)
+        exes = bench.build(tmp)
+        cmd = [*bench.workloads(exes, tmp)[args.workload][:1], *args.args.split()]
+        tr = bench.tracers(tmp)
+        for a, b in zip(args.tracers[::2], args.tracers[1::2]):
+            ratios, ta, tb = [], [], []
+            for i in range(args.pairs):
+                t = {}
+                for name in ((a, b) if i % 2 == 0 else (b, a)):
+                    t[name] = bench.run_once(tr[name], exes["fork_exit_timer"], cmd)["cpu"]
+                ratios.append(t[b] / t[a])
+                ta.append(t[a])
+                tb.append(t[b])
+            q = statistics.quantiles(ratios, n=4)
+            print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
+                  f"(quartiles {q[0]:.3f}..{q[2]:.3f}; {a} {statistics.median(ta):.3f} s, "
+                  f"{b} {statistics.median(tb):.3f} s CPU; {args.pairs} pairs)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
