@@ -10,9 +10,10 @@ PERF_EVENT_IOC_ENABLE/DISABLE, raw tracepoints attached and detached.
     sudo .venv/bin/python scripts/bench_hooks.py [--pairs 30] [HOOK ...]
 
 HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
-alloc (raw mm_page_alloc), sys_enter (raw). (A bpf-attached tracepoint such
-as kmem:rss_stat cannot be switched off by ioctl: its program runs while
-the event is disabled, so it is not offered.)
+alloc (raw mm_page_alloc), sys_enter (raw), rss (the kmem:rss_stat
+tracepoint, attached and detached: a bpf-attached tracepoint's program runs
+while the event is disabled by ioctl). --workload picks the program and its
+arguments: "faults 64 8" (default) or "churn 30000".
 """
 from __future__ import annotations
 
@@ -32,15 +33,18 @@ BPF_PERCPU_ARRAY(cnt, u64, 1);
 static __always_inline int bump(void) { int i = 0; u64 *c = cnt.lookup(&i); if (c) (*c)++; return 0; }
 int on_perf(struct bpf_perf_event_data *ctx) { return bump(); }
 int on_raw(struct bpf_raw_tracepoint_args *ctx) { return bump(); }
+int on_tp(void *ctx) { return bump(); }
 """
 PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
 RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter"}
+TRACEPOINTS = {"rss": b"kmem:rss_stat"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=30)
-    ap.add_argument("--workload", default="64 8", help="faults' arguments (MiB rounds)")
+    ap.add_argument("--workload", default="faults 64 8",
+                    help="a tests/workloads program and its arguments")
     ap.add_argument("hooks", nargs="*", default=["min", "entry", "alloc"])
     args = ap.parse_args()
     from bcc import BPF, PerfType
@@ -50,11 +54,12 @@ def main() -> int:
     if not os.environ.get("BCC_KERNEL_SOURCE") and Path(SUBSTITUTE_DIR).is_dir():
         os.environ["BCC_KERNEL_SOURCE"] = SUBSTITUTE_DIR
     with tempfile.TemporaryDirectory() as d:
-        timer, faults = Path(d) / "timer", Path(d) / "faults"
+        name, *wargs = args.workload.split()
+        timer, prog = Path(d) / "timer", Path(d) / name
         for src, exe in ((ROOT / "scripts" / "fork_exit_timer.c", timer),
-                         (ROOT / "tests" / "workloads" / "faults.c", faults)):
-            subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
-        cmd = [str(timer), str(faults), *args.workload.split()]
+                         (ROOT / "tests" / "workloads" / f"{name}.c", prog)):
+            subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
+        cmd = [str(timer), str(prog), *wargs]
 
         def cpu() -> float:
             r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -70,17 +75,21 @@ def main() -> int:
                 def switch(on: bool) -> None:
                     for fd in fds:
                         fcntl.ioctl(fd, 0x2400 if on else 0x2401, 0)
-            elif hook in RAW:
-                state = {"on": True}
-                b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+            elif hook in RAW or hook in TRACEPOINTS:
+                state = {"on": False}
 
                 def switch(on: bool) -> None:
-                    if on != state["on"]:
-                        if on:
-                            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
-                        else:
-                            b.detach_raw_tracepoint(tp=RAW[hook])
-                        state["on"] = on
+                    if on == state["on"]:
+                        return
+                    if hook in RAW and on:
+                        b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+                    elif hook in RAW:
+                        b.detach_raw_tracepoint(tp=RAW[hook])
+                    elif on:
+                        b.attach_tracepoint(tp=TRACEPOINTS[hook], fn_name=b"on_tp")
+                    else:
+                        b.detach_tracepoint(tp=TRACEPOINTS[hook])
+                    state["on"] = on
             else:
                 ap.error(f"unknown hook {hook}")
             ratios, on_t, off_t = [], [], []
@@ -95,7 +104,7 @@ def main() -> int:
             switch(False)
             b.cleanup()
             q = statistics.quantiles(ratios, n=4)
-            print(f"{hook:10s} paired median {statistics.median(ratios):.3f}x "
+            print(f"{args.workload}: {hook:10s} paired median {statistics.median(ratios):.3f}x "
                   f"(quartiles {q[0]:.3f}..{q[2]:.3f}), on {statistics.median(on_t):.3f} s, "
                   f"off {statistics.median(off_t):.3f} s, {args.pairs} pairs")
     return 0
