@@ -154,6 +154,15 @@ def kill_session(sid: int) -> None:
         time.sleep(0.05)
 
 
+def kill_all(*popens) -> None:
+    """SIGKILLs and reaps the subprocess.Popen objects given (None skipped)
+    that still run: a test's clean-up of its target and its memtrace."""
+    for p in popens:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def ignored_signals(pid: int) -> set[int]:
     """The signals process `pid` ignores (SigIgn of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

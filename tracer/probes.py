@@ -46,7 +46,7 @@ ALLOC = "raw_tracepoint__mm_page_alloc"
 # page allocations inside it are not followed (the costliest hooks)
 SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
 # The end of a minor fault (the PAGE_FAULTS_MIN perf event, the costliest
-# hook: about 6.7% of a fault-heavy workload's time with an empty program,
+# hook: about 6% of a fault-heavy workload's time with an empty program,
 # docs/benchmarks.md) is followed only with --fault-latency. Without it, a
 # fault ends when its thread's next fault, syscall, signal or exit shows
 # it: the programs that close it then are attached instead.

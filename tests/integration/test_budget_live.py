@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from memtrace_helpers import (REPO, map_line, markers, memtrace_cmd, of_kind, run_memtrace,
+from memtrace_helpers import (
+    REPO, kill_all, map_line, markers, memtrace_cmd, of_kind, run_memtrace,
                               wait_for_trace)
 from tracer import metrics
 
@@ -125,10 +126,7 @@ def test_budget_with_attach(workloads, tmp_path):
         assert target.wait(timeout=30) == 0, rest
         _, err = mt.communicate(timeout=60)
     finally:
-        for p in (target, mt):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(target, mt)
     assert mt.returncode == 8, err
     addr, length = map_line(rest)
     assert "BROKEN  attachme#0  max_bytes_mapped  1.0 MiB > 512.0 KiB (+100%)" in err, err

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from memtrace_helpers import (
+    kill_all,
     MARK_RUSAGE, REPO, between, counter, exec_pid, faults_of, ints, kernel_counts,
     kinds, map_line, marker_ts, markers, memtrace_cmd, of_kind, pre_exec_faults, run_memtrace,
     rusage_line, wait_for_trace,
@@ -245,10 +246,7 @@ def test_attach(workloads, tmp_path):
             pytest.fail(f"memtrace -p did not stop when its process exited\n{err}")
         assert mt.returncode == 0, err
     finally:
-        for p in (target, mt):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(target, mt)
 
     import tracer
     t = tracer.load(out)

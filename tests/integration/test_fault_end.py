@@ -17,6 +17,7 @@ import time
 import pytest
 
 from memtrace_helpers import (
+    kill_all,
     MARK_RUSAGE, REPO, between, counter, exec_pid, faults_of, ints, map_line, marker_ts,
     markers, memtrace_cmd, pre_exec_faults, run_memtrace, rusage_line, wait_for_trace,
 )
@@ -100,10 +101,7 @@ def test_last_faults_of_a_process_that_runs_on(workloads, tmp_path):
         _, err = mt.communicate(timeout=60)
         assert mt.returncode in (0, 130), err
     finally:
-        for p in (target, mt):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(target, mt)
     import tracer
     t = tracer.load(out)
     assert t.meta["lost"] == 0

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from memtrace_helpers import (
+    kill_all,
     REPO, counter, exec_pid, exec_pids, faults_of, kill_session, kinds, memtrace_cmd,
     of_kind, procs, run_memtrace, wait_for_trace,
 )
@@ -220,10 +221,7 @@ def test_sigint_to_memtrace_alone_with_attach(workloads, tmp_path):
         state = procs(ppid=os.getpid()).get(nb.pid, ("", "gone"))[1]
         assert state in ("R", "S", "D"), f"the attached process is in state {state}"
     finally:
-        for p in (mt, nb):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(mt, nb)
     t = _load(out)
     assert t.complete and t.meta["interrupted"] == "SIGINT"
     assert set(int(p) for p in t.events["pid"].unique()) == {nb.pid}
@@ -467,10 +465,7 @@ def test_attach_follows_children_or_not(workloads, tmp_path, follow):
         err = _finish(mt)
         assert mt.returncode == 0, err
     finally:
-        for p in (mt, nb):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(mt, nb)
     ev = _load(out).events
     pids = set(int(p) for p in ev["pid"].unique())
     forks = of_kind(ev, "fork")
