@@ -164,7 +164,8 @@ def run(opts: Options, say: Say,
         if opts.fault_mode == "summary":
             summary = SummaryReader(
                 probes.table("fault_summary"), probes.table("summary_acc"),
-                hold=lambda: probes.set_config(C["MT_CFG_SUMMARY_HOLD"], 1))
+                hold=lambda: probes.set_config(C["MT_CFG_SUMMARY_HOLD"], 1),
+                sleeping=lambda: pending_faults.parked_summary_slots(probes))
             probes.set_config(C["MT_CFG_FAULT_MODE"], C["MT_FAULT_MODE_SUMMARY"])
         res.start_ts = time.monotonic_ns()
         # from here a signal ends tracing normally; caught before CMD starts,

@@ -37,6 +37,10 @@ BLOCK_SHIFT = C["MT_SUMMARY_BLOCK_SHIFT"]
 # adds to the slot of its entry until its end (a major fault is moved then):
 # a major fault longer than that is counted as minor (counter late_major).
 MARGIN = 3
+# A slot is held back while a fault counted in it sleeps (a major fault
+# waiting for its page), but not longer than this many slots (30 s): a
+# thread that never runs again must not stop the drains.
+HOLD_MAX = 30 * 10**9 >> SLOT_SHIFT
 
 # one merged entry: what trace_rows.summary_batch turns into a row
 ROW = np.dtype([("ts", "<u8"), ("last_ts", "<u8"), ("addr", "<u8"), ("ip", "<u8"),
@@ -113,8 +117,10 @@ class SummaryReader:
     `summary_acc` (tracer.bpf_syscall.Map objects); `hold` tells BPF to stop
     flushing runs at task switches (before the last drain)."""
 
-    def __init__(self, table, runs=None, hold: Callable[[], None] | None = None) -> None:
+    def __init__(self, table, runs=None, hold: Callable[[], None] | None = None,
+                 sleeping: Callable[[], np.ndarray] | None = None) -> None:
         self.table = table
+        self._sleeping = sleeping    # the slots of counted faults still asleep
         self.ncpus = table.ncpus
         self.runs = runs
         self._hold = hold
@@ -153,6 +159,10 @@ class SummaryReader:
         cut = current - MARGIN
         if len(runs):
             cut = min(cut, int(runs["key"]["slot"].min()))
+        asleep = self._sleeping() if self._sleeping is not None and not final else ()
+        asleep = [s for s in asleep if s > current - HOLD_MAX]
+        if asleep:       # a major fault's end would move it out of its slot
+            cut = min(cut, int(min(asleep)))
         self.drained_to = now_ns if final else cut << SLOT_SHIFT
         raw_keys, raw_values, n = self.table.lookup_batch()
         keys = np.frombuffer(raw_keys, layout.SUMMARY_KEY, count=n)

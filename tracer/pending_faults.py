@@ -58,6 +58,20 @@ def _read_slots(probes) -> np.ndarray:
     return _slots(raw)
 
 
+def parked_summary_slots(probes) -> np.ndarray:
+    """The time slots (fault_summary keys' `slot`) of the faults counted in
+    summary mode whose thread was switched out inside or after them
+    (`parked`): a major fault sleeps there, and its end moves it out of its
+    slot's entry, so that slot must not be drained before (SummaryReader)."""
+    raw = [v for _, v in probes.table("parked").items()]
+    if not raw:
+        return np.zeros(0, np.uint32)
+    at, size = SLOT.itemsize, layout.SUMMARY_KEY.itemsize
+    slots = _slots(raw)
+    keys = np.frombuffer(b"".join(v[at:at + size] for v in raw), layout.SUMMARY_KEY)
+    return keys["slot"][(slots["active"] != 0) & (slots["summary"] != 0)].copy()
+
+
 def open_since(probes) -> int:
     """A time no fault still to come from BPF is older than: the entry of
     the oldest fault open now, or now. Read before the rings, it bounds what

@@ -174,8 +174,8 @@ def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, 
     found: list[int] = []
 
     class HeldFromStart(fault_summary.SummaryReader):
-        def __init__(self, table, runs=None, hold=None) -> None:
-            super().__init__(table, runs, hold)
+        def __init__(self, table, runs=None, hold=None, sleeping=None) -> None:
+            super().__init__(table, runs, hold, sleeping)
             hold()
             readers.append(self)
 

@@ -186,3 +186,20 @@ def test_final_drain_merges_the_runs_left_on_the_cpus(monkeypatch):
     assert r.faults == 27
     # the runs read are cleared: a second read finds none
     assert len(r.pending()) == 0
+
+
+def test_drain_holds_back_the_slot_of_a_fault_still_asleep(monkeypatch):
+    """A counted fault parked in slot 6 (a major fault waiting for its page:
+    its end moves it out of slot 6's entry): slots 6 and after stay; one
+    asleep for longer than HOLD_MAX slots holds nothing back."""
+    shift = fault_summary.SLOT_SHIFT
+    entries = [(_key(1, 5), _value(1, 5 << shift, 5 << shift)),
+               (_key(1, 6), _value(2, 6 << shift, 6 << shift))]
+    monkeypatch.setattr(fault_summary, "HOLD_SETTLE", 0)
+    asleep = [np.array([6], np.uint32)]
+    r = SummaryReader(FakeHash(entries), FakeRuns([]), sleeping=lambda: asleep[0])
+    rows = r.drain(12 << shift)
+    assert list(rows["count"]) == [1] and r.drained_to == 6 << shift
+    asleep[0] = np.array([6], np.uint32)
+    rows = r.drain((6 + fault_summary.HOLD_MAX + 1) << shift)
+    assert list(rows["count"]) == [2]

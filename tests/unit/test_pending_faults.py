@@ -70,3 +70,21 @@ def test_open_since_is_the_oldest_open_entry(monkeypatch):
     values[:] = _raw(_slot(ts=5, state=traced, active=0))
     # nothing open (the parked one aside): bounded by it
     assert pending_faults.open_since(Probes()) == 400
+
+
+def test_parked_summary_slots_are_those_of_counted_open_faults():
+    def key(slot: int) -> bytes:
+        k = np.zeros(1, layout.SUMMARY_KEY)
+        k["slot"] = slot
+        return k.tobytes()
+    traced = C["MT_STATE_TRACED"]
+    parked = [_slot(active=1, summary=3, state=traced).tobytes() + key(41),
+              _slot(active=1, summary=0, state=traced).tobytes() + key(7),    # events mode
+              _slot(active=0, summary=2, state=traced).tobytes() + key(5)]    # closed
+
+    class Probes:
+        def table(self, name):
+            assert name == "parked"
+            return type("T", (), {"items": lambda self: iter([(b"k", v) for v in parked])})()
+
+    assert pending_faults.parked_summary_slots(Probes()).tolist() == [41]
