@@ -98,7 +98,8 @@ def wait_released(timeout: float = 15.0) -> None:
     slow detach to a helper (tracer/bpf_load.release), so the programs of
     the run before stay on the hooks for up to a second or more after it
     exits, and would weigh on the next run (an untraced one too)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:     # called before every run: once
+        sys.path.insert(0, str(ROOT))
     from tracer.bpf_syscall import loaded_prog_names
     deadline = time.monotonic() + timeout
     while "page_fault_user" in loaded_prog_names() and time.monotonic() < deadline:

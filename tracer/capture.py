@@ -235,8 +235,9 @@ def run(opts: Options, say: Say,
                 # rows newer than a ring's watermark wait: time order across
                 # flushes; a fault still open in BPF comes later with its
                 # entry's time: bound by the open ones, read before the rings
-                mark = watermark()
-                if not probes.fault_end:
+                if probes.fault_end:
+                    mark = watermark()
+                else:
                     bound = pending_faults.open_since(probes)
                     drain()
                     mark = min(watermark(), bound)

@@ -29,11 +29,17 @@ def _slots(raw: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(v[:SLOT.itemsize] for v in raw), SLOT)
 
 
+def _open(slots: np.ndarray) -> np.ndarray:
+    """The slots holding a fault of a traced process that BPF will send as a
+    fault row (summary mode counted its own at entry)."""
+    return slots[(slots["active"] != 0) & (slots["state"] == C["MT_STATE_TRACED"])
+                 & (slots["summary"] == 0)]
+
+
 def to_records(slots: np.ndarray) -> np.ndarray:
     """The open faults of traced processes among `slots`, as layout.FAULT
     records (flag NO_END: the entry's time, no latency), in time order."""
-    open_ = slots[(slots["active"] != 0) & (slots["state"] == C["MT_STATE_TRACED"])
-                  & (slots["summary"] == 0)]
+    open_ = _open(slots)
     out = np.zeros(len(open_), layout.FAULT)
     for f in ("ts", "addr", "ip", "pid", "tid", "error_code", "alloc", "stack_id"):
         out[f] = open_[f]
@@ -77,7 +83,5 @@ def open_since(probes) -> int:
     the oldest fault open now, or now. Read before the rings, it bounds what
     the next ring read can still bring (writer.Spill.write's `before`)."""
     now = time.monotonic_ns()      # CLOCK_MONOTONIC, as bpf_ktime_get_ns
-    slots = _read_slots(probes)
-    open_ = slots[(slots["active"] != 0) & (slots["state"] == C["MT_STATE_TRACED"])
-                  & (slots["summary"] == 0)]
+    open_ = _open(_read_slots(probes))
     return int(min(now, open_["ts"].min())) if len(open_) else now
