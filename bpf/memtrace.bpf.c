@@ -289,7 +289,7 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
  * A retry that succeeds is counted (reserve_retried); what is still lost is
  * counted as lost. (One function per ring: bcc rewrites map calls, not
  * inside macros.) */
-static __always_inline struct mt_fault *reserve_fault(void)
+static __always_inline struct mt_fault *reserve_fault(u16 flags)
 {
 	struct mt_fault *f = faults.ringbuf_reserve(sizeof(struct mt_fault));
 	if (f)
@@ -297,8 +297,11 @@ static __always_inline struct mt_fault *reserve_fault(void)
 	f = faults.ringbuf_reserve(sizeof(struct mt_fault));
 	if (f)
 		count(MT_CNT_RESERVE_RETRIED);
-	else
+	else {
 		count(MT_CNT_LOST_FAULT);
+		if (flags & MT_FAULT_MAJOR)
+			count(MT_CNT_LOST_FAULT_MAJOR);
+	}
 	return f;
 }
 
@@ -307,7 +310,7 @@ static __always_inline struct mt_fault *reserve_fault(void)
  * latency); `ip` the faulting instruction. */
 static __always_inline void send_fault(struct fault_slot *fs, u64 end, u16 flags, u64 ip)
 {
-	struct mt_fault *f = reserve_fault();
+	struct mt_fault *f = reserve_fault(flags);
 	if (!f)
 		return;
 	f->ts = end ? end : fs->ts;
@@ -981,7 +984,7 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 	}
 	/* the end of a fault whose entry was not seen */
 	count(MT_CNT_FAULT_NO_ENTRY);
-	struct mt_fault *f = reserve_fault();
+	struct mt_fault *f = reserve_fault(flags);
 	if (!f)
 		return 0;
 	f->ts = bpf_ktime_get_ns();

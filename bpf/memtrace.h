@@ -101,6 +101,8 @@
 				   which had slept and changed nothing: the fatal
 				   signal interrupted it, the kernel does not count
 				   it: not sent */
+#define MT_CNT_LOST_FAULT_MAJOR 21  /* of lost_fault, the major faults (the kernel
+				       counts them apart: the cross-check needs both) */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */

@@ -104,6 +104,9 @@ def kernel_check(res: Result) -> dict:
         "kernel_minor": ker_min, "kernel_major": ker_maj,
         "unseen_minor": ker_min - cap_min - out["pre_exec_faults"],
         "unseen_major": ker_maj - cap_maj,
+        # lost in a full ring: counted by the kernel, not captured
+        "lost_minor": res.counters.get("lost_fault", 0) - res.counters.get("lost_fault_major", 0),
+        "lost_major": res.counters.get("lost_fault_major", 0),
     }
     if res.kernel_total:
         out["wait4"] = res.kernel_total
@@ -149,7 +152,11 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
         pre = meta["kernel"]["pre_exec_faults"]
         if pre:
             lines.append(f"            of which {_n(pre)} minor before exec (memtrace's own child)")
-        un_min, un_maj = k["unseen_minor"], k["unseen_major"]
+        lost_min, lost_maj = k.get("lost_minor", 0), k.get("lost_major", 0)
+        if lost_min or lost_maj:
+            lines.append(f"            of which {_n(lost_min)} minor, {_n(lost_maj)} major"
+                         " lost (ring full)")
+        un_min, un_maj = k["unseen_minor"] - lost_min, k["unseen_major"] - lost_maj
         if un_min or un_maj:
             lines.append(f"            {_n(un_min)} minor, {_n(un_maj)} major not seen: faults the"
                          " kernel took with")

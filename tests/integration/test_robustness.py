@@ -49,12 +49,14 @@ def _check_kernel(meta: dict, execs: int) -> int:
     """unseen_minor, checked: 0 <= unseen - lost faults <= execs + EXTRA."""
     k = _kernel_total(meta)
     lost = counter(meta, "lost_fault") or 0
-    unseen = int(k["unseen_minor"]) - lost
+    lost_major = counter(meta, "lost_fault_major") or 0
+    assert int(k["lost_major"]) == lost_major and int(k["lost_minor"]) == lost - lost_major
+    unseen = int(k["unseen_minor"]) - (lost - lost_major)
     assert 0 <= unseen <= execs + EXTRA, (
         f"kernel {k['kernel_minor']} minor, captured {k['captured_minor']}, lost {lost},"
         f" pre-exec {meta['kernel'].get('pre_exec_faults')}: {unseen} unexplained"
         f" (expected 0..{execs + EXTRA} for {execs} execs)")
-    assert int(k["unseen_major"]) == 0, k
+    assert int(k["unseen_major"]) == lost_major, k
     return unseen
 
 
