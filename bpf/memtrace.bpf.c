@@ -33,15 +33,29 @@ struct comm_key {
 };
 BPF_HASH(comm_filter, struct comm_key, u8, MT_COMM_FILTERS);
 
-/* Per-thread state; deleted when the thread exits, so a reused tid never
- * inherits it. */
+/* A memory syscall (or open) in progress: its entry's time and arguments. */
 struct syscall_entry {
 	u64 ts;
 	u64 args[6];
 	u32 kind;
 	s32 stack_id;      /* --stacks: the caller's user stack, -1 none */
 };
-BPF_HASH(inflight, u32, struct syscall_entry, 65536);
+/* ... in this CPU's slot from raw sys_enter to raw sys_exit, as faults are:
+ * a per-CPU slot costs an array index where a per-thread hash cost an
+ * update, a lookup and a delete (about 200 ns a syscall, docs/benchmarks.md).
+ * A syscall whose thread is switched out meanwhile (it sleeps on mmap_lock,
+ * or is preempted) is parked in `inflight` by sched_switch; `inflight_n`
+ * counts its entries, so an exit with nothing parked skips the hash. */
+struct syscall_slot {
+	struct syscall_entry e;
+	u32 tid;
+	u32 active;
+};
+BPF_PERCPU_ARRAY(syscall_slot, struct syscall_slot, 1);
+/* Per-thread; deleted when the thread exits, so a reused tid never
+ * inherits it. */
+BPF_HASH(inflight, u32, struct syscall_entry, 16384);
+BPF_ARRAY(inflight_n, s64, 1);
 
 /* The fault in progress on this CPU: filled at fault entry, read by
  * kmem:rss_stat inside the fault and by the perf event at its end (or, when
@@ -384,10 +398,13 @@ static __always_inline void close_thread_fault(u32 tid)
 }
 
 static __always_inline void summary_switch(void);
+static __always_inline void park_syscall(u32 tid);
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
 	summary_switch();
+	if (args->prev_pid)
+		park_syscall(args->prev_pid);
 	int zero = 0;
 	struct fault_slot *fs = fault_slot.lookup(&zero);
 	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
@@ -410,14 +427,37 @@ TRACEPOINT_PROBE(sched, sched_switch)
 	return 0;
 }
 
-/* Ends not followed: any syscall of a thread closes the fault it had open
- * (a thread enters no syscall inside a fault), so that resident-set
- * changes the syscall makes are not taken for the fault's. Not attached
- * with --fault-latency (the perf event ends each fault). */
+static __always_inline int syscall_enter(void *ctx, u32 kind, u32 tgid, u32 tid,
+					 struct pt_regs *regs, u64 nr);
+
+/* Every syscall of the machine. Ends not followed: any syscall of a thread
+ * closes the fault it had open (a thread enters no syscall inside a fault),
+ * so that resident-set changes the syscall makes are not taken for the
+ * fault's (with --fault-latency the perf event ends each fault). The
+ * memory syscalls and opens of traced processes are taken from here, by
+ * number, not from their own syscalls:sys_enter_* tracepoints: a raw
+ * tracepoint fills no trace record, and one program serves them all.
+ * TP_PROTO(struct pt_regs *regs, long id) (include/trace/events/syscalls.h). */
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
-	close_thread_fault((u32)bpf_get_current_pid_tgid());
-	return 0;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
+	if (!cfg(MT_CFG_FAULT_END))
+		close_thread_fault(tid);
+	u64 nr = ctx->args[1];
+	u32 kind;
+	switch (nr) {
+	case MT_SYS_BRK: kind = MT_EV_BRK; break;
+	case MT_SYS_MMAP: kind = MT_EV_MMAP; break;
+	case MT_SYS_MUNMAP: kind = MT_EV_MUNMAP; break;
+	case MT_SYS_MREMAP: kind = MT_EV_MREMAP; break;
+	case MT_SYS_MPROTECT: kind = MT_EV_MPROTECT; break;
+	case MT_SYS_MADVISE: kind = MT_EV_MADVISE; break;
+	case MT_SYS_OPEN:
+	case MT_SYS_OPENAT: kind = MT_EV_OPEN; break;
+	default: return 0;
+	}
+	return syscall_enter(ctx, kind, tgid, tid, (struct pt_regs *)ctx->args[0], nr);
 }
 
 /* Ends not followed: a signal closes the thread's open fault. A SIGSEGV or
@@ -501,46 +541,112 @@ static __always_inline struct mt_exec *new_path_record(u32 kind, u32 tgid, u32 t
 
 /* ---- memory syscalls: entry stores the arguments, exit sends one event ---- */
 
-static __always_inline int syscall_enter(void *ctx, u32 kind, u64 a0, u64 a1, u64 a2,
-					 u64 a3, u64 a4, u64 a5)
+static __always_inline s64 *inflight_count(void)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32, tid = (u32)id;
+	int zero = 0;
+	return inflight_n.lookup(&zero);
+}
+
+/* The memory syscall (or open) `tid` has in progress, NULL if none. */
+static __always_inline struct syscall_entry *syscall_of(u32 tid)
+{
+	int zero = 0;
+	struct syscall_slot *s = syscall_slot.lookup(&zero);
+	if (s && s->active && s->tid == tid)
+		return &s->e;
+	s64 *n = inflight_count();
+	if (!n || *n <= 0)
+		return 0;
+	return inflight.lookup(&tid);
+}
+
+/* `tid` has no syscall in progress any more (it exits, or leaves -a). */
+static __always_inline void forget_syscall(u32 tid)
+{
+	int zero = 0;
+	struct syscall_slot *s = syscall_slot.lookup(&zero);
+	if (s && s->active && s->tid == tid)
+		s->active = 0;
+	s64 *n = inflight_count();
+	if (n && *n > 0 && inflight.delete(&tid) == 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+/* sched_switch: the syscall the thread switched out has in progress goes
+ * from this CPU's slot to `inflight` (it ends on whichever CPU it resumes). */
+static __always_inline void park_syscall(u32 tid)
+{
+	int zero = 0;
+	struct syscall_slot *s = syscall_slot.lookup(&zero);
+	if (!s || !s->active || s->tid != tid)
+		return;
+	s->active = 0;
+	s64 *n = inflight_count();
+	if (!n)
+		return;
+	if (inflight.update(&tid, &s->e) == 0)
+		__sync_fetch_and_add(n, 1);
+	else
+		count(MT_CNT_MAP_FULL);
+}
+
+/* ---- memory syscalls: entry stores the arguments, exit sends one event ---- */
+
+/* A syscall of interest entered (raw sys_enter): its arguments from the
+ * saved user registers (struct pt_regs, the tracepoint's argument: the
+ * x86-64 syscall ABI, di si dx r10 r8 r9), into this CPU's slot. */
+static __always_inline int syscall_enter(void *ctx, u32 kind, u32 tgid, u32 tid,
+					 struct pt_regs *regs, u64 nr)
+{
 	if (current_state(tgid) != MT_STATE_TRACED)
 		return 0;
-	close_thread_fault(tid);
-	struct syscall_entry e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.kind = kind;
-	e.args[0] = a0; e.args[1] = a1; e.args[2] = a2;
-	e.args[3] = a3; e.args[4] = a4; e.args[5] = a5;
-	e.stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
+	int zero = 0;
+	struct syscall_slot *s = syscall_slot.lookup(&zero);
+	if (!s)
+		return 0;
+	struct pt_regs r;
+	if (bpf_probe_read_kernel(&r, sizeof(r), regs))
+		return 0;
+	/* a 32-bit syscall (int 0x80, sysenter) has other numbers: the
+	 * syscalls:* tracepoints skip them too (trace_get_syscall_nr) */
+	if ((u16)r.cs != MT_USER_CS)
+		return 0;
+	struct syscall_entry *e = &s->e;
+	e->ts = bpf_ktime_get_ns();
+	e->kind = kind;
+	/* the arguments the call has, the others 0 (as its tracepoint gave) */
+	e->args[0] = r.di;
+	e->args[1] = kind == MT_EV_BRK ? 0 : r.si;
+	e->args[2] = (kind == MT_EV_BRK || kind == MT_EV_MUNMAP) ? 0 : r.dx;
+	e->args[3] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP || kind == MT_EV_OPEN) ? r.r10 : 0;
+	e->args[4] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP) ? r.r8 : 0;
+	e->args[5] = kind == MT_EV_MMAP ? r.r9 : 0;
+	if (nr == MT_SYS_OPEN) {   /* open(path, flags, mode) as openat(AT_FDCWD, ...) */
+		e->args[0] = (u64)-100;
+		e->args[1] = r.di;
+		e->args[2] = r.si;
+		e->args[3] = r.dx;
+	}
+	e->stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
 	if (kind != MT_EV_OPEN)
 		bump_layout_gen(tgid);
-	if (inflight.update(&tid, &e))
-		count(MT_CNT_MAP_FULL);
+	s->tid = tid;
+	s->active = 1;
 	return 0;
 }
 
-static __always_inline int syscall_exit(u32 kind, s64 ret)
+static __always_inline int open_exit(struct syscall_entry *e, u32 tgid, u32 tid, s64 ret);
+
+/* The syscall in `e` returned `ret`: one event. */
+static __always_inline int syscall_exit(struct syscall_entry *e, u32 tgid, u32 tid, s64 ret)
 {
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32, tid = (u32)id;
-	struct syscall_entry *e = inflight.lookup(&tid);
-	if (!e)
-		return 0;
-	if (e->kind != kind) {
-		count(MT_CNT_UNPAIRED_EXIT);
-		inflight.delete(&tid);
-		return 0;
-	}
+	if (e->kind == MT_EV_OPEN)
+		return open_exit(e, tgid, tid, ret);
 	count(MT_CNT_SYSCALLS);
 	bump_layout_gen(tgid);
-	struct mt_event *ev = new_event(kind, tgid, tid, MT_CNT_LOST_EVENT);
-	if (!ev) {
-		inflight.delete(&tid);
+	struct mt_event *ev = new_event(e->kind, tgid, tid, MT_CNT_LOST_EVENT);
+	if (!ev)
 		return 0;
-	}
 	ev->duration = ev->ts - e->ts;
 	ev->ret = ret;
 	ev->aux = e->stack_id;
@@ -548,73 +654,45 @@ static __always_inline int syscall_exit(u32 kind, s64 ret)
 	for (int i = 0; i < 6; i++)
 		ev->args[i] = e->args[i];
 	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-	inflight.delete(&tid);
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_brk)
-{
-	return syscall_enter(args, MT_EV_BRK, args->brk, 0, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_brk) { return syscall_exit(MT_EV_BRK, args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mmap)
-{
-	return syscall_enter(args, MT_EV_MMAP, args->addr, args->len, args->prot,
-			     args->flags, args->fd, args->off);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_mmap) { return syscall_exit(MT_EV_MMAP, args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_munmap)
-{
-	return syscall_enter(args, MT_EV_MUNMAP, args->addr, args->len, 0, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_munmap) { return syscall_exit(MT_EV_MUNMAP, args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mremap)
-{
-	return syscall_enter(args, MT_EV_MREMAP, args->addr, args->old_len,
-			     args->new_len, args->flags, args->new_addr, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_mremap) { return syscall_exit(MT_EV_MREMAP, args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_mprotect)
-{
-	return syscall_enter(args, MT_EV_MPROTECT, args->start, args->len, args->prot,
-			     0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_mprotect) { return syscall_exit(MT_EV_MPROTECT, args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_madvise)
-{
-	return syscall_enter(args, MT_EV_MADVISE, args->start, args->len_in,
-			     args->behavior, 0, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_madvise) { return syscall_exit(MT_EV_MADVISE, args->ret); }
-
-/* ---- open/openat: the file behind a later mmap(fd) ---- */
-
-static __always_inline int open_exit(s64 ret)
+/* Every syscall's return: the one in this CPU's slot, or a parked one.
+ * TP_PROTO(struct pt_regs *regs, long ret). */
+RAW_TRACEPOINT_PROBE(sys_exit)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
+	int zero = 0;
+	struct syscall_slot *s = syscall_slot.lookup(&zero);
+	if (!s)
+		return 0;
+	s64 ret = ctx->args[1];
+	if (s->active && s->tid == tid) {
+		s->active = 0;
+		return syscall_exit(&s->e, tgid, tid, ret);
+	}
+	s64 *n = inflight_count();
+	if (!n || *n <= 0)
+		return 0;
 	struct syscall_entry *e = inflight.lookup(&tid);
 	if (!e)
 		return 0;
-	if (e->kind != MT_EV_OPEN) {
-		count(MT_CNT_UNPAIRED_EXIT);
-		inflight.delete(&tid);
+	syscall_exit(e, tgid, tid, ret);
+	if (inflight.delete(&tid) == 0)
+		__sync_fetch_and_add(n, -1);
+	return 0;
+}
+
+/* ---- open/openat: the file behind a later mmap(fd) ---- */
+
+static __always_inline int open_exit(struct syscall_entry *e, u32 tgid, u32 tid, s64 ret)
+{
+	if (ret < 0)       /* a failed open names no descriptor */
 		return 0;
-	}
-	if (ret < 0) {     /* a failed open names no descriptor */
-		inflight.delete(&tid);
-		return 0;
-	}
 	struct mt_exec *ev = new_path_record(MT_EV_OPEN, tgid, tid, tid);
-	if (!ev) {
-		inflight.delete(&tid);
+	if (!ev)
 		return 0;
-	}
 	ev->ret = ret;
 	ev->flags = e->args[2];
 	/* the caller's path string is still there at syscall exit */
@@ -622,23 +700,8 @@ static __always_inline int open_exit(s64 ret)
 	bpf_probe_read_user_str(ev->filename, sizeof(ev->filename), (void *)e->args[1]);
 	set_busy(0);
 	execs.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-	inflight.delete(&tid);
 	return 0;
 }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-	return syscall_enter(args, MT_EV_OPEN, args->dfd, (u64)args->filename, args->flags,
-			     args->mode, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return open_exit(args->ret); }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-	return syscall_enter(args, MT_EV_OPEN, (u64)-100 /* AT_FDCWD */, (u64)args->filename,
-			     args->flags, args->mode, 0, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return open_exit(args->ret); }
 
 /* ---- page faults: entry (tracepoint, error code) + end (perf event, minor/major) ---- */
 
@@ -1028,7 +1091,7 @@ static __always_inline void rss_event(u32 pid, u32 tid, u32 member, s64 size,
 	count(MT_CNT_RSS);
 	u32 cause = 0;
 	if (!(flags & (MT_RSS_BASELINE | MT_RSS_OTHER_TASK))) {
-		struct syscall_entry *sc = inflight.lookup(&tid);
+		struct syscall_entry *sc = syscall_of(tid);
 		cause = sc ? sc->kind : 0;
 	}
 	struct mt_event *ev = new_event(MT_EV_RSS, pid, tid, MT_CNT_LOST_RSS);
@@ -1205,7 +1268,7 @@ static __always_inline void proc_event(u32 kind, u32 tgid, u32 tid, s32 aux,
  * its per-thread state goes (the other threads' goes at their exit). */
 static __always_inline void leave(u32 tgid, u32 tid, u32 old_tid)
 {
-	inflight.delete(&tid);
+	forget_syscall(tid);
 	take_built(old_tid, tgid, tid, 0);
 	proc_event(MT_EV_EXIT, tgid, tid, 0, 0, MT_EXIT_GROUP_DEAD | MT_EXIT_LEFT,
 		   BPF_RB_FORCE_WAKEUP);
@@ -1312,7 +1375,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	/* the new image's counters (its argument pages, the loader's faults) */
 	take_built(old, tgid, tid, 1);
 	if (old != tid)
-		inflight.delete(&old);
+		forget_syscall(old);
 	struct mt_exec *ev = new_path_record(MT_EV_EXEC, tgid, tid, old);
 	if (!ev)
 		return 0;
@@ -1343,7 +1406,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 			traced.delete(&tgid);
 		return 0;
 	}
-	inflight.delete(&tid);
+	forget_syscall(tid);
 	clone_flags.delete(&tid);
 	building.delete(&tid);
 	close_thread_fault(tid);    /* its last fault has ended */

@@ -143,6 +143,18 @@
 #define MT_SUMMARY_BLOCK_SHIFT 16     /* 64 KiB blocks: 16 pages, a u16 bitmap */
 #define MT_SUMMARY_SLOT_SHIFT 26      /* time slots of 2^26 ns (67 ms) */
 #define MT_SUMMARY_ENTRIES 131072
+/* x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl: the
+ * ABI, fixed) of the calls memtrace follows, from raw sys_enter's `id`. */
+#define MT_SYS_OPEN 2
+#define MT_SYS_MMAP 9
+#define MT_SYS_MPROTECT 10
+#define MT_SYS_MUNMAP 11
+#define MT_SYS_BRK 12
+#define MT_SYS_MREMAP 25
+#define MT_SYS_MADVISE 28
+#define MT_SYS_OPENAT 257
+#define MT_USER_CS 0x33   /* pt_regs.cs of a 64-bit syscall (arch/x86/include/asm/segment.h
+			     __USER_CS); a 32-bit one has 0x23 and other numbers */
 #define MT_USER_ADDR_END 0x100000000000000  /* x86-64: user addresses are below (5-level paging: 2^56) */
 
 #define MT_COMM_LEN 16

@@ -82,6 +82,10 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         "memtrace-norss": [PY, "-m", "tracer", "-q", "--no-rss", "-o",
                            str(tmp / "bench-norss.parquet"), "--"],
     }
+    base = os.environ.get("MEMTRACE_BASE")
+    if base:   # another checkout's memtrace (A/B of two commits: bench_ab.py memtrace-base memtrace)
+        t["memtrace-base"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q", "-o",
+                              str(tmp / "bench-base.parquet"), "--"]
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
                      "-o", str(tmp / "perf.txt"), "--"]

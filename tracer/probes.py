@@ -49,10 +49,10 @@ SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
 # hook: about 6% of a fault-heavy workload's time with an empty program,
 # docs/benchmarks.md) is followed only with --fault-latency. Without it, a
 # fault ends when its thread's next fault, syscall, signal or exit shows
-# it: the programs that close it then are attached instead.
+# it: the programs that close it then are attached instead (raw sys_enter
+# always is: the memory syscalls come through it).
 FAULT_END_SKIP = ("on_fault_min",)
-LAZY_END = {"raw_tracepoint__sys_enter": ("raw_tracepoint", b"sys_enter"),
-            "tracepoint__signal__signal_deliver": ("tracepoint", b"signal:signal_deliver"),
+LAZY_END = {"tracepoint__signal__signal_deliver": ("tracepoint", b"signal:signal_deliver"),
             "on_tick": ("perf_event", None)}
 # what bcc's own loader attached by itself and may have to detach
 _BCC_ATTACHED = {k: v for k, v in {**RESIDENCY, **LAZY_END}.items() if v[0] != "perf_event"}
