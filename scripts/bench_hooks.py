@@ -10,9 +10,11 @@ PERF_EVENT_IOC_ENABLE/DISABLE, raw tracepoints attached and detached.
     sudo .venv/bin/python scripts/bench_hooks.py [--pairs 30] [HOOK ...]
 
 HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
-alloc (raw mm_page_alloc), sys_enter (raw), rss (the kmem:rss_stat
+alloc (raw mm_page_alloc), sys_enter, sys_exit (raw), rss (the kmem:rss_stat
 tracepoint, attached and detached: a bpf-attached tracepoint's program runs
-while the event is disabled by ioctl). --workload picks the program and its
+while the event is disabled by ioctl), switch (sched:sched_switch); hooks
+joined by + are switched together (memtrace's default set:
+entry+rss+sys_enter+sys_exit+switch). --workload picks the program and its
 arguments: "faults 64 8" (default) or "churn 30000".
 """
 from __future__ import annotations
@@ -36,8 +38,9 @@ int on_raw(struct bpf_raw_tracepoint_args *ctx) { return bump(); }
 int on_tp(void *ctx) { return bump(); }
 """
 PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
-RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter"}
-TRACEPOINTS = {"rss": b"kmem:rss_stat"}
+RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter",
+       "sys_exit": b"sys_exit"}
+TRACEPOINTS = {"rss": b"kmem:rss_stat", "switch": b"sched:sched_switch"}
 
 
 def main() -> int:
@@ -67,31 +70,15 @@ def main() -> int:
 
         for hook in args.hooks:
             b = BPF(text=PROGRAMS)
-            if hook in PERF:
-                b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PERF[hook],
-                                    fn_name=b"on_perf", sample_period=1)
-                fds = list(b.open_perf_events[(PerfType.SOFTWARE, PERF[hook])].values())
+            switches = []
+            for part in hook.split("+"):   # "entry+rss": switched together
+                if part not in PERF and part not in RAW and part not in TRACEPOINTS:
+                    ap.error(f"unknown hook {part}")
+                switches.append(_switch(b, part, PerfType))
 
-                def switch(on: bool) -> None:
-                    for fd in fds:
-                        fcntl.ioctl(fd, 0x2400 if on else 0x2401, 0)
-            elif hook in RAW or hook in TRACEPOINTS:
-                state = {"on": False}
-
-                def switch(on: bool) -> None:
-                    if on == state["on"]:
-                        return
-                    if hook in RAW and on:
-                        b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
-                    elif hook in RAW:
-                        b.detach_raw_tracepoint(tp=RAW[hook])
-                    elif on:
-                        b.attach_tracepoint(tp=TRACEPOINTS[hook], fn_name=b"on_tp")
-                    else:
-                        b.detach_tracepoint(tp=TRACEPOINTS[hook])
-                    state["on"] = on
-            else:
-                ap.error(f"unknown hook {hook}")
+            def switch(on: bool) -> None:
+                for sw in switches:
+                    sw(on)
             ratios, on_t, off_t = [], [], []
             for i in range(args.pairs):
                 t = {}
@@ -108,6 +95,34 @@ def main() -> int:
                   f"(quartiles {q[0]:.3f}..{q[2]:.3f}), on {statistics.median(on_t):.3f} s, "
                   f"off {statistics.median(off_t):.3f} s, {args.pairs} pairs")
     return 0
+
+
+def _switch(b, hook: str, PerfType):
+    """on/off for one hook, its empty program loaded in `b`."""
+    if hook in PERF:
+        b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PERF[hook],
+                            fn_name=b"on_perf", sample_period=1)
+        fds = list(b.open_perf_events[(PerfType.SOFTWARE, PERF[hook])].values())
+
+        def switch(on: bool) -> None:
+            for fd in fds:
+                fcntl.ioctl(fd, 0x2400 if on else 0x2401, 0)
+        return switch
+    state = {"on": False}
+
+    def switch(on: bool) -> None:
+        if on == state["on"]:
+            return
+        if hook in RAW and on:
+            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+        elif hook in RAW:
+            b.detach_raw_tracepoint(tp=RAW[hook])
+        elif on:
+            b.attach_tracepoint(tp=TRACEPOINTS[hook], fn_name=b"on_tp")
+        else:
+            b.detach_tracepoint(tp=TRACEPOINTS[hook])
+        state["on"] = on
+    return switch
 
 
 if __name__ == "__main__":
