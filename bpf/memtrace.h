@@ -103,6 +103,9 @@
 				   it: not sent */
 #define MT_CNT_LOST_FAULT_MAJOR 21  /* of lost_fault, the major faults (the kernel
 				       counts them apart: the cross-check needs both) */
+#define MT_CNT_PRE_EXEC_MAJOR 22  /* of pre_exec_fault, the major ones (a page of
+				     memtrace's own code that the kernel had dropped
+				     from the page cache, read back by its child) */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */

@@ -327,13 +327,15 @@ def kernel_counts(meta: dict, pid: int) -> dict | None:
 
 
 def pre_exec_faults(meta: dict) -> int | None:
-    """Faults of the traced processes before their exec (counted, not
-    recorded): counter pre_exec_fault, or meta['kernel']['pre_exec_faults']."""
+    """Minor faults of the traced processes before their exec (counted, not
+    recorded): counter pre_exec_fault less pre_exec_major (a page of
+    memtrace's code the kernel had dropped from the page cache is a major
+    fault of its child), or meta['kernel']['pre_exec_faults']."""
     n = counter(meta, "pre_exec_fault", "pre_exec_faults")
     if n is None and isinstance(meta.get("kernel"), dict):
         v = meta["kernel"].get("pre_exec_faults", meta["kernel"].get("pre_exec_fault"))
         n = None if v is None else int(v)
-    return n
+    return None if n is None else n - (counter(meta, "pre_exec_major") or 0)
 
 
 def counter(meta: dict, *names: str) -> int | None:

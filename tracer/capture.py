@@ -310,6 +310,7 @@ def _untrace_all(probes: Probes) -> None:
         traced = probes.table("traced")
         for key in list(traced.keys()):
             traced.delete(key)
+        probes.traced_changed()
     except Exception:  # the cut is then only less clean
         return
     time.sleep(0.01)   # BPF programs that read the map before: done

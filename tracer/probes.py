@@ -191,6 +191,22 @@ class Probes:
 
     def trace_pid(self, pid: int, state: int = C["MT_STATE_TRACED"]) -> None:
         self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
+        self.traced_changed()
+
+    def untrace_pid(self, pid: int) -> None:
+        self._maps["traced"].delete(_U32.pack(pid))
+        self.traced_changed()
+
+    def traced_changed(self) -> None:
+        """After a change of `traced`: BPF's per-CPU cached lookups are
+        stale (bpf/memtrace.bpf.c, traced_epoch). BPF adds 1 atomically;
+        user space adds 2^32, so that an add of BPF's between this read and
+        write cannot bring back a value a CPU has cached."""
+        epoch = self._maps["traced_epoch"]
+        key = _I32.pack(0)
+        raw = epoch.lookup(key)
+        now = _U64.unpack(raw)[0] if raw else 0
+        epoch.update(key, _U64.pack((now + (1 << 32)) % (1 << 64)))
 
     def traced_pids(self) -> dict[int, int]:
         return {_U32.unpack(k)[0]: _U32.unpack(v)[0] & C["MT_STATE_MASK"]
@@ -238,6 +254,7 @@ class Probes:
             traced = self._maps["traced"]
             for k in list(traced.keys()):
                 traced.delete(k)
+            self.traced_changed()
         except OSError:
             pass
         if self.bpf is not None:

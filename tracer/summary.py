@@ -82,7 +82,10 @@ def kernel_check(res: Result) -> dict:
         }
         if "vmhwm" in k:   # still running at the end: its peaks since it started
             per_pid[str(pid)].update(vmhwm=k["vmhwm"], vmpeak=k["vmpeak"])
-    out: dict = {"per_pid": per_pid, "pre_exec_faults": res.counters.get("pre_exec_fault", 0)}
+    # faults of memtrace's own child before its exec (counted, not traced),
+    # of which some may be major
+    out: dict = {"per_pid": per_pid, "pre_exec_faults": res.counters.get("pre_exec_fault", 0),
+                 "pre_exec_major": res.counters.get("pre_exec_major", 0)}
     all_min = sum(v[0] for v in res.faults.values())
     all_maj = sum(v[1] for v in res.faults.values())
     if res.kernel_total:
@@ -102,8 +105,8 @@ def kernel_check(res: Result) -> dict:
         "processes": len(res.processes),
         "captured_minor": cap_min, "captured_major": cap_maj,
         "kernel_minor": ker_min, "kernel_major": ker_maj,
-        "unseen_minor": ker_min - cap_min - out["pre_exec_faults"],
-        "unseen_major": ker_maj - cap_maj,
+        "unseen_minor": ker_min - cap_min - (out["pre_exec_faults"] - out["pre_exec_major"]),
+        "unseen_major": ker_maj - cap_maj - out["pre_exec_major"],
         # lost in a full ring: counted by the kernel, not captured
         "lost_minor": res.counters.get("lost_fault", 0) - res.counters.get("lost_fault_major", 0),
         "lost_major": res.counters.get("lost_fault_major", 0),
@@ -150,8 +153,11 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
                      f" ({k['source'].split(' ')[0]}, {k['processes_with_kernel_counts']} of "
                      f"{k['processes']} processes)")
         pre = meta["kernel"]["pre_exec_faults"]
+        pre_maj = meta["kernel"].get("pre_exec_major", 0)
         if pre:
-            lines.append(f"            of which {_n(pre)} minor before exec (memtrace's own child)")
+            lines.append(f"            of which {_n(pre - pre_maj)} minor"
+                         + (f", {_n(pre_maj)} major" if pre_maj else "")
+                         + " before exec (memtrace's own child)")
         lost_min, lost_maj = k.get("lost_minor", 0), k.get("lost_major", 0)
         if lost_min or lost_maj:
             lines.append(f"            of which {_n(lost_min)} minor, {_n(lost_maj)} major"

@@ -186,7 +186,7 @@ def start(probes, filters: Filters, res, snapshot: Snapshot,
         if state is None:
             continue
         scanned += 1
-        if not _insert(traced, pid, state) or state != TRACED:
+        if not _insert(probes, traced, pid, state) or state != TRACED:
             continue
         res.origin[pid] = "start"
         pids.add(pid)
@@ -218,7 +218,7 @@ def _decide(pid: int, filters: Filters) -> int | None:
     return TRACED if filters.matches(st.comm, uid, cg) else IGNORED
 
 
-def _insert(traced, pid: int, state: int) -> bool:
+def _insert(probes, traced, pid: int, state: int) -> bool:
     """Puts the decision in BPF's map; False if BPF made one first."""
     try:
         traced.update(pid.to_bytes(4, "little"), state.to_bytes(4, "little"), BPF_NOEXIST)
@@ -226,6 +226,7 @@ def _insert(traced, pid: int, state: int) -> bool:
         if e.errno != errno.EEXIST:
             raise
         return False
+    probes.traced_changed()
     return True
 
 
@@ -285,9 +286,8 @@ def stop(probes, live_pids: set[int], res, read_counts: Callable[[int], None]) -
     and its counters read at once (`read_counts`), so that the kernel's
     figure and the capture end within microseconds of each other."""
     probes.set_config(C["MT_CFG_ALL"], 0)
-    traced = probes.table("traced")
     for pid in sorted(live_pids):
-        traced.delete(pid.to_bytes(4, "little"))
+        probes.untrace_pid(pid)
         read_counts(pid)
         k = res.kernel.get(pid)
         if k is not None and k["source"].endswith("(running)"):

@@ -90,7 +90,7 @@ def test_stopped_memtrace_leaves_no_cmd_running(workloads, tmp_path, memtrace_se
     k = t.meta["kernel"]["total"]
     assert k["source"].startswith("wait4"), k
     assert 0 <= k["unseen_minor"] - k["lost_minor"] <= 1 + EXTRA, k
-    assert k["unseen_major"] == k["lost_major"], k
+    assert 0 <= k["unseen_major"] - k["lost_major"] <= 1, k   # GUP_MAJOR of test_robustness.py
     assert len(faults_of(t.events, cmd)) > 0
 
 

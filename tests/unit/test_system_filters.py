@@ -288,7 +288,14 @@ def test_insert_keeps_a_decision_bpf_made_first():
                 raise bpf_syscall.LoadError(errno.EEXIST, "exists")
             self.d[key] = value
 
-    m = FakeMap()
-    assert system._insert(m, 7, system.TRACED)
-    assert not system._insert(m, 7, system.IGNORED)
+    class FakeProbes:
+        changes = 0
+
+        def traced_changed(self):
+            self.changes += 1
+
+    m, probes = FakeMap(), FakeProbes()
+    assert system._insert(probes, m, 7, system.TRACED)
+    assert not system._insert(probes, m, 7, system.IGNORED)
     assert m.d == {(7).to_bytes(4, "little"): system.TRACED.to_bytes(4, "little")}
+    assert probes.changes == 1    # BPF's cached lookups told of the insert, not of the refusal
