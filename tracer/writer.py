@@ -4,7 +4,10 @@ docs/format.md) of the rows tracer/trace_rows.py builds.
 While tracing, each batch goes to `PATH.partial`, an Arrow IPC stream: an
 append is a memcpy, and a stream cut short by a crash still reads up to its
 last whole batch. `finish()` converts it batch by batch (bounded memory) to
-Parquet or CSV with the metadata, then removes the spill.
+Parquet or CSV with the metadata, then removes the spill; or, with
+`stream=True` (a Parquet PATH), the Parquet file is encoded from the same
+batches while tracing (tracer.parquet_stream) and `finish()` only waits for
+its last rows and writes its footer.
 """
 from __future__ import annotations
 
@@ -19,34 +22,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from tracer import parquet_stream
 from tracer.errors import OutputError
+from tracer.parquet_stream import ROW_GROUP
+from tracer.parquet_stream import regroup as _regroup
 from tracer.trace_schema import SCHEMA, arrow_array, null_array, numpy_view, plain_schema
 
 META_KEY = b"memtrace"
 PARTIAL_SUFFIX = ".partial"
-
-# The final file: row groups of this many rows (the conversion holds one in
-# memory), dictionary encoding for the low-cardinality columns only, delta
-# encoding for the time and address columns. Not dictionary-encoded: the
-# counters that hold one value on nearly every row (rss_*, alloc, count;
-# stack_id, null without --stacks): the dictionary hashes every value (5-10%
-# of the conversion's time), where zstd squeezes their plain runs about as
-# small (0.03-0.07% more bytes on fault and syscall traces).
-ROW_GROUP = 1 << 17
 SPILL_BATCH = 1 << 16        # rows per IPC batch of the spill (bounds reading it back)
-_PARQUET_DICT = ["pid", "tid", "comm", "kind", "prot", "flags", "fd", "ip", "major",
-                 "error_code", "child", "path", "member", "cause", "pages"]
-_PARQUET_ENCODING = {"ts": "DELTA_BINARY_PACKED", "addr": "DELTA_BINARY_PACKED"}
-_PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row groups
 
 
 class Spill:
     """The streaming spill file: one IPC stream of record batches."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, stream: bool = False) -> None:
+        """stream: the final file is Parquet, encoded while tracing."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
+        self._tmp = final.with_name(final.name + ".tmp")
         try:
             self._sink = pa.OSFile(str(self.path), "wb")
             # lz4: the columns that do not apply to a row kind are all zeros,
@@ -57,6 +52,15 @@ class Spill:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self.rows = 0
         self._held: list[pa.RecordBatch] = []    # rows not older than the last `before`
+        self._closed = False
+        self._stream: parquet_stream.ParquetStream | None = None
+        if stream:
+            try:
+                self._stream = parquet_stream.ParquetStream(
+                    self._tmp, parquet_stream.spill_reader(self.path), _release_memory)
+            except OSError as e:
+                self.close()
+                raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
         """Appends `batches` in time order (a merge of the rings' batches,
@@ -89,57 +93,61 @@ class Spill:
                 self._held = _take(rest, arrow_array(np.arange(rest.num_rows),
                                                      pa.int64())).to_batches()
                 table = table.slice(0, cut)
+        out = table.to_batches(max_chunksize=SPILL_BATCH)
         try:
-            for b in table.to_batches(max_chunksize=SPILL_BATCH):
+            for b in out:
                 self._writer.write_batch(b)
             self._sink.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
+        if self._stream is not None:     # the same batches, in the same order
+            self._stream.put(out)
         self.rows += table.num_rows
+        del out
         del table, batches
         _release_memory()
 
-    def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
-
-    def finish(self, fmt: str, meta: dict) -> int:
-        """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
-        import pyarrow.csv as pacsv      # only at the end: 40 ms of start-up otherwise
-        import pyarrow.parquet as pq
+    def end(self) -> None:
+        """No more rows (the capture's last write done): the spill's stream
+        closed, and the Parquet encoder finishing its last rows meanwhile."""
         if self._held:           # the capture ended without a last write
             self.write([])
         self.close()
+        if self._stream is not None:
+            self._stream.end()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            self._sink.close()
+
+    def abandon(self) -> None:
+        """The run failed after tracing started: the Parquet being encoded
+        removed; the spill stays as it is (tracer.load reads it, cut short)."""
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream = None
+
+    def finish(self, fmt: str, meta: dict) -> int:
+        """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
+        self.end()
         _release_memory()
-        tmp = self.final.with_name(self.final.name + ".tmp")
         meta_path = Path(str(self.final) + ".meta.json") if fmt == "csv" else None
         blob = json.dumps(meta, default=_json_default)
+        stream, self._stream = self._stream, None
         try:
-            with pa.OSFile(str(self.path)) as src:
-                reader = ipc.open_stream(src)
-                if fmt == "parquet":
-                    schema = SCHEMA.with_metadata({META_KEY: blob.encode()})
-                    with pq.ParquetWriter(str(tmp), schema, compression="zstd",
-                                          use_dictionary=_PARQUET_DICT,
-                                          column_encoding=_PARQUET_ENCODING,
-                                          write_statistics=_PARQUET_STATS) as w:
-                        # reading the spill (a thread) overlaps encoding Parquet
-                        for i, table in enumerate(_ahead(_regroup(reader, ROW_GROUP))):
-                            w.write_table(table.replace_schema_metadata(schema.metadata),
-                                          row_group_size=ROW_GROUP)
-                            del table
-                            if i % 8 == 7:      # not every group: fresh pages cost faults
-                                _release_memory()
-                else:
-                    with pacsv.CSVWriter(str(tmp), plain_schema(SCHEMA)) as w:
-                        for table in _ahead(_regroup(reader, SPILL_BATCH)):
-                            w.write_table(table.cast(plain_schema(SCHEMA)))
-                    meta_path.write_text(blob + "\n")
-            os.replace(tmp, self.final)
+            if stream is not None and fmt == "parquet":
+                stream.close({META_KEY: blob.encode()})    # encoded while tracing
+            else:
+                if stream is not None:
+                    stream.abort()
+                self._convert(fmt, blob, meta_path)
+            os.replace(self._tmp, self.final)
         except BaseException as e:
             # e.g. the disk full: leave no half-written file; the spill stays
             # (tracer.load reads it as cut short)
-            for p in (tmp, meta_path):
+            for p in (self._tmp, meta_path):
                 _unlink(p)
             if isinstance(e, OSError):
                 raise OutputError(f"cannot write {self.final}: {e.strerror or e}") from None
@@ -150,6 +158,28 @@ class Spill:
             raise OutputError(f"cannot remove {self.path}: {e.strerror or e}") from None
         return self.final.stat().st_size
 
+    def _convert(self, fmt: str, blob: str, meta_path: Path | None) -> None:
+        """The spill converted to the final file at `self._tmp`."""
+        import pyarrow.csv as pacsv      # only at the end: 40 ms of start-up otherwise
+        with pa.OSFile(str(self.path)) as src:
+            reader = ipc.open_stream(src)
+            if fmt == "parquet":
+                schema = SCHEMA.with_metadata({META_KEY: blob.encode()})
+                with parquet_stream.open_writer(self._tmp, schema) as w:
+                    # reading the spill (a thread) overlaps encoding Parquet
+                    for i, table in enumerate(_ahead(_regroup(reader, ROW_GROUP))):
+                        w.write_table(table.replace_schema_metadata(schema.metadata),
+                                      row_group_size=ROW_GROUP)
+                        del table
+                        if i % 8 == 7:      # not every group: fresh pages cost faults
+                            _release_memory()
+            else:
+                assert meta_path is not None
+                with pacsv.CSVWriter(str(self._tmp), plain_schema(SCHEMA)) as w:
+                    for table in _ahead(_regroup(reader, SPILL_BATCH)):
+                        w.write_table(table.cast(plain_schema(SCHEMA)))
+                meta_path.write_text(blob + "\n")
+
 
 def _unlink(path: Path | None) -> None:
     try:
@@ -157,29 +187,6 @@ def _unlink(path: Path | None) -> None:
             path.unlink()
     except OSError:    # not there, or cannot: nothing more to do
         pass
-
-
-def _regroup(reader: ipc.RecordBatchStreamReader, rows: int) -> Iterable[pa.Table]:
-    """The spill's batches in tables of `rows` rows (a row group each: large
-    ones compress better than one per flush), with the all-null columns
-    dropped back to shared zeros as soon as each batch is read."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for b in reader:
-        n = b.num_rows
-        b = pa.record_batch([null_array(n, f.type) if c.null_count == n else c
-                             for f, c in zip(SCHEMA, b.columns)], schema=SCHEMA)
-        while n:
-            take = min(n, rows - count)
-            part = b.slice(b.num_rows - n, take) if take < b.num_rows else b
-            pending.append(part)
-            count += take
-            n -= take
-            if count >= rows:
-                yield pa.Table.from_batches(pending, SCHEMA).unify_dictionaries()
-                pending, count = [], 0
-    if pending or not count:
-        yield pa.Table.from_batches(pending, SCHEMA).unify_dictionaries()
 
 
 def _take(table: pa.Table, rows: pa.Array) -> pa.Table:
