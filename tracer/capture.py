@@ -21,6 +21,7 @@ tracer/capture_files.py (the files beside the spill).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import signal
@@ -43,6 +44,7 @@ from tracer.fault_summary import SummaryReader
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import EVENT, C
 from tracer.live import NetMapped
+from tracer.peaks_stream import PeaksStream
 from tracer.probes import Probes
 
 Say = Callable[[str], None]
@@ -130,8 +132,9 @@ def run(opts: Options, say: Say,
     # what CMD inherits (nohup; `&` in a script ignores SIGINT): left alone
     ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN}
     old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:] if s not in ignored}
-    try:   # fails early if the output is not writable; Parquet encoded while tracing
-        spill = writer.Spill(opts.output, stream=opts.fmt == "parquet")
+    try:   # fails early if the output is not writable; Parquet and peaks while tracing
+        spill = writer.Spill(opts.output, stream=opts.fmt == "parquet",
+                             peaks=PeaksStream(mmap.PAGESIZE, opts.residency))
     except BaseException:
         _restore(old)
         raise

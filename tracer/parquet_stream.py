@@ -10,26 +10,21 @@ reads them back) regrouped at the same row counts (`regroup`), the same
 writer options, and the metadata, known only at the end, set in the footer
 as the writer would have set it from its schema (`_set_metadata`).
 
-The encoder runs at the lowest CPU priority while tracing (nice 19: it takes
-the CPU the traced programs leave idle) and at the normal one once the rows
-have all come. It never holds the capture up: if it falls more than
-MAX_BACKLOG rows behind, it stops taking rows and reads the rest back from
-the spill at the end (as the conversion did).
+The encoder is a tracer.spill_follower thread: at the lowest CPU priority
+while tracing; more than MAX_BACKLOG rows behind, it reads the rest back
+from the spill at the end (as the conversion did).
 """
 from __future__ import annotations
 
 import base64
 import os
-import queue
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from tracer.spill_follower import Follower
 from tracer.trace_schema import SCHEMA, null_array
 
 # The final file: row groups of this many rows (the conversion holds one in
@@ -48,7 +43,6 @@ _PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row gro
 # Rows handed to the encoder and not yet taken by it: beyond this it falls
 # back to the spill (a bound on the memory the hand-over holds: 2 row groups)
 MAX_BACKLOG = 2 * ROW_GROUP
-_NICE_TRACING = 19
 
 
 def open_writer(path: Path, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
@@ -89,76 +83,38 @@ def _set_metadata(w: pq.ParquetWriter, meta: dict[bytes, bytes]) -> None:
     w.add_key_value_metadata({k.decode(): v.decode() for k, v in meta.items()})
 
 
-@dataclass
-class _End:
-    cut: int | None          # batches taken before the encoder fell behind
-
-
-_ABORT = object()
-
-
-class _Aborted(Exception):
-    pass
-
-
 class ParquetStream:
-    """Row groups of `path` encoded by a thread from the batches `put` hands
-    over (in the spill's order); `spill_batches(skip)` reads the spill back
-    from its batch `skip` on, should the encoder fall behind."""
+    """Row groups of `path` encoded by a tracer.spill_follower thread from
+    the spill's batches as they come."""
 
     def __init__(self, path: Path, spill_batches: Callable[[int], Iterable[pa.RecordBatch]],
                  release_memory: Callable[[], None] = lambda: None) -> None:
         self.path = path
-        self._spill_batches = spill_batches
         self._release = release_memory
         self._writer = open_writer(path)
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._put_rows = 0          # written by the capture's thread only
-        self._taken_rows = 0        # by the encoder only
-        self._sent = 0              # batches handed over
-        self._cut: int | None = None
-        self._ended = False
-        self._niced = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="memtrace-parquet", daemon=True)
-        self._thread.start()
+        self.follower = Follower("memtrace-parquet", self._encode, spill_batches, MAX_BACKLOG)
 
-    def put(self, batches: list[pa.RecordBatch]) -> None:
-        """Hands `batches` over (they are the spill's next ones), unless the
-        encoder is too far behind or failed: then it reads them from the spill."""
-        if self._cut is not None or self._ended:
-            return
-        rows = sum(b.num_rows for b in batches)
-        if self._error is not None or self._put_rows - self._taken_rows + rows > MAX_BACKLOG:
-            self._cut = self._sent
-            return
-        for b in batches:
-            self._q.put(b)
-        self._sent += len(batches)
-        self._put_rows += rows
-
-    def end(self) -> None:
-        """No more rows: the encoder finishes at the normal priority (the
-        traced programs are gone), in parallel with what the end does next."""
-        if not self._ended:
-            self._ended = True
-            self._q.put(_End(self._cut))
+    def _encode(self, batches: Iterator[pa.RecordBatch]) -> None:
+        for i, table in enumerate(regroup(batches, ROW_GROUP)):
+            self._writer.write_table(table, row_group_size=ROW_GROUP)
+            del table
+            if i % 8 == 7:      # not every group: fresh pages cost faults
+                self._release()
 
     def close(self, meta: dict[bytes, bytes]) -> None:
         """Waits for the encoder, then writes the footer with `meta`;
         raises what the encoder met (OSError: e.g. the disk full)."""
-        self._thread.join()
-        if self._error is not None:
+        try:
+            self.follower.join()
+        except BaseException:
             self._writer.close()
-            raise self._error
+            raise
         _set_metadata(self._writer, meta)
         self._writer.close()
 
     def abort(self) -> None:
         """The run failed: the encoder stopped, the file removed."""
-        if self._thread.is_alive():
-            self._q.put(_ABORT)
-            self._thread.join()
+        self.follower.abort()
         try:
             self._writer.close()
         except Exception:   # whatever state it is in: the file goes
@@ -167,50 +123,3 @@ class ParquetStream:
             os.unlink(self.path)
         except OSError:
             pass
-
-    def _items(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            x = self._q.get()
-            if x is _ABORT:
-                raise _Aborted
-            if isinstance(x, _End):
-                if self._niced:
-                    _renice(0)
-                if x.cut is not None:      # fell behind: the rest from the spill
-                    yield from self._spill_batches(x.cut)
-                return
-            self._taken_rows += x.num_rows
-            yield x
-
-    def _run(self) -> None:
-        # only where it can be set back at the end (CAP_SYS_NICE: root)
-        self._niced = os.geteuid() == 0 and _renice(_NICE_TRACING)
-        try:
-            for i, table in enumerate(regroup(self._items(), ROW_GROUP)):
-                self._writer.write_table(table, row_group_size=ROW_GROUP)
-                del table
-                if i % 8 == 7:      # not every group: fresh pages cost faults
-                    self._release()
-        except _Aborted:
-            return
-        except BaseException as e:   # raised by close()
-            self._error = e
-
-
-def spill_reader(path: Path) -> Callable[[int], Iterator[pa.RecordBatch]]:
-    """The batches of the spill at `path` from batch `skip` on."""
-    def read(skip: int) -> Iterator[pa.RecordBatch]:
-        with pa.OSFile(str(path)) as src:
-            for i, b in enumerate(ipc.open_stream(src)):
-                if i >= skip:
-                    yield b
-    return read
-
-
-def _renice(nice: int) -> bool:
-    """The calling thread's nice value (Linux: per thread, by its id)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        return True
-    except OSError:     # not permitted: the priority it has
-        return False

@@ -26,6 +26,8 @@ from tracer import parquet_stream
 from tracer.errors import OutputError
 from tracer.parquet_stream import ROW_GROUP
 from tracer.parquet_stream import regroup as _regroup
+from tracer.peaks_stream import PeaksStream
+from tracer.spill_follower import Follower, spill_reader
 from tracer.trace_schema import SCHEMA, arrow_array, null_array, numpy_view, plain_schema
 
 META_KEY = b"memtrace"
@@ -36,8 +38,10 @@ SPILL_BATCH = 1 << 16        # rows per IPC batch of the spill (bounds reading i
 class Spill:
     """The streaming spill file: one IPC stream of record batches."""
 
-    def __init__(self, final: Path, stream: bool = False) -> None:
-        """stream: the final file is Parquet, encoded while tracing."""
+    def __init__(self, final: Path, stream: bool = False,
+                 peaks: PeaksStream | None = None) -> None:
+        """stream: the final file is Parquet, encoded while tracing; peaks:
+        computed from the rows as they come too (by the encoder's thread)."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -52,15 +56,23 @@ class Spill:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self.rows = 0
         self._held: list[pa.RecordBatch] = []    # rows not older than the last `before`
-        self._closed = False
+        self._closed = self._ended = False
         self._stream: parquet_stream.ParquetStream | None = None
+        self._peaks = peaks if stream else None
+        self._followers: list[Follower] = []      # the threads given each batch written
         if stream:
             try:
                 self._stream = parquet_stream.ParquetStream(
-                    self._tmp, parquet_stream.spill_reader(self.path), _release_memory)
+                    self._tmp, spill_reader(self.path), _release_memory)
             except OSError as e:
                 self.close()
                 raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
+            self._followers.append(self._stream.follower)
+        if self._peaks is not None:    # a thread of its own: both run at once at the end
+            add = self._peaks.add
+            self._peaks_follower = Follower("memtrace-peaks", lambda bs: [add(b) for b in bs],
+                                            spill_reader(self.path), parquet_stream.MAX_BACKLOG)
+            self._followers.append(self._peaks_follower)
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
         """Appends `batches` in time order (a merge of the rings' batches,
@@ -100,8 +112,8 @@ class Spill:
             self._sink.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
-        if self._stream is not None:     # the same batches, in the same order
-            self._stream.put(out)
+        for f in self._followers:     # the same batches, in the same order
+            f.put(out)
         self.rows += table.num_rows
         del out
         del table, batches
@@ -113,8 +125,21 @@ class Spill:
         if self._held:           # the capture ended without a last write
             self.write([])
         self.close()
-        if self._stream is not None:
-            self._stream.end()
+        self._ended = True
+        for f in self._followers:
+            f.end()
+
+    def peaks(self) -> dict | None:
+        """The peaks computed as the rows came (tracer.peaks_stream), once
+        every row is written (`end`); None without them (then
+        peaks.of_spill reads the spill)."""
+        if self._peaks is None or not self._ended:
+            return None
+        try:
+            self._peaks_follower.join()
+        except Exception:     # of_spill then
+            return None
+        return self._peaks.result()
 
     def close(self) -> None:
         if not self._closed:
@@ -128,6 +153,8 @@ class Spill:
         if self._stream is not None:
             self._stream.abort()
             self._stream = None
+        if self._peaks is not None:
+            self._peaks_follower.abort()
 
     def finish(self, fmt: str, meta: dict) -> int:
         """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""

@@ -66,7 +66,7 @@ def test_streamed_file_is_the_converted_file(tmp_path, monkeypatch, backlog):
     _record(old, False, flushes).finish("parquet", META)
     spill = _record(new, True, flushes)
     if backlog is not None:
-        assert spill._stream._cut is not None     # fell behind indeed
+        assert spill._stream.follower.cut is not None     # fell behind indeed
     spill.finish("parquet", META)
     assert new.read_bytes() == old.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.parquet", "old.parquet"]
