@@ -12,6 +12,8 @@ back (peaks.of_spill).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pyarrow as pa
 
@@ -32,27 +34,50 @@ class PeaksStream:
         self._resident = peaks.Resident(page) if residency else None
         self._waiting: list[tuple] = []        # mapped rows not replayed yet
         self._waiting_rows = 0
-        self._last_ts = 0
+        self._last_ts = {"mapped": 0, "resident": 0}
+
+    def parts(self) -> list[Callable[[pa.RecordBatch], None]]:
+        """The work on each batch, in parts for threads of their own (at
+        the end, when the traced programs have exited, they run at once)."""
+        return [self.add_mapped] + ([self.add_resident] if self._resident is not None else [])
 
     def add(self, batch: pa.RecordBatch) -> None:
+        for part in self.parts():
+            part(batch)
+
+    def add_resident(self, batch: pa.RecordBatch) -> None:
+        c = self._rows(batch, "resident")
+        if c is not None:
+            self._guard(lambda: self._resident.step(*peaks.resident_rows(c)))
+
+    def add_mapped(self, batch: pa.RecordBatch) -> None:
+        c = self._rows(batch, "mapped")
+        if c is not None:
+            self._guard(lambda: self._add_mapped(c))
+
+    def _add_mapped(self, c: peaks.Rows) -> None:
+        rows = peaks_mapped.mapped_rows(c)
+        if len(rows[0]):
+            self._waiting.append(rows)
+            self._waiting_rows += len(rows[0])
+        if self._waiting_rows >= STEP_ROWS:
+            self._step(final=False)
+
+    def _rows(self, batch: pa.RecordBatch, part: str) -> peaks.Rows | None:
+        """The batch's columns, if it comes in time order after the last."""
         if self.failed or not batch.num_rows:
-            return
+            return None
+        table = pa.Table.from_batches([batch]).select(list(peaks.COLUMNS))
+        ts = peaks.values(table.column("ts").chunk(0))
+        if ts[0] < self._last_ts[part] or (ts[1:] < ts[:-1]).any():
+            self.failed = "rows out of time order"
+            return None
+        self._last_ts[part] = int(ts[-1])
+        return peaks.Rows(table)
+
+    def _guard(self, work: Callable[[], None]) -> None:
         try:
-            table = pa.Table.from_batches([batch]).select(list(peaks.COLUMNS))
-            ts = peaks.values(table.column("ts").chunk(0))
-            if ts[0] < self._last_ts or (ts[1:] < ts[:-1]).any():
-                self.failed = "rows out of time order"
-                return
-            self._last_ts = int(ts[-1])
-            c = peaks.Rows(table)
-            if self._resident is not None:
-                self._resident.step(*peaks.resident_rows(c))
-            rows = peaks_mapped.mapped_rows(c)
-            if len(rows[0]):
-                self._waiting.append(rows)
-                self._waiting_rows += len(rows[0])
-            if self._waiting_rows >= STEP_ROWS:
-                self._step(final=False)
+            work()
         except Exception as e:      # a bug here must not cost the trace: of_spill instead
             self.failed = f"{type(e).__name__}: {e}"
 

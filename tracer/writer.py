@@ -41,7 +41,7 @@ class Spill:
     def __init__(self, final: Path, stream: bool = False,
                  peaks: PeaksStream | None = None) -> None:
         """stream: the final file is Parquet, encoded while tracing; peaks:
-        computed from the rows as they come too (by the encoder's thread)."""
+        computed from the rows as they come too (threads of their own)."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -68,11 +68,13 @@ class Spill:
                 self.close()
                 raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
             self._followers.append(self._stream.follower)
-        if self._peaks is not None:    # a thread of its own: both run at once at the end
-            add = self._peaks.add
-            self._peaks_follower = Follower("memtrace-peaks", lambda bs: [add(b) for b in bs],
-                                            spill_reader(self.path), parquet_stream.MAX_BACKLOG)
-            self._followers.append(self._peaks_follower)
+        self._peaks_followers: list[Follower] = []
+        if self._peaks is not None:    # threads of their own: all run at once at the end
+            for part in self._peaks.parts():
+                self._peaks_followers.append(Follower(
+                    "memtrace-peaks", lambda bs, part=part: [part(b) for b in bs],
+                    spill_reader(self.path), parquet_stream.MAX_BACKLOG))
+            self._followers.extend(self._peaks_followers)
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
         """Appends `batches` in time order (a merge of the rings' batches,
@@ -115,13 +117,13 @@ class Spill:
         for f in self._followers:     # the same batches, in the same order
             f.put(out)
         self.rows += table.num_rows
-        del out
-        del table, batches
+        del out, table, batches
         _release_memory()
 
     def end(self) -> None:
         """No more rows (the capture's last write done): the spill's stream
-        closed, and the Parquet encoder finishing its last rows meanwhile."""
+        closed; the followers (Parquet, peaks) finish their last rows
+        meanwhile, at the normal priority."""
         if self._held:           # the capture ended without a last write
             self.write([])
         self.close()
@@ -136,7 +138,8 @@ class Spill:
         if self._peaks is None or not self._ended:
             return None
         try:
-            self._peaks_follower.join()
+            for f in self._peaks_followers:
+                f.join()
         except Exception:     # of_spill then
             return None
         return self._peaks.result()
@@ -153,8 +156,8 @@ class Spill:
         if self._stream is not None:
             self._stream.abort()
             self._stream = None
-        if self._peaks is not None:
-            self._peaks_follower.abort()
+        for f in self._peaks_followers:
+            f.abort()
 
     def finish(self, fmt: str, meta: dict) -> int:
         """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
