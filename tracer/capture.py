@@ -102,8 +102,9 @@ class Result:
 
 # A flush also when this many rows wait (besides every flush_interval): at
 # the end, the rows since the last flush are sorted and encoded while the
-# user waits (0.3 s for the 400k rows of a busy second, at 1 s).
-FLUSH_ROWS = 1 << 17
+# user waits (0.3 s for the 400k rows of a busy second, at 1 s; a flush
+# in flight when the last process exits delays the end as much).
+FLUSH_ROWS = 1 << 16
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the
 # terminal went away, which must not lose the trace either.
