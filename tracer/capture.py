@@ -100,10 +100,8 @@ class Result:
     memtrace_vmhwm: int | None = None                # our own VmHWM when CMD started
 
 
-# A flush also when this many rows wait (besides every flush_interval): at
-# the end, the rows since the last flush are sorted and encoded while the
-# user waits (0.3 s for the 400k rows of a busy second, at 1 s; a flush
-# in flight when the last process exits delays the end as much).
+# A flush also when this many rows wait (not only every flush_interval): the
+# last flush, and one in flight at the last exit, delay the end (sorting).
 FLUSH_ROWS = 1 << 16
 
 # Signals that end tracing normally (the files are finished). SIGHUP: the

@@ -122,6 +122,10 @@ class Mapped:
         self._tree = 0
         self._tree_best: tuple[int, int] | None = None
 
+    def carried(self) -> int:
+        """Page ranges mapped at the last step's end: the next one replays them."""
+        return len(self._live.seq)
+
     def _new(self, pid: int, epoch: int, level: int, exec_row: int) -> int:
         self._key.append((pid, epoch))
         self._level.append(level)

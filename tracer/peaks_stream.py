@@ -21,6 +21,7 @@ from tracer import peaks, peaks_mapped
 
 STEP_ROWS = 1 << 15      # mapped rows (syscalls, layouts, ...) replayed at once, at least
 MAX_WAITING = 1 << 19    # beyond this, a step even where a layout may still come
+CARRIED_PER_ROW = 1      # rows waiting per range a step carries, at least
 
 
 class PeaksStream:
@@ -60,7 +61,10 @@ class PeaksStream:
         if len(rows[0]):
             self._waiting.append(rows)
             self._waiting_rows += len(rows[0])
-        if self._waiting_rows >= STEP_ROWS:
+        # a step replays the ranges every address space has mapped (-a: a
+        # few hundred thousand): not before as many rows wait, which keeps
+        # that under the rows' own cost
+        if self._waiting_rows >= max(STEP_ROWS, CARRIED_PER_ROW * self._mapped.carried()):
             self._step(final=False)
 
     def _rows(self, batch: pa.RecordBatch, part: str) -> peaks.Rows | None:

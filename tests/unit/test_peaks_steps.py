@@ -94,6 +94,7 @@ def _stepped(table: pa.Table, cuts, residency: bool = True) -> dict | None:
 @pytest.mark.parametrize("seed", range(8))
 def test_steps_anywhere_give_the_whole_traces_peaks(seed, late, monkeypatch):
     monkeypatch.setattr(peaks_stream, "STEP_ROWS", 1)      # a step at every batch
+    monkeypatch.setattr(peaks_stream, "CARRIED_PER_ROW", 0)
     table = _table(_history(seed, late=late))
     whole = peaks.of_table(table, PAGE)
     assert whole["per_pid"] and whole["total"]["rss"] is not None
@@ -117,6 +118,7 @@ def test_a_layout_after_its_exec_was_replayed_sends_back_to_the_spill(monkeypatc
     table = _table(e)
     assert _stepped(table, [3, 5]) == peaks.of_table(table, PAGE)      # one step: fine
     monkeypatch.setattr(peaks_stream, "STEP_ROWS", 1)
+    monkeypatch.setattr(peaks_stream, "CARRIED_PER_ROW", 0)
     s = peaks_stream.PeaksStream(PAGE, True)
     for batch in table.to_batches(max_chunksize=1):
         s.add(batch)
