@@ -13,7 +13,9 @@ the whole-run ratio (start-up and teardown included) beside it.
 time on entering main), and from CMD's last instruction to memtrace's exit
 (its stderr closed and its status reaped), with the BPF cache off (compile at
 every start), cold (an empty cache) and warm, and the phases memtrace
-records in the trace (`startup_s`). `--root DIR` runs the memtrace of another
+records in the trace (`startup_s`); then the same end for large traces
+(TEARDOWN_WORKLOADS: `faults 256 8`, `churn 100000`, run inside CMD, which
+prints its time once the workload has exited). `--root DIR` runs the memtrace of another
 checkout (e.g. a `git worktree` of an older commit) with this venv.
 
     sudo scripts/bench --startup [--reps 5] [--root DIR]
@@ -219,25 +221,45 @@ def main() -> int:
 
 STARTUP_MARK = r"""
 #include <stdio.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 static long long now(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
-int main(void)
+/* startup_mark [CMD ARGS]: CMD, if given, runs (and is waited for) between
+ * the two marks: LAST_NS is then printed after the last traced process but
+ * this one has exited (the teardown of a large trace) */
+int main(int argc, char **argv)
 {
 	long long first = now();
+	int status = 0;
 	fprintf(stderr, "FIRST_NS %lld\n", first);
+	if (argc > 1) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			execv(argv[1], argv + 1);
+			_exit(127);
+		}
+		waitpid(pid, &status, 0);
+	}
 	fprintf(stderr, "LAST_NS %lld\n", now());
-	return 0;
+	return status != 0;
 }
 """
 
+# --startup's large traces: (name, workload and its arguments): about 525k
+# and 460k rows, most of them written after the last flush but one
+TEARDOWN_WORKLOADS = (("faults 256 8", ["faults", "256", "8"]),
+                      ("churn 100000", ["churn", "100000"]))
 
-def startup_once(root: Path, mark: str, out: Path, env: dict) -> dict:
-    cmd = [PY, "-m", "tracer", "-q", "-o", str(out), "--", mark]
+
+def startup_once(root: Path, mark: str, out: Path, env: dict,
+                 workload: list[str] | None = None) -> dict:
+    cmd = [PY, "-m", "tracer", "-q", "-o", str(out), "--", mark, *(workload or [])]
     t0 = time.monotonic_ns()
     p = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
@@ -251,7 +273,8 @@ def startup_once(root: Path, mark: str, out: Path, env: dict) -> dict:
                       .metadata[b"memtrace"])
     return {"launch_to_first": (int(first.group(1)) - t0) / 1e9,
             "last_to_exit": (t1 - int(last.group(1))) / 1e9,
-            "whole": (t1 - t0) / 1e9, "phases": meta.get("startup_s", {})}
+            "whole": (t1 - t0) / 1e9, "phases": meta.get("startup_s", {}),
+            "rows": meta.get("rows", 0)}
 
 
 def startup_main(args: argparse.Namespace) -> int:
@@ -264,6 +287,11 @@ def startup_main(args: argparse.Namespace) -> int:
         if subprocess.run(["gcc", "-O1", "-static", "-o", mark, str(src)],
                           stderr=subprocess.DEVNULL).returncode:
             subprocess.run(["gcc", "-O1", "-o", mark, str(src)], check=True)
+        exes = {}
+        for _label, (name, *_args) in TEARDOWN_WORKLOADS:
+            exes[name] = str(tmp / name)
+            subprocess.run(["gcc", "-O2", "-o", exes[name], str(WORKLOADS / f"{name}.c")],
+                           check=True)
         warm_dir = tmp / "cache-warm"
         modes = {"cache off": lambda i: "off",
                  "cold cache": lambda i: str(tmp / f"cache-cold-{i}"),
@@ -276,6 +304,13 @@ def startup_main(args: argparse.Namespace) -> int:
                 env["MEMTRACE_BPF_CACHE"] = where(rep)
                 results.setdefault(mode, []).append(
                     startup_once(args.root, mark, tmp / "s.parquet", env))
+            # teardown of large traces (warm cache): the workload runs inside
+            # the mark, whose LAST_NS follows the workload's exit
+            env["MEMTRACE_BPF_CACHE"] = str(warm_dir)
+            for label, (name, *wargs) in TEARDOWN_WORKLOADS:
+                wait_released()    # the run before's programs off the hooks
+                results.setdefault(label, []).append(
+                    startup_once(args.root, mark, tmp / "s.parquet", env, [exes[name], *wargs]))
     print(f"memtrace start-up and teardown ({args.root}), median of {args.reps} "
           "[min..max], seconds")
     for mode, runs in results.items():
@@ -284,13 +319,16 @@ def startup_main(args: argparse.Namespace) -> int:
             return f"{statistics.median(xs):.3f} [{min(xs):.3f}..{max(xs):.3f}]"
         phases = {k: statistics.median(r["phases"].get(k, 0) for r in runs)
                   for k in runs[0]["phases"]}
-        print(f"  {mode:<11} launch->first instruction {stat('launch_to_first')}   "
-              f"last exit->memtrace exit {stat('last_to_exit')}   whole {stat('whole')}")
+        if mode in modes:
+            print(f"  {mode:<11} launch->first instruction {stat('launch_to_first')}   "
+                  f"last exit->memtrace exit {stat('last_to_exit')}   whole {stat('whole')}")
+        else:      # a large trace: its teardown, the start-up being as above
+            print(f"  {mode:<15} ({statistics.median(r['rows'] for r in runs):,.0f} rows, warm)"
+                  f"  last exit->memtrace exit {stat('last_to_exit')}   whole {stat('whole')}")
         print("              phases: " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

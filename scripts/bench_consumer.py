@@ -37,6 +37,7 @@ if "--bare" in sys.argv:
     sys.modules["tracer"] = _pkg
 
 from tracer import layout, ringbuf, trace_rows, trace_schema, writer  # noqa: E402
+from tracer.peaks_stream import PeaksStream  # noqa: E402
 
 C = layout.C
 
@@ -96,6 +97,9 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, help="where the trace goes (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the trace file")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--stream", action="store_true",
+                    help="as the capture does: the Parquet file and the peaks written while "
+                    "tracing (threads following the spill), the peaks waited for at the end")
     ap.add_argument("--bare", action="store_true",
                     help="skip tracer/__init__.py (and the pandas it imports)")
     args = ap.parse_args()
@@ -107,7 +111,8 @@ def main() -> int:
     t = {"generate": 0.0, "decode": 0.0, "batch": 0.0, "spill": 0.0, "finish": 0.0}
     with tempfile.TemporaryDirectory(prefix="memtrace-consumer-", dir=args.dir) as d:
         out = Path(d) / f"bench.{args.format}"
-        spill = writer.Spill(out)
+        spill = writer.Spill(out, stream=args.stream,
+                             peaks=PeaksStream(4096, True) if args.stream else None)
         comms = trace_rows.CommTable()
         comms.update([4242, 4243, 4244, 4245], ["bench", "bench-w1", "bench-w2", "bench-w3"])
         pending, rows, done = [], 0, 0
@@ -138,8 +143,11 @@ def main() -> int:
         peak_tracing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         a = time.perf_counter()
         c0 = _cpu()
+        spill.end()
+        peaks = spill.peaks()         # as summary.metadata waits for them
+        assert peaks is not None or not args.stream
         size = spill.finish(args.format, {"format_version": C["MT_FORMAT_VERSION"],
-                                          "complete": True, "lost": 0})
+                                          "complete": True, "lost": 0, "peaks": peaks})
         t["finish"] = time.perf_counter() - a
         cpu_finish = _cpu() - c0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

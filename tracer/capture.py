@@ -21,6 +21,7 @@ tracer/capture_files.py (the files beside the spill).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import signal
@@ -43,6 +44,7 @@ from tracer.fault_summary import SummaryReader
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import EVENT, C
 from tracer.live import NetMapped
+from tracer.peaks_stream import PeaksStream
 from tracer.probes import Probes
 
 Say = Callable[[str], None]
@@ -98,6 +100,10 @@ class Result:
     memtrace_vmhwm: int | None = None                # our own VmHWM when CMD started
 
 
+# A flush also when this many rows wait (not only every flush_interval): the
+# last flush, and one in flight at the last exit, delay the end (sorting).
+FLUSH_ROWS = 1 << 16
+
 # Signals that end tracing normally (the files are finished). SIGHUP: the
 # terminal went away, which must not lose the trace either.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -125,8 +131,9 @@ def run(opts: Options, say: Say,
     # what CMD inherits (nohup; `&` in a script ignores SIGINT): left alone
     ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN}
     old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:] if s not in ignored}
-    try:
-        spill = writer.Spill(opts.output)       # fails early if the output is not writable
+    try:   # fails early if the output is not writable; Parquet and peaks while tracing
+        spill = writer.Spill(opts.output, stream=opts.fmt == "parquet",
+                             peaks=PeaksStream(mmap.PAGESIZE, opts.residency))
     except BaseException:
         _restore(old)
         raise
@@ -231,7 +238,9 @@ def run(opts: Options, say: Say,
             if child is not None and res.exit_status is None:
                 reap(child.pid, res)
             now = time.monotonic()
-            if now - last_flush >= opts.flush_interval:
+            # also by size: what is left to sort and encode at the end stays small
+            if (now - last_flush >= opts.flush_interval
+                    or sum(b.num_rows for b in pending) >= FLUSH_ROWS):
                 # rows newer than a ring's watermark wait: time order across
                 # flushes; a fault still open in BPF comes later with its
                 # entry's time: bound by the open ones, read before the rings
@@ -292,11 +301,14 @@ def run(opts: Options, say: Say,
             read_kernel_counts(pid, res)
             read_kernel_peaks(pid, res)
         spill.write(pending)
+        spill.end()    # the last rows encoded while the summary's peaks are computed
         res.rows = spill.rows
         return res
     except BaseException:
         if not started:  # nothing traced yet: leave nothing behind
             discard_spill(spill)
+        else:
+            spill.abandon()
         raise
     finally:
         _restore(old)

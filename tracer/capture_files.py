@@ -15,6 +15,7 @@ from tracer.errors import OutputError
 def discard_spill(spill: writer.Spill) -> None:
     """The spill of a run that failed before tracing: closed and removed."""
     try:
+        spill.abandon()
         spill.close()
     except Exception:
         pass

@@ -53,14 +53,20 @@ def of_table(table: pa.Table, page_size: int = 4096, residency: bool = True) -> 
     "total": the same for the tree, "residency"}: bytes and trace ts; rss
     None where nothing resident is known (--no-rss: everywhere)."""
     c = Rows(table)
+    return assemble(peaks_mapped.peaks(c, page_size),
+                    resident(c, page_size) if residency else None, residency)
+
+
+def assemble(mapped_peaks: tuple, resident_peaks: tuple | None, residency: bool) -> dict:
+    """of_table's dict from the mapped and the resident peaks."""
     per_pid: dict[int, dict] = {}
-    mapped, tree_mapped = peaks_mapped.peaks(c, page_size)
+    mapped, tree_mapped = mapped_peaks
     for pid, (v, ts) in mapped.items():
         per_pid.setdefault(pid, _empty()).update(mapped=v, mapped_ts=ts)
     total = _empty()
     total.update(mapped=tree_mapped[0], mapped_ts=tree_mapped[1])
-    if residency:
-        rss, tree_rss = resident(c, page_size)
+    if resident_peaks is not None:
+        rss, tree_rss = resident_peaks
         for pid, (v, ts, exact) in rss.items():
             per_pid.setdefault(pid, _empty()).update(rss=v, rss_ts=ts, rss_exact=exact)
         if tree_rss is not None:
@@ -93,7 +99,7 @@ class Rows:
         v = self._cache.get(name)
         if v is None:
             col = self._table.column(name)
-            parts = [_values(ch) for ch in col.chunks]
+            parts = [values(ch) for ch in col.chunks]
             v = np.concatenate(parts) if len(parts) != 1 else parts[0]
             if self._order is not None:
                 v = v[self._order]
@@ -114,7 +120,7 @@ class Rows:
             for ch in self._table.column(name).chunks:
                 lookup = np.array([names.index(s) if s in names else -1
                                    for s in ch.dictionary.to_pylist()] + [-1], np.int8)
-                idx = _values(ch.indices).astype(np.int64)
+                idx = values(ch.indices).astype(np.int64)
                 parts.append(lookup[np.where(_bits(ch.indices), idx, len(lookup) - 1)])
             v = np.concatenate(parts) if parts else np.zeros(0, np.int8)
             if self._order is not None:
@@ -123,7 +129,8 @@ class Rows:
         return v
 
 
-def _values(ch: pa.Array) -> np.ndarray:
+def values(ch: pa.Array) -> np.ndarray:
+    """A column chunk's values buffer as numpy (nulls: whatever it holds)."""
     typ = ch.type.index_type if pa.types.is_dictionary(ch.type) else ch.type
     dt = np.dtype(trace_schema.NUMPY_TYPES[typ])
     buf = ch.buffers()[1]
@@ -143,6 +150,13 @@ def _bits(ch: pa.Array) -> np.ndarray:
 def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
     """pid -> (peak, ts, exact) and the tree's (peak, ts, exact), or None
     where no row says anything resident."""
+    r = Resident(page)
+    r.step(*resident_rows(c))
+    return r.result()
+
+
+def resident_rows(c: Rows) -> tuple:
+    """The rows that say something resident (Resident.step's arguments)."""
     kind = c.codes("kind", trace_schema.KINDS)
     is_fault = kind == _K["fault"]
     changed = np.zeros(c.n, bool)
@@ -150,55 +164,97 @@ def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
         changed |= c.raw("rss_" + k) != 0
     is_exit = (kind == _K["exit"]) & ((c.raw("flags") & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0)
     rows = np.flatnonzero((is_fault & changed) | (kind == _K["rss"]) | is_exit)
-    if not len(rows):
-        return {}, None
-    p = c.raw("pid")[rows]
-    ts = c.raw("ts")[rows]
     rss = kind[rows] == _K["rss"]
-    ext = is_exit[rows]
-    fault = is_fault[rows]
-    member = np.where(rss, c.raw("member")[rows], -1)
-    absolute = rss & ~c.valid("rss_delta")[rows]
-    size = c.raw("rss_size")[rows]
-    delta = c.raw("rss_delta")[rows]
-    # per process, its rows in time order: a stable sort by pid
-    o = np.argsort(p, kind="stable")
-    n = len(o)
-    p_o = p[o]
-    first = np.r_[True, p_o[1:] != p_o[:-1]]
-    block = np.maximum.accumulate(np.where(first, np.arange(n), 0))    # its pid's first row
-    total = np.zeros(n, np.int64)
-    known_all = np.ones(n, bool)
-    known_any = np.zeros(n, bool)
-    for k in RESIDENT:
-        m = member == _MEMBER[k]
-        is_reset = ((m & absolute) | ext)[o]
-        change = np.where(fault, c.raw("rss_" + k)[rows].astype(np.int64) * page,
-                          np.where(m & ~absolute, delta, 0))
-        cs = np.cumsum(np.where(is_reset, 0, change[o]))
-        last = np.maximum.accumulate(np.where(is_reset, np.arange(n), -1))
-        known = last >= block
-        li = np.maximum(last, 0)
-        value = np.where(ext, 0, size)[o][li] + cs - cs[li]
-        total += np.where(known, value, 0)
-        known_all &= known
-        known_any |= known
-    out = {}
-    cand = np.flatnonzero(known_any)
-    if len(cand):
-        # per pid the largest total; among equal ones an exact one, then the first
-        pick = cand[np.lexsort((cand, ~known_all[cand], -total[cand], p_o[cand]))]
-        heads = pick[np.r_[True, p_o[pick][1:] != p_o[pick][:-1]]]
-        ts_o = ts[o]
-        for i in heads.tolist():
-            out[int(p_o[i])] = (int(total[i]), int(ts_o[i]), bool(known_all[i]))
-    # the tree: a row changes the sum by its process's change of total
-    inexact = (known_any & ~known_all).astype(np.int64)
-    back = np.empty_like(o)
-    back[o] = np.arange(n)                                       # time order again
-    tree = np.cumsum((total - np.where(first, 0, np.r_[0, total[:-1]]))[back])
-    n_inexact = np.cumsum((inexact - np.where(first, 0, np.r_[0, inexact[:-1]]))[back])
-    top = np.flatnonzero(tree == tree.max())       # the first, an exact one if any
-    exact = top[n_inexact[top] == 0]
-    i = int(exact[0] if len(exact) else top[0])
-    return out, (int(tree[i]), int(ts[i]), bool(n_inexact[i] == 0))
+    return (c.raw("pid")[rows].astype(np.int64), c.raw("ts")[rows], is_fault[rows], rss,
+            is_exit[rows], np.where(rss, c.raw("member")[rows], -1),
+            rss & ~c.valid("rss_delta")[rows], c.raw("rss_size")[rows].astype(np.int64),
+            c.raw("rss_delta")[rows].astype(np.int64),
+            *(c.raw("rss_" + k)[rows].astype(np.int64) for k in RESIDENT))
+
+
+class Resident:
+    """Resident peaks in steps, each of the rows after the last step's
+    (resident_rows of them), from where each process's counters stood: the
+    same figures as one step over all the rows (tracer.peaks_stream)."""
+
+    def __init__(self, page: int) -> None:
+        self.page = page
+        self._known: dict[int, list[bool]] = {}     # pid -> each counter known
+        self._value: dict[int, list[int]] = {}      # pid -> each counter's bytes
+        self._best: dict[int, tuple[int, int, bool]] = {}
+        self._tree = self._inexact = 0              # the sum now; processes inexact now
+        self._top: tuple[int, int, bool] | None = None      # the tree's first largest
+        self._top_exact: tuple[int, int, bool] | None = None    # its first exact one
+
+    def step(self, p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> None:
+        if not len(p):
+            return
+        # a process's counters as the last step left them: a row before the
+        # step's, setting what was known (and changing nothing else)
+        carried = [q for q in np.unique(p).tolist() if any(self._known.get(q, ()))]
+        k0 = len(carried)
+        p = np.r_[np.array(carried, np.int64), p]
+        n = len(p)
+        real = np.arange(n) >= k0
+        o = np.argsort(p, kind="stable")       # per process, its rows in time order
+        p_o = p[o]
+        first = np.r_[True, p_o[1:] != p_o[:-1]]
+        block = np.maximum.accumulate(np.where(first, np.arange(n), 0))  # its first row
+        total = np.zeros(n, np.int64)
+        known_all = np.ones(n, bool)
+        known_any = np.zeros(n, bool)
+        pad = np.zeros(k0, np.int64)
+        knowns, values = [], []
+        for i, k in enumerate(RESIDENT):
+            m = member == _MEMBER[k]
+            was = np.array([self._known[q][i] for q in carried], bool)
+            is_reset = np.r_[was, (m & absolute) | ext][o]
+            base = np.r_[[self._value[q][i] for q in carried], np.where(ext, 0, size)]
+            change = np.r_[pad, np.where(fault, counts[i] * self.page,
+                                         np.where(m & ~absolute, delta, 0))]
+            cs = np.cumsum(np.where(is_reset, 0, change[o]))
+            last = np.maximum.accumulate(np.where(is_reset, np.arange(n), -1))
+            known = last >= block
+            li = np.maximum(last, 0)
+            value = base.astype(np.int64)[o][li] + cs - cs[li]
+            total += np.where(known, value, 0)
+            known_all &= known
+            known_any |= known
+            knowns.append(known)
+            values.append(value)
+        ts_o = np.r_[np.zeros(k0, ts.dtype), ts][o]
+        cand = np.flatnonzero(known_any & real[o])
+        if len(cand):
+            # per pid the largest total; among equal ones an exact one, then the first
+            pick = cand[np.lexsort((cand, ~known_all[cand], -total[cand], p_o[cand]))]
+            heads = pick[np.r_[True, p_o[pick][1:] != p_o[pick][:-1]]]
+            for i in heads.tolist():
+                q, v, x = int(p_o[i]), int(total[i]), bool(known_all[i])
+                old = self._best.get(q)
+                if old is None or v > old[0] or (v == old[0] and x and not old[2]):
+                    self._best[q] = (v, int(ts_o[i]), x)
+        # the tree: a row changes the sum by its process's change of total
+        inexact = (known_any & ~known_all).astype(np.int64)
+        back = np.empty_like(o)
+        back[o] = np.arange(n)                                       # time order again
+        keep = back[k0:]                                             # the step's rows
+        tree = self._tree + np.cumsum(
+            (total - np.where(first, 0, np.r_[0, total[:-1]]))[keep])
+        n_inexact = self._inexact + np.cumsum(
+            (inexact - np.where(first, 0, np.r_[0, inexact[:-1]]))[keep])
+        top = np.flatnonzero(tree == tree.max())       # the first, an exact one if any
+        exact = top[n_inexact[top] == 0]
+        v = int(tree[top[0]])
+        if self._top is None or v > self._top[0]:
+            self._top, self._top_exact = (v, int(ts[top[0]]), bool(n_inexact[top[0]] == 0)), None
+        if v == self._top[0] and self._top_exact is None and len(exact):
+            self._top_exact = (v, int(ts[exact[0]]), True)
+        self._tree, self._inexact = int(tree[-1]), int(n_inexact[-1])
+        ends = np.flatnonzero(np.r_[p_o[1:] != p_o[:-1], True])      # each process's last row
+        for i in ends.tolist():
+            q = int(p_o[i])
+            self._known[q] = [bool(kn[i]) for kn in knowns]
+            self._value[q] = [int(va[i]) for va in values]
+
+    def result(self) -> tuple[dict, tuple | None]:
+        return dict(self._best), self._top_exact or self._top

@@ -23,310 +23,284 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer import trace_schema
+from tracer import peaks_replay, trace_schema
 from tracer.layout import C
+from tracer.peaks_replay import Ops, brk_ops, tops_at
 
 _K = trace_schema.KIND_INDEX
 _KINDS = ("mmap", "munmap", "mremap", "brk", "map", "fork", "exec", "exit")
 _MREMAP_DONTUNMAP = 4
 _NONE = np.zeros(0, np.int64)
-WINDOW = 1 << 14               # ops replayed at once (_windows)
 
 
 def peaks(c, page: int) -> tuple[dict, tuple]:
     """c: tracer.peaks.Rows. pid -> (peak bytes, its ts) and the tree's."""
+    m = Mapped(page)
+    m.step(*mapped_rows(c))
+    return m.result()
+
+
+def mapped_rows(c) -> tuple:
+    """The rows of _KINDS (Mapped.step's arguments: kind, pid, child, flags,
+    ts, ret, addr, len, new_len, a [heap] layout row)."""
     kind_all = c.codes("kind", trace_schema.KINDS)
-    rows = np.flatnonzero(np.isin(kind_all, [_K[k] for k in _KINDS]))
-    if not len(rows):
-        return {}, (0, None)
-    kind = kind_all[rows]
-    pid = c.raw("pid")[rows].astype(np.int64)
-    ts = c.raw("ts")[rows]
-    ret = c.raw("ret")[rows]
-    addr, length, flags = c.raw("addr")[rows], c.raw("len")[rows], c.raw("flags")[rows]
-    sp = _Spaces(kind, pid, c.raw("child")[rows].astype(np.int64), flags)
-    shift = np.uint64(page.bit_length() - 1)
-
-    def up(v: np.ndarray) -> np.ndarray:      # bytes -> pages, rounded up
-        return ((v + np.uint64(page - 1)) >> shift).astype(np.int64)
-
-    lo, at = (addr >> shift).astype(np.int64), (ret.astype(np.uint64) >> shift).astype(np.int64)
-    parts = []                                   # (rows, seq, lo, hi, val)
-    r = np.flatnonzero((kind == _K["mmap"]) & (ret >= 0))
-    parts.append((r, 2 * r, at[r], at[r] + up(length[r]), 1))
-    r = np.flatnonzero((kind == _K["munmap"]) & (ret == 0))
-    parts.append((r, 2 * r, lo[r], lo[r] + up(length[r]), 0))
-    r = np.flatnonzero((kind == _K["mremap"]) & (ret >= 0))
-    gone = r[(flags[r] & np.uint64(_MREMAP_DONTUNMAP)) == 0]
-    parts.append((gone, 2 * gone, lo[gone], lo[gone] + up(length[gone]), 0))
-    parts.append((r, 2 * r + 1, at[r], at[r] + up(c.raw("new_len")[rows][r]), 1))
-    # a layout read after an exec holds from the exec on (the process was
-    # stopped there until it was read), as the model has it
-    r = np.flatnonzero(kind == _K["map"])
-    start = sp.start[sp.of(pid[r], r)]
-    seq = np.where((start >= 0) & (kind[np.maximum(start, 0)] == _K["exec"]), 2 * start + 1, 2 * r)
-    parts.append((r, seq, lo[r], lo[r] + up(length[r]), 1))
-    op_rows = np.concatenate([p[0] for p in parts])
-    static = Ops(sp.of(pid[op_rows], op_rows), *(np.concatenate([p[i] for p in parts])
-                                                  for i in (1, 2, 3)),
-                 np.concatenate([np.full(len(p[0]), p[4], np.int8) for p in parts]))
-    brk = np.flatnonzero(kind == _K["brk"])
-    brk_space, brk_top = sp.of(pid[brk], brk), up(ret[brk].astype(np.uint64))
-    heap = np.flatnonzero((kind == _K["map"]) & (c.codes("path", ["[heap]"])[rows] == 0))
-    heap_end = dict(zip(sp.of(pid[heap], heap).tolist(), (lo[heap] + up(length[heap])).tolist()))
-
-    end = sp.ends(kind, pid, flags)
-    level_of = sp.levels()
-    top: dict[int, int] = dict(heap_end)      # space -> its break at its start (pages)
-    done: list[Ops] = []                       # the replays, window by window
-    for level in range(int(level_of.max()) + 1):
-        mine = level_of == level
-        kids = np.flatnonzero(mine & (sp.parent >= 0))
-        top.update(_tops_at(brk_space, 2 * brk, brk_top, kids, sp.parent[kids],
-                            2 * sp.start[kids], top))
-        b = mine[brk_space]
-        o = Ops.concat([static.where(mine[static.space]),
-                        _brk_ops(brk_space[b], 2 * brk[b], brk_top[b], top),
-                        *(d.inherit(kids, sp.parent[kids], sp.start[kids]) for d in done)])
-        done.extend(_windows(o, end))
-    ops = Ops.concat([d.where(np.arange(len(d.seq)) >= d.carried) for d in done])
-    ops.delta *= page
-    per_pid: dict[int, tuple] = {}
-    for s, (v, seq) in ops.peaks().items():
-        p = int(sp.pid[s])
-        if p not in per_pid or v > per_pid[p][0]:
-            per_pid[p] = (v, int(ts[seq // 2]))
-    # the tree: every op's change, and each space's bytes gone at its end
-    sums = np.bincount(ops.space, weights=ops.delta, minlength=len(sp.pid))
-    ended = np.flatnonzero(end >= 0)
-    seq = np.concatenate([ops.seq, 2 * end[ended]])
-    o = np.argsort(seq, kind="stable")
-    tree = np.cumsum(np.concatenate([ops.delta, -sums[ended]])[o])
-    if not len(tree):
-        return per_pid, (0, None)
-    i = int(np.argmax(tree))
-    return per_pid, (int(round(tree[i])), int(ts[seq[o][i] // 2]))
+    rows = np.flatnonzero(np.isin(kind_all, KIND_CODES))
+    return (kind_all[rows], c.raw("pid")[rows].astype(np.int64),
+            c.raw("child")[rows].astype(np.int64), c.raw("flags")[rows], c.raw("ts")[rows],
+            c.raw("ret")[rows], c.raw("addr")[rows], c.raw("len")[rows],
+            c.raw("new_len")[rows], c.codes("path", ["[heap]"])[rows] == 0)
 
 
-class _Spaces:
-    """The address spaces: one per process from its start (or the trace's),
-    and one per fork (the child's) and exec; `parent`: the space a forked
-    child's started from (-1: none), `start`: the row of that fork or exec
-    (-1: before the trace)."""
+KIND_CODES = [_K[k] for k in _KINDS]
 
-    def __init__(self, kind, pid, child, flags) -> None:
-        fork = np.flatnonzero(kind == _K["fork"])
-        ex = np.flatnonzero(kind == _K["exec"])
-        bpid = np.concatenate([child[fork], pid[ex]])
-        brow = np.concatenate([fork, ex])
-        self._n = len(kind) + 1
-        key = bpid * self._n + brow
+
+def frontier(kind: np.ndarray, pid: np.ndarray, flags: np.ndarray, ts: np.ndarray) -> int:
+    """How many of these rows (the rows after the last step, more to come)
+    a step can take without a later row changing what it replayed: not the
+    rows of the last ts (a layout's rows share one ts: the rest of it may
+    come next), nor from the last exec of a process that is owed a layout
+    (one per exec, read at once or late with --no-exec-stop: it holds from
+    its process's last exec; none comes after its exit)."""
+    n = len(kind)
+    if not n or ts[0] == ts[-1]:
+        return 0
+    cut = int(np.searchsorted(ts, ts[-1], "left"))
+    m = kind == _K["map"]
+    layout = m & np.r_[True, ~m[:-1] | (pid[1:] != pid[:-1]) | (ts[1:] != ts[:-1])]
+    ext = (kind == _K["exit"]) & ((flags & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0)
+    rows = np.flatnonzero(layout | ext | (kind == _K["exec"]))
+    events = list(zip(rows.tolist(), kind[rows].tolist(), pid[rows].tolist()))
+    while True:    # the rows before the cut hold every layout their execs are owed
+        owed: dict[int, int] = {}
+        last_exec: dict[int, int] = {}
+        for r, k, p in events:
+            if r >= cut:
+                break
+            if k == _K["exec"]:
+                owed[p] = owed.get(p, 0) + 1
+                last_exec[p] = r
+            elif k == _K["map"]:
+                owed[p] = max(owed.get(p, 0) - 1, 0)
+            else:
+                owed[p] = 0
+        new = min([last_exec[p] for p, o in owed.items() if o] + [cut])
+        if new == cut:
+            return cut
+        cut = new
+
+
+class Mapped:
+    """The replay in steps: each step the rows (of _KINDS, in time order)
+    that follow the last step's, from the ranges each address space had
+    mapped at its end, its break, its mapped pages and its peak so far; the
+    rows of a trace in steps give what they give in one, so the peaks can be
+    computed while tracing (tracer.peaks_stream). A row that would change
+    what an earlier step replayed (a layout that holds from an exec replayed
+    before it, a [heap] end after the break moved, a row of a space that
+    had ended) makes it `invalid`: the caller replays the trace in one step.
+
+    The address spaces: one per process from its start (or the trace's),
+    one per fork (the child's) and exec; a forked child's starts from its
+    parent's mappings at the fork (its parent's replay: spaces are replayed
+    by generation, `level`), an exec's with nothing but its layout."""
+
+    def __init__(self, page: int) -> None:
+        self.page = page
+        self.rows = 0                            # rows replayed: the next step's first
+        self.invalid: str | None = None          # why the steps cannot go on
+        self._space: dict[int, int] = {}         # pid -> its space now
+        self._epoch: dict[int, int] = {}         # pid -> forks to it and execs of it so far
+        self._key: list[tuple[int, int]] = []    # space -> (pid, epoch): ties go to the first
+        self._level: list[int] = []
+        self._exec: list[int] = []               # space -> the exec row it started at, -1
+        self._end: list[int] = []                # space -> the row it ended at, -1
+        self._sum: list[int] = []                # space -> pages mapped now
+        self._best: dict[int, tuple[int, int]] = {}      # space -> (pages, ts) at its peak
+        self._top: dict[int, int] = {}           # space -> its break (pages), as _brk_ops wants
+        self._top_from: dict[int, str] = {}      # "heap", "fork" or "brk"
+        self._live = Ops(_NONE, _NONE, _NONE, _NONE, _NONE)   # mapped at the last step's end
+        self._tree = 0
+        self._tree_best: tuple[int, int] | None = None
+
+    def carried(self) -> int:
+        """Page ranges mapped at the last step's end: the next one replays them."""
+        return len(self._live.seq)
+
+    def _new(self, pid: int, epoch: int, level: int, exec_row: int) -> int:
+        self._key.append((pid, epoch))
+        self._level.append(level)
+        self._exec.append(exec_row)
+        self._end.append(-1)
+        self._sum.append(0)
+        return len(self._key) - 1
+
+    def step(self, kind, pid, child, flags, ts, ret, addr, length, new_len, heap) -> None:
+        if self.invalid or not len(kind):
+            return
+        n, first = len(kind), self.rows
+        g = first + np.arange(n)                        # rows of the whole trace
+        space, kids, parent, fork_row, ended = self._spaces(kind, pid, child, flags, g)
+        shift = np.uint64(self.page.bit_length() - 1)
+
+        def up(v: np.ndarray) -> np.ndarray:      # bytes -> pages, rounded up
+            return ((v + np.uint64(self.page - 1)) >> shift).astype(np.int64)
+
+        lo, at = (addr >> shift).astype(np.int64), (ret.astype(np.uint64) >> shift).astype(np.int64)
+        parts = []                                   # (rows, seq, lo, hi, val)
+        r = np.flatnonzero((kind == _K["mmap"]) & (ret >= 0))
+        parts.append((r, 2 * g[r], at[r], at[r] + up(length[r]), 1))
+        r = np.flatnonzero((kind == _K["munmap"]) & (ret == 0))
+        parts.append((r, 2 * g[r], lo[r], lo[r] + up(length[r]), 0))
+        r = np.flatnonzero((kind == _K["mremap"]) & (ret >= 0))
+        gone = r[(flags[r] & np.uint64(_MREMAP_DONTUNMAP)) == 0]
+        parts.append((gone, 2 * g[gone], lo[gone], lo[gone] + up(length[gone]), 0))
+        parts.append((r, 2 * g[r] + 1, at[r], at[r] + up(new_len[r]), 1))
+        # a layout read after an exec holds from the exec on (the process was
+        # stopped there until it was read), as the model has it
+        r = np.flatnonzero(kind == _K["map"])
+        ex = np.array(self._exec, np.int64)[space[r]] if len(r) else _NONE
+        seq = np.where(ex >= 0, 2 * ex + 1, 2 * g[r])
+        if (seq < 2 * first).any():                   # before this step: replayed already
+            self.invalid = "a layout from an exec of an earlier step"
+            return
+        parts.append((r, seq, lo[r], lo[r] + up(length[r]), 1))
+        op_rows = np.concatenate([p[0] for p in parts])
+        static = Ops(space[op_rows], *(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)),
+                     np.concatenate([np.full(len(p[0]), p[4], np.int8) for p in parts]))
+        brk = np.flatnonzero(kind == _K["brk"])
+        brk_space, brk_seq, brk_top = space[brk], 2 * g[brk], up(ret[brk].astype(np.uint64))
+        h = np.flatnonzero((kind == _K["map"]) & heap)
+        for s, top in zip(space[h].tolist(), (lo[h] + up(length[h])).tolist()):
+            if self._top_from.get(s) == "brk":       # its first brk replayed without it
+                self.invalid = "a [heap] end after a brk"
+                return
+            if self._top_from.get(s) != "fork":      # a child's break is its parent's
+                self._top[s], self._top_from[s] = top, "heap"
+
+        end = np.array(self._end, np.int64)
+        level_of = np.array(self._level, np.int64)
+        live = self._live
+        levels = np.unique(level_of[np.r_[static.space, brk_space, live.space, kids]])
+        done: list[Ops] = []                       # the replays, window by window
+        new_live: list[Ops] = []
+        for level in levels.tolist():
+            mine = level_of == level
+            k = np.flatnonzero(mine[kids]) if len(kids) else _NONE
+            tops = tops_at(brk_space, brk_seq, brk_top, kids[k], parent[k], 2 * fork_row[k],
+                            self._top)
+            self._top.update(tops)
+            self._top_from.update(dict.fromkeys(tops, "fork"))
+            b = mine[brk_space]
+            o = Ops.concat([live.where(mine[live.space]), static.where(mine[static.space]),
+                            brk_ops(brk_space[b], brk_seq[b], brk_top[b], self._top),
+                            *(d.inherit(kids[k], parent[k], fork_row[k]) for d in done)])
+            windows = peaks_replay.windows(o, end)
+            done.extend(windows)
+            w = windows[-1]
+            alive = np.unique(w.space)
+            alive = alive[end[alive] < 0]
+            q, lo_, hi_ = w.live(alive, np.full(len(alive), 2 * (first + n)))
+            new_live.append(Ops(alive[q], np.full(len(q), -1), lo_, hi_, np.ones(len(q), np.int8)))
+        # the ops of this step (not the ranges carried into it, seq -1)
+        ops = Ops.concat([d.where((np.arange(len(d.seq)) >= d.carried) & (d.seq >= 0))
+                          for d in done])
+        e = end[ops.space]
+        if ((e >= 0) & (e < first)).any():          # a space that ended in a step before
+            self.invalid = "a row of an address space that had ended"
+            return
+        self._peaks(ops, ts, first, ended)
+        self._live = Ops.concat(new_live)
+        if len(brk):       # each space's break: its last call's
+            o = np.lexsort((brk_seq, brk_space))
+            last = np.r_[brk_space[o][1:] != brk_space[o][:-1], True]
+            tops = dict(zip(brk_space[o][last].tolist(), brk_top[o][last].tolist()))
+            self._top.update(tops)
+            self._top_from.update(dict.fromkeys(tops, "brk"))
+        self.rows = first + n
+
+    def _spaces(self, kind, pid, child, flags, g) -> tuple:
+        """Each row's space, the spaces the step's forks start (kids: their
+        parents and rows) and the spaces that end in the step."""
+        base = {}
+        for p in np.unique(pid).tolist():          # at the step's start
+            if p not in self._space:
+                self._space[p] = self._new(p, self._epoch.get(p, 0), 0, -1)
+            base[p] = self._space[p]
+        ev = np.flatnonzero((kind == _K["fork"]) | (kind == _K["exec"]))
+        is_fork = kind[ev] == _K["fork"]
+        ev_pid = np.where(is_fork, child[ev], pid[ev])
+        ev_space = np.zeros(len(ev), np.int64)
+        kids, parent, fork_row, ended = [], [], [], []
+        for j, (r, p, fork) in enumerate(zip(ev.tolist(), ev_pid.tolist(), is_fork.tolist())):
+            epoch = self._epoch.get(p, 0) + 1
+            self._epoch[p] = epoch
+            if fork:
+                par = self._space[int(pid[r])]
+                s = self._new(p, epoch, self._level[par] + 1, -1)
+                kids.append(s), parent.append(par), fork_row.append(int(g[r]))
+            else:
+                left = self._space.get(p)
+                if left is not None and self._end[left] < 0:   # the space the exec leaves
+                    self._end[left] = int(g[r])
+                    ended.append(left)
+                s = self._new(p, epoch, 0, int(g[r]))
+            self._space[p] = ev_space[j] = s
+        # every row's: its process's last fork or exec at or before it, else its base
+        size = len(kind) + 1
+        key = ev_pid * size + ev
         o = np.argsort(key, kind="stable")
-        self._bkey = key[o]
-        bpid, brow = bpid[o], brow[o]
-        is_fork = np.r_[np.ones(len(fork), bool), np.zeros(len(ex), bool)][o]
-        epoch = self._epoch(bpid, brow)
-        self._keys = np.unique(np.r_[np.unique(pid) * self._n, bpid * self._n + epoch])
-        self.pid = self._keys // self._n
-        self.parent = np.full(len(self._keys), -1, np.int64)
-        self.start = np.full(len(self._keys), -1, np.int64)
-        at = np.searchsorted(self._keys, bpid * self._n + epoch)
-        self.start[at] = brow
-        self.parent[at[is_fork]] = self.of(pid[brow[is_fork]], brow[is_fork])
-
-    def _epoch(self, p: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """How many forks to and execs of process p are at or before `row`."""
-        return (np.searchsorted(self._bkey, p * self._n + row, "right")
-                - np.searchsorted(self._bkey, p * self._n, "left"))
-
-    def of(self, p: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """The space of process p at `row`."""
-        return np.searchsorted(self._keys, p * self._n + self._epoch(p, row))
-
-    def levels(self) -> np.ndarray:
-        """Generations: 0 for a space that starts empty or from a layout, its
-        parent's + 1 for a forked child's (a pass per space, in start order)."""
-        level = np.zeros(len(self.pid), np.int64)
-        for s in np.argsort(self.start, kind="stable").tolist():
-            if self.parent[s] >= 0:
-                level[s] = level[self.parent[s]] + 1
-        return level
-
-    def ends(self, kind, pid, flags) -> np.ndarray:
-        """Per space, the row where it goes (the exit of its process's last
-        thread, or its exec); -1: there at the trace's end."""
-        big = np.iinfo(np.int64).max
-        end = np.full(len(self.pid), big)
+        pos = np.searchsorted(key[o], pid * size + np.arange(len(kind)), "right") - 1
+        hit = (pos >= 0) & (ev_pid[o][np.maximum(pos, 0)] == pid) if len(ev) else \
+            np.zeros(len(kind), bool)
+        u, inv = np.unique(pid, return_inverse=True)
+        space = np.array([base[p] for p in u.tolist()], np.int64)[inv] if len(pid) else _NONE
+        if len(ev):
+            space = np.where(hit, ev_space[o][np.maximum(pos, 0)], space)
         ext = np.flatnonzero((kind == _K["exit"])
                              & ((flags & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0))
-        np.minimum.at(end, self.of(pid[ext], ext), ext)
-        ex = np.flatnonzero(kind == _K["exec"])
-        left = self.of(pid[ex], ex) - 1                # the space the exec leaves
-        ok = (left >= 0) & (self.pid[np.maximum(left, 0)] == pid[ex])
-        np.minimum.at(end, left[ok], ex[ok])
-        return np.where(end == big, -1, end)
+        for s, r in zip(space[ext].tolist(), g[ext].tolist()):
+            if self._end[s] < 0:
+                self._end[s] = r
+                ended.append(s)
+        a = lambda v: np.array(v, np.int64)
+        return space, a(kids), a(parent), a(fork_row), a(ended)
 
+    def _peaks(self, ops: Ops, ts: np.ndarray, first: int, ended: np.ndarray) -> None:
+        """Each space's peak and the tree's, from the step's ops (pages)."""
+        delta = np.rint(ops.delta).astype(np.int64)
+        sums = np.array(self._sum, np.int64)
+        o = np.lexsort((ops.seq, ops.space))
+        s, q, d = ops.space[o], ops.seq[o], delta[o]
+        if len(s):
+            cs = np.cumsum(d)
+            head = np.r_[True, s[1:] != s[:-1]]
+            start = np.maximum.accumulate(np.where(head, np.arange(len(s)), 0))
+            value = sums[s] + cs - np.where(start > 0, cs[np.maximum(start - 1, 0)], 0)
+            pick = np.lexsort((np.arange(len(s)), -value, s))
+            heads = pick[np.r_[True, s[pick][1:] != s[pick][:-1]]]
+            for i in heads.tolist():
+                sp, v = int(s[i]), int(value[i])
+                if sp not in self._best or v > self._best[sp][0]:
+                    self._best[sp] = (v, int(ts[q[i] // 2 - first]))
+            sums += np.bincount(s, weights=d, minlength=len(sums)).astype(np.int64)
+            self._sum = sums.tolist()
+        # the tree: every op's change, and each space's pages gone at its end
+        seq = np.concatenate([ops.seq, 2 * np.array([self._end[x] for x in ended], np.int64)])
+        o = np.argsort(seq, kind="stable")
+        tree = self._tree + np.cumsum(np.concatenate([delta, -sums[ended]])[o])
+        if len(tree):
+            i = int(np.argmax(tree))
+            if self._tree_best is None or tree[i] > self._tree_best[0]:
+                self._tree_best = (int(tree[i]), int(ts[seq[o][i] // 2 - first]))
+            self._tree = int(tree[-1])
 
-class Ops:
-    """Page ranges [lo, hi) of address spaces set mapped (val 1) or not (0),
-    in the order of `seq` (2 * row, + 1 for a row's second part)."""
-
-    def __init__(self, space, seq, lo, hi, val) -> None:
-        keep = hi > lo
-        if not keep.all():
-            space, seq, lo, hi, val = space[keep], seq[keep], lo[keep], hi[keep], val[keep]
-        self.space, self.seq = space.astype(np.int64, copy=False), seq.astype(np.int64, copy=False)
-        self.lo, self.hi = lo.astype(np.int64, copy=False), hi.astype(np.int64, copy=False)
-        self.val = val.astype(np.int8, copy=False)
-        self.delta = np.zeros(len(self.seq))        # pages (bytes once scaled)
-
-    def where(self, m: np.ndarray) -> Ops:
-        out = Ops(self.space[m], self.seq[m], self.lo[m], self.hi[m], self.val[m])
-        out.delta = self.delta[m]
-        return out
-
-    @staticmethod
-    def concat(parts: list[Ops]) -> Ops:
-        out = Ops(*(np.concatenate([getattr(p, a) for p in parts] or [_NONE])
-                    for a in ("space", "seq", "lo", "hi", "val")))
-        out.delta = np.concatenate([p.delta for p in parts] or [np.zeros(0)])
-        return out
-
-    def replay(self) -> None:
-        """Each op's change of its space's mapped pages (`delta`)."""
-        if len(self.seq) > 1 and (self.seq[1:] < self.seq[:-1]).any():
-            o = np.argsort(self.seq, kind="stable")
-            for a in ("space", "seq", "lo", "hi", "val"):
-                setattr(self, a, getattr(self, a)[o])
-        n = len(self.seq)
-        self._seg = self._pair_seq = _NONE
-        if not n:
-            return
-        # segment boundaries: (space, page) as one sortable key
-        self._pages, rank = np.unique(np.r_[self.lo, self.hi], return_inverse=True)
-        self._u = max(len(self._pages), 1)
-        key = np.r_[self.space, self.space] * self._u + rank
-        self._bounds = b = np.unique(key)
-        page = self._pages[b % self._u]
-        seg_pages = np.r_[page[1:] - page[:-1], 0].astype(np.float64)   # last: unused
-        sl = np.searchsorted(b, key[:n])
-        count = np.searchsorted(b, key[n:]) - sl
-        # (op, segment) pairs, op by op, then by segment (each in op order)
-        small = np.int32 if len(b) < 2**31 and n < 2**31 else np.int64
-        op = np.repeat(np.arange(n, dtype=small), count)
-        seg = np.arange(len(op), dtype=np.int64) - np.repeat(np.cumsum(count) - count - sl, count)
-        seg = seg.astype(small)
-        o = np.argsort(seg, kind="stable")
-        seg, op = seg[o], op[o]
-        val = self.val[op]
-        prev = np.zeros(len(op), np.int8)
-        prev[1:] = np.where(seg[1:] == seg[:-1], val[:-1], 0)
-        self.delta = np.bincount(op, weights=seg_pages[seg] * (val - prev), minlength=n)
-        self._seg, self._val = seg.astype(np.int64), val
-        self._pair_seq = self.seq[op]
-
-    def peaks(self) -> dict:
-        """space -> (its largest sum of `delta`, the seq of the op reaching it first)."""
-        o = np.lexsort((self.seq, self.space))
-        s, q = self.space[o], self.seq[o]
-        if not len(s):
-            return {}
-        cs = np.cumsum(self.delta[o])
-        first = np.r_[True, s[1:] != s[:-1]]
-        start = np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))
-        value = cs - np.where(start > 0, cs[np.maximum(start - 1, 0)], 0)
-        pick = np.lexsort((np.arange(len(s)), -value, s))
-        heads = pick[np.r_[True, s[pick][1:] != s[pick][:-1]]]
-        return {int(s[i]): (int(round(value[i])), int(q[i])) for i in heads.tolist()}
-
-    def live(self, spaces: np.ndarray, at: np.ndarray) -> tuple:
-        """The page ranges each of `spaces` had mapped just before seq `at`
-        (spaces of this replay, at within its window): (question, lo, hi)."""
-        if not len(spaces) or not len(self._seg):
-            return _NONE, _NONE, _NONE
-        b, u = self._bounds, self._u
-        gs = np.searchsorted(b, spaces * u)
-        count = np.maximum(np.searchsorted(b, (spaces + 1) * u) - 1 - gs, 0)
-        q = np.repeat(np.arange(len(spaces)), count)
-        g = np.arange(len(q)) - np.repeat(np.cumsum(count) - count - gs, count)
-        m = int(max(self._pair_seq.max(), at.max())) + 2
-        pair_key = self._seg * m + self._pair_seq
-        pos = np.searchsorted(pair_key, g * m + at[q]) - 1
-        ok = pos >= 0
-        pos = np.maximum(pos, 0)
-        ok &= (self._seg[pos] == g) & (self._val[pos] == 1)
-        q, g = q[ok], g[ok]
-        if not len(q):
-            return _NONE, _NONE, _NONE
-        head = np.r_[True, (q[1:] != q[:-1]) | (g[1:] != g[:-1] + 1)]     # merge neighbours
-        tail = np.r_[head[1:], True]
-        return q[head], self._pages[b[g[head]] % u], self._pages[b[g[tail] + 1] % u]
-
-    def inherit(self, kids: np.ndarray, parents: np.ndarray, fork_rows: np.ndarray) -> Ops:
-        """The kids' first ops: the page ranges their parents had mapped
-        just before the forks that fall in this window."""
-        at = 2 * fork_rows
-        w = np.flatnonzero((at >= self.first) & (at < self.until))
-        q, lo, hi = self.live(parents[w], at[w])
-        return Ops(kids[w][q], at[w][q] + 1, lo, hi, np.ones(len(q), np.int8))
-
-
-def _windows(ops: Ops, end: np.ndarray, size: int | None = None) -> list[Ops]:
-    """ops replayed in windows of `size` ops in seq order, each starting
-    from the ranges mapped at the end of the one before (`carried`, at the
-    head of its ops): the segments of a window are cut at its own ops'
-    boundaries only, which keeps the (op, segment) pairs few on a long run
-    of mmap and munmap calls at the same addresses."""
-    size = size or WINDOW
-    ops = ops.where(np.argsort(ops.seq, kind="stable"))
-    n = len(ops.seq)
-    # cut every `size` ops, never between two ops of one seq (one row)
-    cuts = np.unique(np.searchsorted(ops.seq, ops.seq[np.arange(0, n, size)]))
-    bounds = [*cuts.tolist(), n] if n else [0, 0]          # nothing: one empty window
-    out: list[Ops] = []
-    carry = Ops(_NONE, _NONE, _NONE, _NONE, _NONE)
-    for i, (c, nxt) in enumerate(zip(bounds[:-1], bounds[1:])):
-        w = Ops.concat([carry, ops.where(slice(c, nxt))])
-        w.carried = len(carry.seq)
-        w.first = -1 if i == 0 else int(ops.seq[c])
-        w.until = int(ops.seq[nxt]) if nxt < n else np.iinfo(np.int64).max
-        w.replay()
-        out.append(w)
-        if nxt < n:
-            spaces = np.unique(w.space)
-            spaces = spaces[(end[spaces] < 0) | (2 * end[spaces] >= w.until)]   # still there
-            q, lo, hi = w.live(spaces, np.full(len(spaces), w.until))
-            carry = Ops(spaces[q], np.full(len(q), w.until - 1), lo, hi, np.ones(len(q), np.int8))
-    return out
-
-
-def _brk_ops(space, seq, top, start_top: dict) -> Ops:
-    """brk calls as ops: the heap grows to (or shrinks from) each call's new
-    break from the break before it: the space's previous call's, else the
-    break at its start (its parent's at the fork, a layout's [heap] end),
-    else the call's own (glibc's first call is brk(0), which only asks)."""
-    o = np.lexsort((seq, space))
-    space, seq, top = space[o], seq[o], top[o]
-    prev = np.r_[top[:1], top[:-1]]
-    for i in np.flatnonzero(np.r_[True, space[1:] != space[:-1]] if len(space) else []).tolist():
-        prev[i] = start_top.get(int(space[i]), top[i])
-    grow = top > prev
-    return Ops(space, seq, np.where(grow, prev, top), np.where(grow, top, prev),
-               grow.astype(np.int8))
-
-
-def _tops_at(space, seq, top, kids, parents, at, start_top: dict) -> dict:
-    """Each kid's parent's break (pages) just before seq `at` (the fork)."""
-    hit, found = np.zeros(len(kids), bool), np.zeros(len(kids), np.int64)
-    if len(seq):
-        o = np.lexsort((seq, space))
-        m = int(seq.max()) + 2
-        pos = np.searchsorted(space[o] * m + seq[o], parents * m + at) - 1
-        hit = (pos >= 0) & (space[o][np.maximum(pos, 0)] == parents)
-        found = top[o][np.maximum(pos, 0)]
-    out = {}
-    for k, p, h, v in zip(kids.tolist(), parents.tolist(), hit.tolist(), found.tolist()):
-        t = v if h else start_top.get(p)
-        if t is not None:
-            out[k] = t
-    return out
+    def result(self) -> tuple[dict, tuple]:
+        """pid -> (peak bytes, its ts) and the tree's (bytes, ts or None)."""
+        per_pid: dict[int, tuple] = {}
+        for s in sorted(self._best, key=lambda s: self._key[s]):
+            p, (v, ts) = self._key[s][0], self._best[s]
+            if p not in per_pid or v * self.page > per_pid[p][0]:
+                per_pid[p] = (v * self.page, ts)
+        if self._tree_best is None:
+            return per_pid, (0, None)
+        return per_pid, (self._tree_best[0] * self.page, self._tree_best[1])

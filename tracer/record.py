@@ -293,9 +293,13 @@ def main(argv: list[str]) -> int:
     finally:
         if view is not None:
             view.clear()
-    meta = summary.metadata(res, opts, argv)
-    if run is not None:
-        meta["dataset"] = run.identity()
+    try:
+        meta = summary.metadata(res, opts, argv)
+        if run is not None:
+            meta["dataset"] = run.identity()
+    except BaseException:   # the Parquet encoded while tracing goes; the spill stays
+        res.spill.abandon()  # type: ignore[attr-defined]
+        raise
     size = res.spill.finish(fmt, meta)  # type: ignore[attr-defined]
     if run is not None:   # the sidecar, then the run in place; commit chowns it all
         output, sudo = run.commit(meta, sudo, say), None

@@ -52,12 +52,14 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
 
 
 def _peaks(res: Result, opts: Options) -> dict | None:
-    """Peak mapped and resident bytes (tracer.peaks), read back from the
-    spill, which holds every row by now; None without one."""
+    """Peak mapped and resident bytes (tracer.peaks): computed while
+    tracing (tracer.peaks_stream), else read back from the spill, which
+    holds every row by now; None without one."""
     spill = getattr(res, "spill", None)
     if spill is None or not os.path.exists(spill.path):
         return None
-    return peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency)
+    streamed = spill.peaks() if hasattr(spill, "peaks") else None
+    return streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency)
 
 
 def kernel_check(res: Result) -> dict:

@@ -4,7 +4,10 @@ docs/format.md) of the rows tracer/trace_rows.py builds.
 While tracing, each batch goes to `PATH.partial`, an Arrow IPC stream: an
 append is a memcpy, and a stream cut short by a crash still reads up to its
 last whole batch. `finish()` converts it batch by batch (bounded memory) to
-Parquet or CSV with the metadata, then removes the spill.
+Parquet or CSV with the metadata, then removes the spill; or, with
+`stream=True` (a Parquet PATH), the Parquet file is encoded from the same
+batches while tracing (tracer.parquet_stream) and `finish()` only waits for
+its last rows and writes its footer.
 """
 from __future__ import annotations
 
@@ -19,34 +22,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from tracer import parquet_stream
 from tracer.errors import OutputError
-from tracer.trace_schema import SCHEMA, arrow_array, null_array, numpy_view, plain_schema
+from tracer.parquet_stream import ROW_GROUP
+from tracer.parquet_stream import regroup as _regroup
+from tracer.peaks_stream import PeaksStream
+from tracer.spill_follower import Follower, spill_reader
+from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, null_array, numpy_view,
+                                 plain_schema)
 
 META_KEY = b"memtrace"
 PARTIAL_SUFFIX = ".partial"
-
-# The final file: row groups of this many rows (the conversion holds one in
-# memory), dictionary encoding for the low-cardinality columns only, delta
-# encoding for the time and address columns. Not dictionary-encoded: the
-# counters that hold one value on nearly every row (rss_*, alloc, count;
-# stack_id, null without --stacks): the dictionary hashes every value (5-10%
-# of the conversion's time), where zstd squeezes their plain runs about as
-# small (0.03-0.07% more bytes on fault and syscall traces).
-ROW_GROUP = 1 << 17
 SPILL_BATCH = 1 << 16        # rows per IPC batch of the spill (bounds reading it back)
-_PARQUET_DICT = ["pid", "tid", "comm", "kind", "prot", "flags", "fd", "ip", "major",
-                 "error_code", "child", "path", "member", "cause", "pages"]
-_PARQUET_ENCODING = {"ts": "DELTA_BINARY_PACKED", "addr": "DELTA_BINARY_PACKED"}
-_PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row groups
 
 
 class Spill:
     """The streaming spill file: one IPC stream of record batches."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, stream: bool = False,
+                 peaks: PeaksStream | None = None) -> None:
+        """stream: the final file is Parquet, encoded while tracing; peaks:
+        computed from the rows as they come too (threads of their own)."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
+        self._tmp = final.with_name(final.name + ".tmp")
         try:
             self._sink = pa.OSFile(str(self.path), "wb")
             # lz4: the columns that do not apply to a row kind are all zeros,
@@ -57,6 +57,25 @@ class Spill:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self.rows = 0
         self._held: list[pa.RecordBatch] = []    # rows not older than the last `before`
+        self._closed = self._ended = False
+        self._stream: parquet_stream.ParquetStream | None = None
+        self._peaks = peaks if stream else None
+        self._followers: list[Follower] = []      # the threads given each batch written
+        if stream:
+            try:
+                self._stream = parquet_stream.ParquetStream(
+                    self._tmp, spill_reader(self.path), _release_memory)
+            except OSError as e:
+                self.close()
+                raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
+            self._followers.append(self._stream.follower)
+        self._peaks_followers: list[Follower] = []
+        if self._peaks is not None:    # threads of their own: all run at once at the end
+            for part in self._peaks.parts():
+                self._peaks_followers.append(Follower(
+                    "memtrace-peaks", lambda bs, part=part: [part(b) for b in bs],
+                    spill_reader(self.path), parquet_stream.MAX_BACKLOG))
+            self._followers.extend(self._peaks_followers)
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
         """Appends `batches` in time order (a merge of the rings' batches,
@@ -80,66 +99,84 @@ class Spill:
             ts = np.concatenate(ts)
             order = np.argsort(ts, kind="stable")
             ts = ts[order]
-            table = _take(pa.Table.from_batches(batches, SCHEMA).unify_dictionaries(),
-                          arrow_array(order, pa.int64()))
+            table = _take(pa.Table.from_batches(batches, SCHEMA).unify_dictionaries(), order)
         if before is not None:
             cut = int(np.searchsorted(ts, np.uint64(before), "left"))
             if cut < table.num_rows:   # copied: a slice would keep the whole flush alive
                 rest = table.slice(cut).unify_dictionaries()
-                self._held = _take(rest, arrow_array(np.arange(rest.num_rows),
-                                                     pa.int64())).to_batches()
+                self._held = _take(rest, np.arange(rest.num_rows)).to_batches()
                 table = table.slice(0, cut)
+        out = table.to_batches(max_chunksize=SPILL_BATCH)
         try:
-            for b in table.to_batches(max_chunksize=SPILL_BATCH):
+            for b in out:
                 self._writer.write_batch(b)
             self._sink.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
+        for f in self._followers:     # the same batches, in the same order
+            f.put(out)
         self.rows += table.num_rows
-        del table, batches
+        del out, table, batches
         _release_memory()
 
-    def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
-
-    def finish(self, fmt: str, meta: dict) -> int:
-        """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
-        import pyarrow.csv as pacsv      # only at the end: 40 ms of start-up otherwise
-        import pyarrow.parquet as pq
+    def end(self) -> None:
+        """No more rows (the capture's last write done): the spill's stream
+        closed; the followers (Parquet, peaks) finish their last rows
+        meanwhile, at the normal priority."""
         if self._held:           # the capture ended without a last write
             self.write([])
         self.close()
+        self._ended = True
+        for f in self._followers:
+            f.end()
+
+    def peaks(self) -> dict | None:
+        """The peaks computed as the rows came (tracer.peaks_stream), once
+        every row is written (`end`); None without them (then
+        peaks.of_spill reads the spill)."""
+        if self._peaks is None or not self._ended:
+            return None
+        try:
+            for f in self._peaks_followers:
+                f.join()
+        except Exception:     # of_spill then
+            return None
+        return self._peaks.result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            self._sink.close()
+
+    def abandon(self) -> None:
+        """The run failed after tracing started: the Parquet being encoded
+        removed; the spill stays as it is (tracer.load reads it, cut short)."""
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream = None
+        for f in self._peaks_followers:
+            f.abort()
+
+    def finish(self, fmt: str, meta: dict) -> int:
+        """Writes the final file in `fmt` ('parquet' or 'csv'); returns its size."""
+        self.end()
         _release_memory()
-        tmp = self.final.with_name(self.final.name + ".tmp")
         meta_path = Path(str(self.final) + ".meta.json") if fmt == "csv" else None
         blob = json.dumps(meta, default=_json_default)
+        stream, self._stream = self._stream, None
         try:
-            with pa.OSFile(str(self.path)) as src:
-                reader = ipc.open_stream(src)
-                if fmt == "parquet":
-                    schema = SCHEMA.with_metadata({META_KEY: blob.encode()})
-                    with pq.ParquetWriter(str(tmp), schema, compression="zstd",
-                                          use_dictionary=_PARQUET_DICT,
-                                          column_encoding=_PARQUET_ENCODING,
-                                          write_statistics=_PARQUET_STATS) as w:
-                        # reading the spill (a thread) overlaps encoding Parquet
-                        for i, table in enumerate(_ahead(_regroup(reader, ROW_GROUP))):
-                            w.write_table(table.replace_schema_metadata(schema.metadata),
-                                          row_group_size=ROW_GROUP)
-                            del table
-                            if i % 8 == 7:      # not every group: fresh pages cost faults
-                                _release_memory()
-                else:
-                    with pacsv.CSVWriter(str(tmp), plain_schema(SCHEMA)) as w:
-                        for table in _ahead(_regroup(reader, SPILL_BATCH)):
-                            w.write_table(table.cast(plain_schema(SCHEMA)))
-                    meta_path.write_text(blob + "\n")
-            os.replace(tmp, self.final)
+            if stream is not None and fmt == "parquet":
+                stream.close({META_KEY: blob.encode()})    # encoded while tracing
+            else:
+                if stream is not None:
+                    stream.abort()
+                self._convert(fmt, blob, meta_path)
+            os.replace(self._tmp, self.final)
         except BaseException as e:
             # e.g. the disk full: leave no half-written file; the spill stays
             # (tracer.load reads it as cut short)
-            for p in (tmp, meta_path):
+            for p in (self._tmp, meta_path):
                 _unlink(p)
             if isinstance(e, OSError):
                 raise OutputError(f"cannot write {self.final}: {e.strerror or e}") from None
@@ -150,6 +187,28 @@ class Spill:
             raise OutputError(f"cannot remove {self.path}: {e.strerror or e}") from None
         return self.final.stat().st_size
 
+    def _convert(self, fmt: str, blob: str, meta_path: Path | None) -> None:
+        """The spill converted to the final file at `self._tmp`."""
+        import pyarrow.csv as pacsv      # only at the end: 40 ms of start-up otherwise
+        with pa.OSFile(str(self.path)) as src:
+            reader = ipc.open_stream(src)
+            if fmt == "parquet":
+                schema = SCHEMA.with_metadata({META_KEY: blob.encode()})
+                with parquet_stream.open_writer(self._tmp, schema) as w:
+                    # reading the spill (a thread) overlaps encoding Parquet
+                    for i, table in enumerate(_ahead(_regroup(reader, ROW_GROUP))):
+                        w.write_table(table.replace_schema_metadata(schema.metadata),
+                                      row_group_size=ROW_GROUP)
+                        del table
+                        if i % 8 == 7:      # not every group: fresh pages cost faults
+                            _release_memory()
+            else:
+                assert meta_path is not None
+                with pacsv.CSVWriter(str(self._tmp), plain_schema(SCHEMA)) as w:
+                    for table in _ahead(_regroup(reader, SPILL_BATCH)):
+                        w.write_table(table.cast(plain_schema(SCHEMA)))
+                meta_path.write_text(blob + "\n")
+
 
 def _unlink(path: Path | None) -> None:
     try:
@@ -159,35 +218,36 @@ def _unlink(path: Path | None) -> None:
         pass
 
 
-def _regroup(reader: ipc.RecordBatchStreamReader, rows: int) -> Iterable[pa.Table]:
-    """The spill's batches in tables of `rows` rows (a row group each: large
-    ones compress better than one per flush), with the all-null columns
-    dropped back to shared zeros as soon as each batch is read."""
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for b in reader:
-        n = b.num_rows
-        b = pa.record_batch([null_array(n, f.type) if c.null_count == n else c
-                             for f, c in zip(SCHEMA, b.columns)], schema=SCHEMA)
-        while n:
-            take = min(n, rows - count)
-            part = b.slice(b.num_rows - n, take) if take < b.num_rows else b
-            pending.append(part)
-            count += take
-            n -= take
-            if count >= rows:
-                yield pa.Table.from_batches(pending, SCHEMA).unify_dictionaries()
-                pending, count = [], 0
-    if pending or not count:
-        yield pa.Table.from_batches(pending, SCHEMA).unify_dictionaries()
-
-
-def _take(table: pa.Table, rows: pa.Array) -> pa.Table:
-    """`rows` of `table`; an all-null column stays a shared run of zeros."""
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """`rows` of `table`, by numpy (Arrow's take imports pyarrow.compute:
+    30-50 ms, at the end of a small trace); an all-null column stays a
+    shared run of zeros, a dictionary column keeps its dictionary."""
     n = len(rows)
     return pa.table([null_array(n, f.type) if col.null_count == col.length() else
-                     col.combine_chunks().take(rows) for f, col in zip(SCHEMA, table.columns)],
-                    schema=SCHEMA)
+                     _take_array(col.combine_chunks(), rows)
+                     for f, col in zip(SCHEMA, table.columns)], schema=SCHEMA)
+
+
+def _take_array(a: pa.Array, rows: np.ndarray) -> pa.Array:
+    if pa.types.is_dictionary(a.type):
+        return pa.DictionaryArray.from_arrays(_take_array(a.indices, rows), a.dictionary,
+                                              safe=False)
+    validity, data = a.buffers()[:2]
+    valid = _bits(validity, a.offset, len(a))[rows] if a.null_count else None
+    if a.type == pa.bool_():
+        values = _bits(data, a.offset, len(a))[rows]
+    else:
+        dt = np.dtype(NUMPY_TYPES[a.type])
+        values = (np.frombuffer(data, dt, count=len(a), offset=a.offset * dt.itemsize)
+                  if data is not None else np.zeros(len(a), dt))[rows]
+    return arrow_array(values, a.type, valid)
+
+
+def _bits(buf: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
+    if buf is None:
+        return np.zeros(n, bool)
+    bits = np.unpackbits(np.frombuffer(buf, np.uint8), bitorder="little")
+    return bits[offset:offset + n].astype(bool)
 
 
 def _in_order(ts: list[np.ndarray]) -> bool:

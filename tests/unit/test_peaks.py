@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from tracer import address_space as asp
-from tracer import check, layout, peaks, peaks_mapped, rss, trace_rows, writer
+from tracer import check, layout, peaks, peaks_replay, rss, trace_rows, writer
 from tracer.trace import Trace
 
 from eventframes import ANON, FIXED, PAGE, PRIVATE, Events, DONTUNMAP, MAYMOVE
@@ -269,7 +269,7 @@ def test_windows_change_nothing(seed, monkeypatch):
     e = _random_events(seed, 300)
     whole = of(e)
     for size in (1, 7, 64):
-        monkeypatch.setattr(peaks_mapped, "WINDOW", size)
+        monkeypatch.setattr(peaks_replay, "WINDOW", size)
         assert of(e) == whole, size
 
 

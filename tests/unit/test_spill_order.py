@@ -173,3 +173,27 @@ def test_failed_rename_leaves_no_csv_metadata(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="Input/output error"):
         spill.finish("csv", META)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv.partial"]
+
+
+# ---- the reordering itself ----
+
+def test_take_by_numpy_is_arrows_take():
+    """writer._take (numpy, no pyarrow.compute) gives Arrow's take: values,
+    nulls, bools, dictionaries of differing chunks, chunks that are slices."""
+    rng = np.random.default_rng(3)
+    comms = trace_rows.CommTable()
+    batches = []
+    for i in range(4):
+        f = _faults(np.sort(rng.integers(0, 10**6, 50)), tid=7 + i)
+        f["flags"] = rng.integers(0, 4, 50) * C["MT_FAULT_MAJOR"]
+        f["rss_anon"] = rng.integers(0, 2, 50)
+        comms.update([7 + i], [f"t{i}"])
+        e = _events(np.sort(rng.integers(0, 10**6, 30)))
+        e["comm"] = f"e{i}".encode()
+        batches += [trace_rows.fault_batch(f, comms).slice(3, 40), trace_rows.event_batch(e, comms)]
+    table = pa.Table.from_batches(batches).unify_dictionaries()
+    order = rng.permutation(table.num_rows)
+    ours = writer._take(table, order)
+    theirs = table.take(pa.array(order))
+    assert ours.equals(theirs.cast(ours.schema))
+    assert any(c.null_count for c in ours.columns) and ours.column("major").null_count < len(order)
