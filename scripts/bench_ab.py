@@ -28,6 +28,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--workload", default="faults")
     ap.add_argument("--args", default="64 8", help="the workload's arguments")
+    ap.add_argument("--measure", choices=("cpu", "workload"), default="cpu",
+                    help="the workload's CPU time, or its time from fork to exit")
     ap.add_argument("tracers", nargs="+", help="A B [A B ...]")
     args = ap.parse_args()
     if len(args.tracers) % 2:
@@ -42,14 +44,14 @@ def main() -> int:
             for i in range(args.pairs):
                 t = {}
                 for name in ((a, b) if i % 2 == 0 else (b, a)):
-                    t[name] = bench.run_once(tr[name], exes["fork_exit_timer"], cmd)["cpu"]
+                    t[name] = bench.run_once(tr[name], exes["fork_exit_timer"], cmd)[args.measure]
                 ratios.append(t[b] / t[a])
                 ta.append(t[a])
                 tb.append(t[b])
             q = statistics.quantiles(ratios, n=4)
             print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
                   f"(quartiles {q[0]:.3f}..{q[2]:.3f}; {a} {statistics.median(ta):.3f} s, "
-                  f"{b} {statistics.median(tb):.3f} s CPU; {args.pairs} pairs)", flush=True)
+                  f"{b} {statistics.median(tb):.3f} s {args.measure}; {args.pairs} pairs)", flush=True)
     return 0
 
 
