@@ -81,7 +81,6 @@
 #define MT_CNT_LOST_EXEC 4
 #define MT_CNT_PRE_EXEC_FAULT 5
 #define MT_CNT_MAP_FULL 6
-#define MT_CNT_UNPAIRED_EXIT 7
 #define MT_CNT_SYSCALLS 8
 #define MT_CNT_RSS 9
 #define MT_CNT_PROC 10

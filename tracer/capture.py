@@ -319,10 +319,7 @@ def run(opts: Options, say: Say,
 
 def _untrace_all(probes: Probes) -> None:
     try:
-        traced = probes.table("traced")
-        for key in list(traced.keys()):
-            traced.delete(key)
-        probes.traced_changed()
+        probes.untrace_all()
     except Exception:  # the cut is then only less clean
         return
     time.sleep(0.01)   # BPF programs that read the map before: done

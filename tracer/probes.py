@@ -193,6 +193,13 @@ class Probes:
         self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
         self.traced_changed()
 
+    def untrace_all(self) -> None:
+        """Every process out of `traced` (BPF follows none any more)."""
+        traced = self._maps["traced"]
+        for k in list(traced.keys()):
+            traced.delete(k)
+        self.traced_changed()
+
     def untrace_pid(self, pid: int) -> None:
         self._maps["traced"].delete(_U32.pack(pid))
         self.traced_changed()
@@ -251,10 +258,7 @@ class Probes:
         try:
             for i in range(C["MT_NR_CONFIG"]):
                 self.set_config(i, 0)
-            traced = self._maps["traced"]
-            for k in list(traced.keys()):
-                traced.delete(k)
-            self.traced_changed()
+            self.untrace_all()
         except OSError:
             pass
         if self.bpf is not None:
