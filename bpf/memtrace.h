@@ -62,6 +62,8 @@
 				 (fork's child, exec's new image, vfork) */
 #define MT_RSS_OTHER_TASK 8   /* rss: made by another task (reclaim, a foreign
 				 write), not by the process itself */
+#define MT_RSS_SAMPLED 32     /* rss baseline: read by user space from /proc/PID/status
+				 at an interval (--rss sampled), never set by BPF */
 
 /* Page allocations counted in mt_fault.alloc: gfp flags with __GFP_MOVABLE
  * (user and page-cache memory; page tables and slab have it clear). Bit 3

@@ -46,6 +46,7 @@ from tracer.layout import EVENT, C
 from tracer.live import NetMapped
 from tracer.peaks_stream import PeaksStream
 from tracer.probes import Probes
+from tracer.rss_sample import Sampler
 
 Say = Callable[[str], None]
 
@@ -65,6 +66,7 @@ class Options:
     run_as: tuple[int, int, list[int]] | None = None   # CMD's uid, gid, groups (None: ours)
     owner: tuple[int, int] | None = None               # chown the output files to uid, gid
     residency: bool = True       # kmem:rss_stat and kmem:mm_page_alloc attached
+    rss_interval: float | None = None   # --rss sampled: /proc read this often (rss_sample)
     stacks: int = 0              # user stacks: 0 off, else of syscalls and 1 fault in N per CPU
     fault_mode: str = "events"   # "summary": faults counted in BPF (tracer.fault_summary)
     fault_latency: bool = False  # minor faults' ends followed (PAGE_FAULTS_MIN attached)
@@ -133,7 +135,8 @@ def run(opts: Options, say: Say,
     old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:] if s not in ignored}
     try:   # fails early if the output is not writable; Parquet and peaks while tracing
         spill = writer.Spill(opts.output, stream=opts.fmt == "parquet",
-                             peaks=PeaksStream(mmap.PAGESIZE, opts.residency))
+                             peaks=PeaksStream(mmap.PAGESIZE, opts.residency
+                                               or opts.rss_interval is not None))
     except BaseException:
         _restore(old)
         raise
@@ -157,6 +160,13 @@ def run(opts: Options, say: Say,
     child: subprocess.Popen | None = None
     ending: cmd_stop.Ending | None = None
     started = False
+    sampler = Sampler(opts.rss_interval) if opts.rss_interval is not None else None
+
+    def sample() -> None:
+        rows = sampler.sample(live_pids) if sampler is not None else ()
+        if len(rows):
+            pending.append(trace_rows.event_batch(rows, comms))
+            account_events(rows, res, live_pids)
 
     def catch(signals) -> None:
         for s in signals:
@@ -238,6 +248,8 @@ def run(opts: Options, say: Say,
             if child is not None and res.exit_status is None:
                 reap(child.pid, res)
             now = time.monotonic()
+            if sampler is not None and sampler.due(now):
+                sample()
             # also by size: what is left to sort and encode at the end stays small
             if (now - last_flush >= opts.flush_interval
                     or sum(b.num_rows for b in pending) >= FLUSH_ROWS):
@@ -274,6 +286,7 @@ def run(opts: Options, say: Say,
             if not live_pids and opts.system is None and (child is None
                                                           or res.exit_status is not None):
                 break
+        sample()   # the processes still running (-p, -a, -d): their last values
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tracer import _procfs, capture, capture_files, check, dataset, live, preflight, summary, system
+from tracer import (_procfs, capture, capture_files, check, dataset, live, preflight, rss_sample,
+                    summary, system)
 from tracer.budget import EXIT_BUDGET
 from tracer.errors import NoSuchProcess, OutputError, UsageError
 from tracer.layout import C
@@ -77,10 +78,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on-loss", action="store_true",
                    help=f"exit with status {LOST_EXIT} if any event was lost "
                    "(default: CMD's status; the loss is reported either way)")
-    p.add_argument("--no-rss", dest="residency", action="store_false",
-                   help="no residency: faults without the resident pages they added "
-                   "or allocated, no rss rows (kmem:rss_stat and kmem:mm_page_alloc "
-                   "not attached)")
+    p.add_argument("--rss", choices=RSS_MODES,
+                   help="resident memory. exact: every change of the kernel's counters, "
+                   "each fault with the pages it made resident (kmem:rss_stat; the default "
+                   "in events mode); sampled: each process's counters read from "
+                   "/proc/PID/status every --rss-interval, which costs the traced program "
+                   "nothing (the default with --faults=summary and -a); off: no rss rows")
+    p.add_argument("--no-rss", dest="rss", action="store_const", const="off",
+                   help="--rss off")
+    p.add_argument("--rss-interval", type=_positive_float, metavar="SECONDS",
+                   help=f"with --rss sampled: how often (default {rss_sample.DEFAULT_INTERVAL:g})")
     p.add_argument("--stacks", nargs="?", type=_positive_int, const=STACK_SAMPLE, default=0,
                    metavar="N", help="record user stacks of the memory syscalls and of one "
                    f"fault in N per CPU (default {STACK_SAMPLE}; 1: every fault); walked by "
@@ -111,6 +118,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 STACK_SAMPLE = 64
+RSS_MODES = ("exact", "sampled", "off")
+
+
+def residency(args: argparse.Namespace, fault_mode: str) -> tuple[str, float | None]:
+    """--rss and --rss-interval: the mode (RSS_MODES) and, when sampled, the
+    interval. Sampled by default in summary mode: kmem:rss_stat alone costs
+    more than its budget (tracer/rss_sample.py)."""
+    mode = args.rss or ("sampled" if fault_mode == "summary" else "exact")
+    if args.rss_interval is not None and mode != "sampled":
+        raise UsageError(f"--rss-interval is for --rss sampled (residency is {mode})")
+    return mode, ((args.rss_interval or rss_sample.DEFAULT_INTERVAL) if mode == "sampled"
+                  else None)
 
 
 def _positive_int(text: str) -> int:
@@ -251,6 +270,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     filters = check_mode(args, command)
+    fault_mode = args.fault_mode or ("summary" if filters else "events")
+    rss_mode, interval = residency(args, fault_mode)
     budget = check.prepare(args)   # a bad budget fails here, before tracing
     say = (lambda s: None) if args.quiet else (lambda s: print(f"memtrace: {s}", file=sys.stderr))
 
@@ -279,10 +300,11 @@ def main(argv: list[str]) -> int:
     opts = capture.Options(command=command or None, pids=args.pid, follow=args.follow,
                            duration=args.duration, output=output, fmt=fmt,
                            fault_ring_pages=args.ring_pages, stop_at_exec=args.stop_at_exec,
-                           run_as=run_as, owner=sudo, residency=args.residency,
+                           run_as=run_as, owner=sudo, residency=rss_mode == "exact",
+                           rss_interval=interval,
                            stacks=args.stacks, system=filters,
                            fault_latency=args.fault_latency, alloc=args.alloc,
-                           fault_mode=args.fault_mode or ("summary" if filters else "events"))
+                           fault_mode=fault_mode)
     view = live.LiveView.for_stream(sys.stderr, args.quiet, summary.LOST_COUNTERS)
     try:
         res = capture.run(opts, view.wrap(say) if view else say, live=view)

@@ -10,7 +10,9 @@ Where the values come from (docs/format.md):
   counters the BPF side knows from their start (a forked child: the values
   the fork copied; an exec's new image: its argument pages and the loader's
   faults; rows at or before the `exec` row), else `baseline` (the first
-  value of a counter seen, e.g. of a process attached with -p);
+  value of a counter seen, e.g. of a process attached with -p), or
+  `sampled` (read from /proc/PID/status at an interval, `--rss sampled`:
+  tracer.rss_sample; no change between two reads is recorded);
 - a `fault` row's `rss_anon`, `rss_file`, `rss_shmem`, `rss_swap` are the
   pages the kernel added (or removed) inside that fault;
 - any other `rss` row is a change outside a fault, `rss_delta` bytes,
@@ -49,7 +51,7 @@ RESIDENT = ("anon", "file", "shmem")                        # VmRSS = their sum
 _FAULT_COL = {k: "rss_" + k for k in KINDS}
 COLUMNS = ["ts", "pid", *KINDS, "cause"]
 INFERRED = ("exec", "exit")                                 # causes not from a counter
-BASELINES = ("baseline", "new_mm")                          # causes of absolute values
+BASELINES = ("baseline", "new_mm", "sampled")               # causes of absolute values
 
 
 def _empty() -> pd.DataFrame:
@@ -112,7 +114,7 @@ def _changes(events: pd.DataFrame, page_size: int) -> pd.DataFrame:
     if (rss & null & ~base).any():
         cause = np.where(_inside_unjoined_fault(events, idx[rss & null & ~base])[idx],
                          "fault", cause)
-    cause = np.where(base & (cause != "new_mm"), "baseline", cause)
+    cause = np.where(base & ~np.isin(cause, BASELINES), "baseline", cause)
     cause = np.where(fault, "fault", cause)
     cause = np.where(ex, "exec", np.where(ext, "exit", cause))
     out["cause"] = cause

@@ -39,7 +39,11 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "kernel": kernel_check(res),
         "exit_status": res.exit_status,
         "rows": res.rows,
-        "residency": opts.residency,
+        # rss rows recorded (either way); how: every change (exact), read
+        # from /proc at an interval (sampled, tracer.rss_sample), or off
+        "residency": opts.residency or opts.rss_interval is not None,
+        "rss": rss_mode(opts),
+        "rss_interval": opts.rss_interval,
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
         "stack_sample": opts.stacks,
         "fault_mode": opts.fault_mode,
@@ -59,7 +63,19 @@ def _peaks(res: Result, opts: Options) -> dict | None:
     if spill is None or not os.path.exists(spill.path):
         return None
     streamed = spill.peaks() if hasattr(spill, "peaks") else None
-    return streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency)
+    sampled = opts.rss_interval is not None
+    pk = streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency or sampled)
+    if pk is not None and sampled:
+        # a peak between two reads is not seen: what was read is a lower bound
+        for v in (*pk["per_pid"].values(), pk["total"]):
+            if v["rss"] is not None:
+                v["rss_exact"] = False
+        pk["rss_interval"] = opts.rss_interval
+    return pk
+
+
+def rss_mode(opts: Options) -> str:
+    return "sampled" if opts.rss_interval is not None else "exact" if opts.residency else "off"
 
 
 def kernel_check(res: Result) -> dict:
@@ -246,6 +262,9 @@ def peak_lines(pk: dict, processes: dict, kernel: dict) -> list[str]:
         out.append(_peak_row(pk["total"], f"the tree: {len(order)} processes at once"))
     if not resident:
         out.append("            resident bytes not recorded (--no-rss)")
+    elif pk.get("rss_interval"):
+        out.append(f"            resident bytes read every {pk['rss_interval']:g} s"
+                   " (--rss sampled): peaks at least")
     out.extend(_kernel_peak_lines(rows, order, processes, kernel) if resident else [])
     return out
 

@@ -21,8 +21,10 @@ _C = layout.C
 _SYSCALL_CODES = {_C["MT_EV_" + k.upper()]: k for k in layout.SYSCALL_KINDS}
 # rss rows' causes beyond the syscalls: the counters of a process's new mm
 # (fork, exec, vfork: flags MT_RSS_NEW_MM), a change made by another task
-_NEW_MM, _OTHER_TASK = 1 << 20, (1 << 20) + 1
-_CAUSE_CODES = {**_SYSCALL_CODES, _NEW_MM: "new_mm", _OTHER_TASK: "other_task"}
+# or a value read from /proc at an interval (MT_RSS_SAMPLED: tracer.rss_sample)
+_NEW_MM, _OTHER_TASK, _SAMPLED = 1 << 20, (1 << 20) + 1, (1 << 20) + 2
+_CAUSE_CODES = {**_SYSCALL_CODES, _NEW_MM: "new_mm", _OTHER_TASK: "other_task",
+                _SAMPLED: "sampled"}
 
 
 def _kind_array(codes: np.ndarray) -> pa.DictionaryArray:
@@ -220,6 +222,8 @@ def event_batch(rec: np.ndarray, comms: CommTable) -> pa.RecordBatch:
     cause_code = np.where(rss, args[:, 2], 0)
     cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_NEW_MM"]) != 0), _NEW_MM, cause_code)
     cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_OTHER_TASK"]) != 0), _OTHER_TASK,
+                          cause_code)
+    cause_code = np.where(rss & ((rec["flags"] & _C["MT_RSS_SAMPLED"]) != 0), _SAMPLED,
                           cause_code)
     cause = None
     if rss.any():   # a lookup per distinct code

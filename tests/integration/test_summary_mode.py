@@ -57,8 +57,8 @@ def _clean(meta: dict) -> None:
 
 def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
     mib, rounds = 64, 3
-    proc, t = run_memtrace(["--faults=summary", "--", workloads["faults"], mib, rounds],
-                           tmp_path)
+    proc, t = run_memtrace(["--faults=summary", "--rss", "exact", "--", workloads["faults"],
+                            mib, rounds], tmp_path)
     ev, meta = t.events, t.meta
     _clean(meta)
     pid = exec_pid(ev, "faults")

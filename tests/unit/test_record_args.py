@@ -237,10 +237,27 @@ def test_release_continues_what_is_held(monkeypatch):
 
 def test_stacks_and_residency_options():
     a = _args("--", "true")
-    assert a.stacks == 0 and a.residency is True
+    assert a.stacks == 0 and record.residency(a, "events") == ("exact", None)
     assert _args("--stacks", "--", "true").stacks == record.STACK_SAMPLE
     assert _args("--stacks", "1", "--no-rss", "--", "true").stacks == 1
-    assert _args("--no-rss", "--", "true").residency is False
+    assert record.residency(_args("--no-rss", "--", "true"), "events") == ("off", None)
+    assert record.residency(_args("--rss", "off", "--", "true"), "summary") == ("off", None)
+
+
+def test_summary_mode_samples_residency_by_default():
+    assert record.residency(_args("--", "true"), "summary") == \
+        ("sampled", record.rss_sample.DEFAULT_INTERVAL)
+    assert record.residency(_args("--rss-interval", "0.02", "--", "true"), "summary") == \
+        ("sampled", 0.02)
+    assert record.residency(_args("--rss", "sampled", "--", "true"), "events")[0] == "sampled"
+    assert record.residency(_args("--rss", "exact", "--", "true"), "summary") == ("exact", None)
+
+
+def test_rss_interval_only_when_sampled():
+    with pytest.raises(UsageError, match="--rss-interval is for --rss sampled"):
+        record.residency(_args("--rss-interval", "1", "--", "true"), "events")
+    with pytest.raises(UsageError, match="invalid choice"):
+        _args("--rss", "some", "--", "true")
 
 
 @pytest.mark.parametrize("bad", ["0", "x", "1.5"])

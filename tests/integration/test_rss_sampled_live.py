@@ -1,0 +1,51 @@
+"""--rss sampled (the default of --faults=summary and -a): the counters read
+from /proc/PID/status at an interval, against what the process read itself
+while its resident set stood still (tests/workloads/holdrss.c)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from memtrace_helpers import counter, exec_pid, faults_of, marker_ts, run_memtrace
+from tracer import rss, summary
+
+pytestmark = pytest.mark.live
+
+KiB, MiB = 1024, 1 << 20
+
+
+def _hold(path) -> dict[str, int]:
+    m = re.fullmatch(r"HOLD anon=(\d+) file=(\d+) shmem=(\d+)\n", path.read_text())
+    assert m, path.read_text()
+    return dict(zip(("anon", "file", "shmem"), (int(v) * KiB for v in m.groups())))
+
+
+@pytest.mark.parametrize("mode", [["--faults=summary"], ["--rss", "sampled"]],
+                         ids=["summary-default", "events-sampled"])
+def test_sampled_values_are_what_the_process_read(workloads, tmp_path, mode):
+    out, js = tmp_path / "hold.txt", tmp_path / "summary.json"
+    proc, t = run_memtrace([*mode, "--rss-interval", "0.05", "--json", str(js), "--",
+                            workloads["holdrss"], str(out), "32", "600"], tmp_path, quiet=False)
+    held, doc, meta = _hold(out), json.loads(js.read_text()), t.meta
+    pid = exec_pid(t.events, "holdrss")
+    assert (meta["rss"], meta["rss_interval"], meta["residency"]) == ("sampled", 0.05, True)
+    # kmem:rss_stat not attached: no rss event from BPF, faults without residency
+    assert counter(meta, "rss") == 0
+    assert faults_of(t.events, pid)["rss_anon"].isna().all()
+
+    r = t.rss[t.rss["pid"] == pid]
+    assert set(r["cause"].astype(str)) == {"exec", "sampled", "exit"}, r["cause"].value_counts()
+    # a row only where a counter changed: the value read in the 600 ms the
+    # process held still (read every 50 ms) is what it read itself
+    v = rss.at(t.rss, pid, marker_ts(t.events, pid, 101))
+    assert (int(v["anon"]), int(v["file"]), int(v["shmem"])) == \
+        (held["anon"], held["file"], held["shmem"]), (v, held)
+    assert held["anon"] >= 32 * MiB
+
+    # the summary's peak: a lower bound, at least the held set, said so
+    p = doc["peaks"]["per_pid"][str(pid)]
+    assert p["rss_exact"] is False and p["rss"] >= held["anon"] + held["file"] + held["shmem"]
+    assert "resident bytes read every 0.05 s (--rss sampled): peaks at least" in proc.stderr
+    assert ">=" + summary._bytes(p["rss"]) in proc.stderr

@@ -1,0 +1,89 @@
+"""--rss sampled (tracer.rss_sample): /proc/PID/status read at an interval,
+written as absolute `rss` rows (cause `sampled`) that t.rss follows."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+import pandas as pd
+import pyarrow as pa
+
+from tracer import rss, rss_sample, trace_rows
+from tracer.errors import NoSuchProcess
+
+KB = 1024
+
+
+class FakeProc:
+    """/proc/PID/status as _procfs.read_status parses it, per pid."""
+
+    def __init__(self) -> None:
+        self.status: dict[int, dict] = {}
+
+    def set(self, pid: int, anon: int, file: int = 0, shmem: int = 0, swap: int = 0,
+            name: str = "prog") -> None:
+        self.status[pid] = {"Name": name, "RssAnon": anon, "RssFile": file,
+                            "RssShmem": shmem, "VmSwap": swap}
+
+    def read(self, pid: int) -> dict:
+        if pid not in self.status:
+            raise NoSuchProcess(pid)
+        return self.status[pid]
+
+
+def _rows(rec) -> pd.DataFrame:
+    batch = trace_rows.event_batch(rec, trace_rows.CommTable())
+    return pa.Table.from_batches([batch]).to_pandas()
+
+
+def test_first_read_gives_all_four_counters_then_only_changes():
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB, file=4 * KB)
+    s = rss_sample.Sampler(0.1, proc.read)
+    first = s.sample([10], now=1.0)
+    assert sorted(first["aux"].tolist()) == [0, 1, 2, 3]
+    assert dict(zip(first["aux"].tolist(), first["args"][:, 0].tolist())) == \
+        {0: 4 * KB, 1: 8 * KB, 2: 0, 3: 0}
+    assert not s.due(1.05) and s.due(1.1)
+    assert len(s.sample([10], now=1.1)) == 0                 # nothing changed: no row
+    proc.set(10, anon=12 * KB, file=4 * KB)
+    again = s.sample([10], now=1.2)
+    assert again["aux"].tolist() == [1] and again["args"][0, 0] == 12 * KB
+
+
+def test_gone_and_kernel_processes_are_skipped_and_a_reused_pid_starts_again():
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB)
+    proc.status[11] = {"Name": "kthreadd"}                   # no mm: no Rss lines
+    s = rss_sample.Sampler(0.1, proc.read)
+    assert set(s.sample([10, 11, 12])["pid"].tolist()) == {10}
+    del proc.status[10]
+    assert len(s.sample([10])) == 0
+    proc.set(10, anon=8 * KB)                                # the same values, a new process
+    assert len(s.sample([10])) == 4
+
+
+def test_rows_are_sampled_absolute_values_that_t_rss_follows():
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB, file=4 * KB, name="worker")
+    s = rss_sample.Sampler(0.1, proc.read)
+    a = s.sample([10])
+    proc.set(10, anon=20 * KB, file=4 * KB, name="worker")
+    b = s.sample([10])
+    rows = _rows(np.concatenate([a, b]))
+    assert (rows["kind"] == "rss").all() and (rows["cause"] == "sampled").all()
+    assert rows["rss_delta"].isna().all() and (rows["comm"] == "worker").all()
+    frame = rss.frame(rows)
+    assert (frame["cause"] == "sampled").all()
+    last = frame.iloc[-1]
+    assert (last["anon"], last["file"], last["shmem"], last["swap"]) == (20 * KB, 4 * KB, 0, 0)
+    assert (rss.check(rows)["gap"] == 0).all()
+
+
+def test_reads_this_process():
+    s = rss_sample.Sampler()
+    rec = s.sample([os.getpid()])
+    status = open(f"/proc/{os.getpid()}/status").read()
+    assert "RssAnon" in status and len(rec) == 4 and s.reads == 1
+    assert rec["args"][rec["aux"] == 1, 0][0] > 0            # this process has anon pages

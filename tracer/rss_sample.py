@@ -1,0 +1,96 @@
+"""Resident memory sampled from /proc (`--rss sampled`, the default of
+`--faults=summary` and of -a): each traced process's RssAnon, RssFile,
+RssShmem and VmSwap read from /proc/PID/status at an interval, written as
+`rss` rows like the BPF side's absolute values (flags MT_RSS_BASELINE |
+MT_RSS_SAMPLED, cause `sampled`).
+
+Why: kmem:rss_stat, which gives every change exactly (`--rss exact`), fires
+inside every fault that adds a page, and the tracepoint costs a fault-heavy
+program about 6-8% with an empty program on it (docs/benchmarks.md, fifth
+session): more than the summary mode's whole budget (issue 4: 1.05x). Read
+from user space on another CPU, the counters cost the traced program
+nothing; what is lost is what the interval hides (a peak between two reads,
+the fault that made a page resident), which the trace says: such peaks are
+lower bounds (tracer.summary prints them with ">=").
+
+A row goes out only for a counter that changed since the process's last
+read (the first read: all four), so an idle process adds nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from tracer import _procfs
+from tracer.errors import NoSuchProcess
+from tracer.layout import EVENT, C
+
+# /proc/PID/status lines (fs/proc/task_mmu.c task_mem), by kmem:rss_stat's
+# member number (0 file, 1 anon, 2 swap entries, 3 shmem: tracer.rss.MEMBERS)
+STATUS_KEYS = ("RssFile", "RssAnon", "VmSwap", "RssShmem")
+FLAGS = C["MT_RSS_BASELINE"] | C["MT_RSS_SAMPLED"]
+DEFAULT_INTERVAL = 0.1
+
+Reader = Callable[[int], dict]
+
+
+class Sampler:
+    """Reads the processes it is given when `due`; `sample` returns the
+    rows (layout.EVENT) of the counters that changed."""
+
+    def __init__(self, interval: float = DEFAULT_INTERVAL,
+                 read: Reader = _procfs.read_status) -> None:
+        self.interval = interval
+        self._read = read
+        self._last: dict[int, tuple[int, ...]] = {}   # pid -> its counters at the last read
+        self._next = 0.0
+        self.reads = 0
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def sample(self, pids: Iterable[int], now: float | None = None) -> np.ndarray:
+        now = time.monotonic() if now is None else now
+        self._next = now + self.interval
+        rows: list[tuple[int, int, int, int, str]] = []   # ts, pid, member, bytes, comm
+        seen = set()
+        for pid in sorted(pids):
+            # the time before the read: the values are of a later moment, so
+            # the row cannot come after the process's exit row
+            ts = time.monotonic_ns()
+            try:
+                status = self._read(pid)
+            except NoSuchProcess:
+                continue
+            if "RssAnon" not in status:   # a zombie, or a kernel thread: no mm
+                continue
+            self.reads += 1
+            seen.add(pid)
+            values = tuple(int(status.get(k, 0)) for k in STATUS_KEYS)
+            old = self._last.get(pid)
+            for member, v in enumerate(values):
+                if old is None or old[member] != v:
+                    rows.append((ts, pid, member, v, str(status.get("Name", ""))))
+            self._last[pid] = values
+        for pid in set(self._last) - seen:   # gone: a new process may take its pid
+            del self._last[pid]
+        return rows_of(rows)
+
+
+def rows_of(rows: list[tuple[int, int, int, int, str]]) -> np.ndarray:
+    """(ts, pid, member, bytes, comm) as `rss` records of the event ring's
+    layout. The comm (status's Name: the main thread's) is the row's thread
+    name, as the BPF side's are, which the trace's name table follows."""
+    out = np.zeros(len(rows), EVENT)
+    if rows:
+        a = np.array([r[:4] for r in rows], np.int64)
+        out["comm"] = [r[4].encode("utf-8", "replace")[:15] for r in rows]
+        out["ts"] = a[:, 0]
+        out["pid"] = out["tid"] = a[:, 1]
+        out["kind"] = C["MT_EV_RSS"]
+        out["flags"] = FLAGS
+        out["aux"] = a[:, 2]
+        out["args"][:, 0] = a[:, 3]
+    return out
