@@ -76,6 +76,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
                              str(tmp / "bench-summary.parquet"), "--"],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
                                    "-o", str(tmp / "bench-summary-norss.parquet"), "--"],
+        # summary mode with every residency change (kmem:rss_stat), not sampled
+        "memtrace-summary-exact": [PY, "-m", "tracer", "-q", "--faults=summary", "--rss",
+                                   "exact", "-o", str(tmp / "bench-summary-exact.parquet"), "--"],
         # minor faults followed to their end (PAGE_FAULTS_MIN: latency), the
         # default before the lazy end
         "memtrace-latency": [PY, "-m", "tracer", "-q", "--fault-latency", "-o",

@@ -225,6 +225,7 @@ def run(opts: Options, say: Say,
             poller.register(fd, select.EPOLLIN)
         deadline = time.monotonic() + opts.duration if opts.duration else None
         def drain(final: bool = False) -> None:
+            first = len(pending)
             pending.extend(_drain(probes, res, comms, live_pids,
                                   held if opts.stop_at_exec else None, opts.residency,
                                   opts.alloc))
@@ -236,6 +237,9 @@ def run(opts: Options, say: Say,
                     pending.extend(system.account(
                         res, np.zeros(0, EVENT), rows, live_pids,
                         lambda pid: _attach_snapshot(pid, res, comms)))
+            if sampler is not None:   # whose counters may have moved: read next
+                for b in pending[first:]:
+                    sampler.active(np.unique(b.column("pid").to_numpy(False)).tolist())
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]

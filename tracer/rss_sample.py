@@ -14,7 +14,11 @@ the fault that made a page resident), which the trace says: such peaks are
 lower bounds (tracer.summary prints them with ">=").
 
 A row goes out only for a counter that changed since the process's last
-read (the first read: all four), so an idle process adds nothing.
+read (the first read: all four), so an idle process adds nothing. A read
+costs ~25 us of /proc (task_mem), so with many processes (-a) the ones that
+showed no activity (no row: fault, syscall) since their last read are read
+only every FULL_EVERY intervals: only reclaim or another task can have
+changed their counters meanwhile.
 """
 from __future__ import annotations
 
@@ -27,13 +31,11 @@ from tracer import _procfs
 from tracer.errors import NoSuchProcess
 from tracer.layout import EVENT, C
 
-# /proc/PID/status lines (fs/proc/task_mmu.c task_mem), by kmem:rss_stat's
-# member number (0 file, 1 anon, 2 swap entries, 3 shmem: tracer.rss.MEMBERS)
-STATUS_KEYS = ("RssFile", "RssAnon", "VmSwap", "RssShmem")
 FLAGS = C["MT_RSS_BASELINE"] | C["MT_RSS_SAMPLED"]
 DEFAULT_INTERVAL = 0.1
+FULL_EVERY = 10
 
-Reader = Callable[[int], dict]
+Reader = Callable[[int], "_procfs.RssStatus | None"]
 
 
 class Sampler:
@@ -41,12 +43,18 @@ class Sampler:
     rows (layout.EVENT) of the counters that changed."""
 
     def __init__(self, interval: float = DEFAULT_INTERVAL,
-                 read: Reader = _procfs.read_status) -> None:
+                 read: Reader = _procfs.read_rss_status) -> None:
         self.interval = interval
         self._read = read
         self._last: dict[int, tuple[int, ...]] = {}   # pid -> its counters at the last read
         self._next = 0.0
+        self._round = 0
+        self._active: set[int] = set()   # pids with rows since the last read
         self.reads = 0
+
+    def active(self, pids: Iterable[int]) -> None:
+        """These processes did something (their rows came): read them next."""
+        self._active.update(pids)
 
     def due(self, now: float) -> bool:
         return now >= self._next
@@ -54,9 +62,13 @@ class Sampler:
     def sample(self, pids: Iterable[int], now: float | None = None) -> np.ndarray:
         now = time.monotonic() if now is None else now
         self._next = now + self.interval
+        full, self._round = self._round % FULL_EVERY == 0, self._round + 1
+        pids = set(pids)
+        todo = pids if full else {p for p in pids if p in self._active or p not in self._last}
+        self._active.clear()
         rows: list[tuple[int, int, int, int, str]] = []   # ts, pid, member, bytes, comm
         seen = set()
-        for pid in sorted(pids):
+        for pid in sorted(todo):
             # the time before the read: the values are of a later moment, so
             # the row cannot come after the process's exit row
             ts = time.monotonic_ns()
@@ -64,18 +76,18 @@ class Sampler:
                 status = self._read(pid)
             except NoSuchProcess:
                 continue
-            if "RssAnon" not in status:   # a zombie, or a kernel thread: no mm
+            if status is None:   # a zombie, or a kernel thread: no mm
                 continue
             self.reads += 1
             seen.add(pid)
-            values = tuple(int(status.get(k, 0)) for k in STATUS_KEYS)
+            values = status.counters
             old = self._last.get(pid)
             for member, v in enumerate(values):
                 if old is None or old[member] != v:
-                    rows.append((ts, pid, member, v, str(status.get("Name", ""))))
+                    rows.append((ts, pid, member, v, status.name))
             self._last[pid] = values
-        for pid in set(self._last) - seen:   # gone: a new process may take its pid
-            del self._last[pid]
+        for pid in set(self._last) - (seen | (pids - todo)):   # gone: a new process may
+            del self._last[pid]                                  # take its pid
         return rows_of(rows)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tracer import rss, rss_sample, trace_rows
+from tracer import _procfs, rss, rss_sample, trace_rows
 from tracer.errors import NoSuchProcess
 
 KB = 1024
@@ -23,13 +23,14 @@ class FakeProc:
 
     def set(self, pid: int, anon: int, file: int = 0, shmem: int = 0, swap: int = 0,
             name: str = "prog") -> None:
-        self.status[pid] = {"Name": name, "RssAnon": anon, "RssFile": file,
-                            "RssShmem": shmem, "VmSwap": swap}
+        self.status[pid] = (f"Name:\t{name}\nUmask:\t0022\nVmRSS:\t{(anon + file + shmem) // KB}"
+                            f" kB\nRssAnon:\t {anon // KB} kB\nRssFile:\t {file // KB} kB\n"
+                            f"RssShmem:\t {shmem // KB} kB\nVmSwap:\t {swap // KB} kB\n").encode()
 
-    def read(self, pid: int) -> dict:
+    def read(self, pid: int) -> _procfs.RssStatus | None:
         if pid not in self.status:
             raise NoSuchProcess(pid)
-        return self.status[pid]
+        return _procfs.parse_rss_status(self.status[pid])
 
 
 def _rows(rec) -> pd.DataFrame:
@@ -48,6 +49,7 @@ def test_first_read_gives_all_four_counters_then_only_changes():
     assert not s.due(1.05) and s.due(1.1)
     assert len(s.sample([10], now=1.1)) == 0                 # nothing changed: no row
     proc.set(10, anon=12 * KB, file=4 * KB)
+    s.active([10])                                           # it faulted, say
     again = s.sample([10], now=1.2)
     assert again["aux"].tolist() == [1] and again["args"][0, 0] == 12 * KB
 
@@ -55,12 +57,14 @@ def test_first_read_gives_all_four_counters_then_only_changes():
 def test_gone_and_kernel_processes_are_skipped_and_a_reused_pid_starts_again():
     proc = FakeProc()
     proc.set(10, anon=8 * KB)
-    proc.status[11] = {"Name": "kthreadd"}                   # no mm: no Rss lines
+    proc.status[11] = b"Name:\tkthreadd\nUmask:\t0000\nState:\tS (sleeping)\n"   # no mm
     s = rss_sample.Sampler(0.1, proc.read)
     assert set(s.sample([10, 11, 12])["pid"].tolist()) == {10}
     del proc.status[10]
+    s.active([10])
     assert len(s.sample([10])) == 0
     proc.set(10, anon=8 * KB)                                # the same values, a new process
+    s.active([10])
     assert len(s.sample([10])) == 4
 
 
@@ -70,6 +74,7 @@ def test_rows_are_sampled_absolute_values_that_t_rss_follows():
     s = rss_sample.Sampler(0.1, proc.read)
     a = s.sample([10])
     proc.set(10, anon=20 * KB, file=4 * KB, name="worker")
+    s.active([10])
     b = s.sample([10])
     rows = _rows(np.concatenate([a, b]))
     assert (rows["kind"] == "rss").all() and (rows["cause"] == "sampled").all()
@@ -81,9 +86,31 @@ def test_rows_are_sampled_absolute_values_that_t_rss_follows():
     assert (rss.check(rows)["gap"] == 0).all()
 
 
-def test_reads_this_process():
+def test_reads_this_process_as_parse_status_does():
     s = rss_sample.Sampler()
     rec = s.sample([os.getpid()])
-    status = open(f"/proc/{os.getpid()}/status").read()
-    assert "RssAnon" in status and len(rec) == 4 and s.reads == 1
+    assert len(rec) == 4 and s.reads == 1
     assert rec["args"][rec["aux"] == 1, 0][0] > 0            # this process has anon pages
+    full = _procfs.read_status(os.getpid())
+    fast = _procfs.read_rss_status(os.getpid())
+    assert fast.name == full["Name"]
+    # Rss lines move between the two reads; VmSwap and the key order do not
+    assert fast.counters[2] == full["VmSwap"] and fast.counters[0] > 0
+
+
+def test_idle_processes_are_read_only_every_full_round():
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB)
+    proc.set(11, anon=8 * KB)
+    s = rss_sample.Sampler(0.1, proc.read)
+    assert set(s.sample([10, 11])["pid"].tolist()) == {10, 11}    # round 0: everyone
+    proc.set(10, anon=12 * KB)
+    proc.set(11, anon=12 * KB)                                    # changed by reclaim, say
+    s.active([10])
+    assert s.sample([10, 11])["pid"].tolist() == [10]             # only the active one
+    assert s.reads == 3
+    for _ in range(rss_sample.FULL_EVERY - 2):
+        assert len(s.sample([10, 11])) == 0
+    assert s.sample([10, 11])["pid"].tolist() == [11]             # the full round
+    proc.set(12, anon=4 * KB)
+    assert set(s.sample([10, 11, 12])["pid"].tolist()) == {12}    # new: read at once
