@@ -83,6 +83,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         # default before the lazy end
         "memtrace-latency": [PY, "-m", "tracer", "-q", "--fault-latency", "-o",
                              str(tmp / "bench-latency.parquet"), "--"],
+        # every fault, residency read from /proc at an interval (no kmem:rss_stat)
+        "memtrace-sampled": [PY, "-m", "tracer", "-q", "--rss", "sampled", "-o",
+                             str(tmp / "bench-sampled.parquet"), "--"],
         # residency off (issue 10: the overhead with and without it)
         "memtrace-norss": [PY, "-m", "tracer", "-q", "--no-rss", "-o",
                            str(tmp / "bench-norss.parquet"), "--"],
