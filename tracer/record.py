@@ -128,6 +128,9 @@ def residency(args: argparse.Namespace, fault_mode: str) -> tuple[str, float | N
     mode = args.rss or ("sampled" if fault_mode == "summary" else "exact")
     if args.rss_interval is not None and mode != "sampled":
         raise UsageError(f"--rss-interval is for --rss sampled (residency is {mode})")
+    if getattr(args, "alloc", False) and (mode != "exact" or fault_mode == "summary"):
+        raise UsageError("--alloc counts pages inside each fault row: it needs --faults=events "
+                         f"and --rss exact (here {fault_mode}, rss {mode})")
     return mode, ((args.rss_interval or rss_sample.DEFAULT_INTERVAL) if mode == "sampled"
                   else None)
 

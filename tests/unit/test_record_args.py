@@ -260,6 +260,15 @@ def test_rss_interval_only_when_sampled():
         _args("--rss", "some", "--", "true")
 
 
+@pytest.mark.parametrize("argv,mode", [(["--alloc", "--no-rss"], "events"),
+                                       (["--alloc", "--rss", "sampled"], "events"),
+                                       (["--alloc"], "summary")])
+def test_alloc_needs_exact_residency_of_fault_rows(argv, mode):
+    with pytest.raises(UsageError, match="--alloc counts pages inside each fault row"):
+        record.residency(_args(*argv, "--", "true"), mode)
+    assert record.residency(_args("--alloc", "--", "true"), "events") == ("exact", None)
+
+
 @pytest.mark.parametrize("bad", ["0", "x", "1.5"])
 def test_stacks_sample_must_be_a_positive_integer(bad):
     with pytest.raises(UsageError, match="--stacks: not a positive integer"):
