@@ -93,8 +93,9 @@ class Trace:
     @cached_property
     def rss(self) -> pd.DataFrame:
         """Resident bytes over time per process, from the kernel's counters
-        (tracer.rss.frame): one row per event that changed them; empty for
-        a trace recorded with --no-rss."""
+        (tracer.rss.frame): one row per event that changed them (with
+        --rss sampled: per read from /proc that found a change, cause
+        `sampled`); empty for a trace recorded with --no-rss."""
         from tracer import rss
         events = self.events
         if self.meta.get("residency") is False:
