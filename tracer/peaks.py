@@ -172,6 +172,38 @@ def resident_rows(c: Rows) -> tuple:
             *(c.raw("rss_" + k)[rows].astype(np.int64) for k in RESIDENT))
 
 
+def fault_runs(p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> tuple:
+    """Resident.step's rows with each run of faults (consecutive rows of
+    one process, none lowering a counter) cut to its first row and, per
+    counter, its last row that raises it; the changes of the rows dropped
+    added into the next row kept (the rows after a run's last rise change
+    nothing). The same figures, from a few rows per run instead of every
+    fault (the step costs ~0.4 us a row: 4 s of CPU for 10M faults). Why:
+    only rss and exit rows set a counter, so what is known is the same on
+    every row of a run; the process's total (and the tree's, the other
+    processes standing still) only rises in it, at the rows that raise a
+    known counter: its largest value in the run is first reached at the
+    last of them (none: at the run's first row), with the same exactness."""
+    if len(p) < 3:
+        return (p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
+    rise = fault.copy()
+    for c in counts:
+        rise &= c >= 0
+    same = rise[1:] & rise[:-1] & (p[1:] == p[:-1])     # a row goes on the run before it
+    keep = np.r_[True, ~same]                           # a run's first row
+    run = np.cumsum(keep)                               # its number
+    for c in counts:
+        up = np.flatnonzero(c > 0)
+        if len(up):
+            keep[up[np.r_[run[up][1:] != run[up][:-1], True]]] = True   # its last rise
+    if keep.all():
+        return (p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
+    rows = np.flatnonzero(keep)
+    merged = [np.diff(np.cumsum(c)[rows], prepend=0) for c in counts]
+    return (*(v[rows] for v in (p, ts, fault, rss, ext, member, absolute, size, delta)),
+            *merged)
+
+
 class Resident:
     """Resident peaks in steps, each of the rows after the last step's
     (resident_rows of them), from where each process's counters stood: the
@@ -189,6 +221,8 @@ class Resident:
     def step(self, p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> None:
         if not len(p):
             return
+        p, ts, fault, rss, ext, member, absolute, size, delta, *counts = fault_runs(
+            p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
         # a process's counters as the last step left them: a row before the
         # step's, setting what was known (and changing nothing else)
         carried = [q for q in np.unique(p).tolist() if any(self._known.get(q, ()))]

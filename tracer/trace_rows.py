@@ -132,7 +132,11 @@ def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
             arrays.append(zero_array(n, field.type))    # e.g. rss_swap of most faults
         elif isinstance(v, tuple):  # (values, valid mask)
             values, valid = v
-            arrays.append(arrow_array(values, field.type, valid))
+            # none valid (alloc without --alloc, stack_id without --stacks):
+            # shared nulls, as for an absent column, not a buffer of values
+            # kept alive for nothing (8 bytes a fault row of the 63)
+            arrays.append(null_array(n, field.type) if not valid.any() else
+                          arrow_array(values, field.type, valid))
         else:
             arrays.append(arrow_array(v, field.type))
     return pa.record_batch(arrays, schema=SCHEMA)

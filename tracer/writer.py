@@ -25,9 +25,10 @@ import pyarrow.ipc as ipc
 from tracer import parquet_stream
 from tracer.errors import OutputError
 from tracer.parquet_stream import ROW_GROUP
+from tracer.peaks import COLUMNS as PEAKS_COLUMNS
 from tracer.parquet_stream import regroup as _regroup
 from tracer.peaks_stream import PeaksStream
-from tracer.spill_follower import Follower, spill_reader
+from tracer.spill_follower import Follower
 from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, null_array, numpy_view,
                                  plain_schema)
 
@@ -42,7 +43,7 @@ class Spill:
     def __init__(self, final: Path, stream: bool = False,
                  peaks: PeaksStream | None = None) -> None:
         """stream: the final file is Parquet, encoded while tracing; peaks:
-        computed from the rows as they come too (threads of their own)."""
+        computed from the rows as they come too (a thread of its own)."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -63,18 +64,22 @@ class Spill:
         self._followers: list[Follower] = []      # the threads given each batch written
         if stream:
             try:
-                self._stream = parquet_stream.ParquetStream(
-                    self._tmp, spill_reader(self.path), _release_memory)
+                self._stream = parquet_stream.ParquetStream(self._tmp, self.path, _release_memory)
             except OSError as e:
                 self.close()
                 raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
             self._followers.append(self._stream.follower)
         self._peaks_followers: list[Follower] = []
-        if self._peaks is not None:    # threads of their own: all run at once at the end
-            for part in self._peaks.parts():
-                self._peaks_followers.append(Follower(
-                    "memtrace-peaks", lambda bs, part=part: [part(b) for b in bs],
-                    spill_reader(self.path), parquet_stream.MAX_BACKLOG))
+        if self._peaks is not None:
+            # one thread for the mapped and the resident peaks, beside the
+            # Parquet encoder's: two CPUs. A thread each held ~8 MB more at
+            # the peak of scripts/bench_consumer.py --stream (each decodes
+            # what it reads back, in an allocator arena of its own), and the
+            # resident part is no longer the larger (peaks.fault_runs)
+            add = self._peaks.add
+            self._peaks_followers.append(Follower(
+                "memtrace-peaks", lambda bs: [add(b) for b in bs],
+                self.path, parquet_stream.MAX_BACKLOG, PEAKS_COLUMNS))
             self._followers.extend(self._peaks_followers)
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
@@ -107,14 +112,17 @@ class Spill:
                 self._held = _take(rest, np.arange(rest.num_rows)).to_batches()
                 table = table.slice(0, cut)
         out = table.to_batches(max_chunksize=SPILL_BATCH)
+        spans = []                  # where each batch lies in the spill
         try:
             for b in out:
+                lo = self._sink.tell()
                 self._writer.write_batch(b)
+                spans.append((lo, self._sink.tell()))
             self._sink.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         for f in self._followers:     # the same batches, in the same order
-            f.put(out)
+            f.put(out, spans)
         self.rows += table.num_rows
         del out, table, batches
         _release_memory()
