@@ -91,7 +91,8 @@ class Rows:
         self._order = None
         ts = self.raw("ts")
         self.n = len(ts)
-        if self.n > 1 and (ts[1:] < ts[:-1]).any():
+        self.reordered = self.n > 1 and bool((ts[1:] < ts[:-1]).any())   # put in time order
+        if self.reordered:
             self._order = np.argsort(ts, kind="stable")
             self._cache.clear()
 
@@ -156,20 +157,28 @@ def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
 
 
 def resident_rows(c: Rows) -> tuple:
-    """The rows that say something resident (Resident.step's arguments)."""
+    """The rows that say something resident (Resident.step's arguments),
+    runs of faults already cut (fault_runs) before the other columns are
+    taken: on a fault-heavy trace nearly every row says something."""
     kind = c.codes("kind", trace_schema.KINDS)
     is_fault = kind == _K["fault"]
-    changed = np.zeros(c.n, bool)
-    for k in RESIDENT:
-        changed |= c.raw("rss_" + k) != 0
+    raw = [c.raw("rss_" + k) for k in RESIDENT]
+    changed = raw[0] != 0
+    for v in raw[1:]:
+        changed |= v != 0
     is_exit = (kind == _K["exit"]) & ((c.raw("flags") & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0)
     rows = np.flatnonzero((is_fault & changed) | (kind == _K["rss"]) | is_exit)
+    pid = c.raw("pid")[rows].astype(np.int64)
+    fault = is_fault[rows]
+    counts = [v[rows].astype(np.int64) for v in raw]
+    keep, counts = _runs_cut(pid, fault, counts)
+    if keep is not None:
+        rows, pid, fault = rows[keep], pid[keep], fault[keep]
     rss = kind[rows] == _K["rss"]
-    return (c.raw("pid")[rows].astype(np.int64), c.raw("ts")[rows], is_fault[rows], rss,
-            is_exit[rows], np.where(rss, c.raw("member")[rows], -1),
-            rss & ~c.valid("rss_delta")[rows], c.raw("rss_size")[rows].astype(np.int64),
-            c.raw("rss_delta")[rows].astype(np.int64),
-            *(c.raw("rss_" + k)[rows].astype(np.int64) for k in RESIDENT))
+    return (pid, c.raw("ts")[rows], fault, rss, is_exit[rows],
+            np.where(rss, c.raw("member")[rows], -1), rss & ~c.valid("rss_delta")[rows],
+            c.raw("rss_size")[rows].astype(np.int64), c.raw("rss_delta")[rows].astype(np.int64),
+            *counts)
 
 
 def fault_runs(p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> tuple:
@@ -184,8 +193,17 @@ def fault_runs(p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -
     processes standing still) only rises in it, at the rows that raise a
     known counter: its largest value in the run is first reached at the
     last of them (none: at the run's first row), with the same exactness."""
-    if len(p) < 3:
+    keep, counts = _runs_cut(p, fault, list(counts))
+    if keep is None:
         return (p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
+    return (*(v[keep] for v in (p, ts, fault, rss, ext, member, absolute, size, delta)),
+            *counts)
+
+
+def _runs_cut(p, fault, counts: list) -> tuple:
+    """fault_runs' rows kept (None: all) and their counts, merged."""
+    if len(p) < 3:
+        return None, counts
     rise = fault.copy()
     for c in counts:
         rise &= c >= 0
@@ -197,11 +215,9 @@ def fault_runs(p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -
         if len(up):
             keep[up[np.r_[run[up][1:] != run[up][:-1], True]]] = True   # its last rise
     if keep.all():
-        return (p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
+        return None, counts
     rows = np.flatnonzero(keep)
-    merged = [np.diff(np.cumsum(c)[rows], prepend=0) for c in counts]
-    return (*(v[rows] for v in (p, ts, fault, rss, ext, member, absolute, size, delta)),
-            *merged)
+    return rows, [np.diff(np.cumsum(c)[rows], prepend=0) for c in counts]
 
 
 class Resident:

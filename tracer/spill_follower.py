@@ -12,13 +12,15 @@ where it lies in the spill instead (`_Spilled`), which the thread reads
 back when it gets there, while tracing. Reading back is what keeps it
 busy when it falls behind (before, it read everything from the point it
 fell behind at the end: the whole Parquet encoding of a fast trace was
-left to the end).
+left to the end). A follower can give way to another (`after`): the
+peaks thread waits while the Parquet encoder is behind.
 """
 from __future__ import annotations
 
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +31,16 @@ import pyarrow.ipc as ipc
 from tracer.trace_schema import SCHEMA, null_array
 
 _NICE_TRACING = 19
+# A follower given way to (`after`) this many batches behind or more holds
+# the other up while tracing: the two do not share the CPU the traced
+# programs leave, nor the GIL with the capture's thread. The peaks thread
+# gives way to the Parquet encoder, the larger work (3.6 s of CPU for 10M
+# fault rows against ~1.5 s): scripts/bench_consumer.py --stream, 10M
+# events, 1.7-1.9 M events/s when both ran at once, 3.2-3.4 with the peaks
+# at the end (the capture's thread slowed by the GIL: its batches 0.7-1.0 s
+# against 0.4 s). At the end both run at once, on the two CPUs.
+AFTER_BEHIND = 2
+_AFTER_POLL = 0.02
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"        # the IPC stream's end marker
 _DICT_FIELDS = [i for i, f in enumerate(SCHEMA) if pa.types.is_dictionary(f.type)]
 
@@ -59,8 +71,14 @@ class Follower:
     from the spill at `spill`, only `columns` of them (None: all)."""
 
     def __init__(self, name: str, work: Callable[[Iterator[pa.RecordBatch]], None],
-                 spill: Path, max_backlog: int, columns: tuple[str, ...] | None = None) -> None:
+                 spill: Path, max_backlog: int, columns: tuple[str, ...] | None = None,
+                 after: Follower | None = None) -> None:
+        """after: a follower this one gives way to while tracing: it waits
+        while that one is more than AFTER_BEHIND batches behind."""
         self._work = work
+        self._after = after
+        self._sent = 0              # batches handed over, by the capture's thread
+        self._done = 0              # batches taken, by the follower
         self._spill = spill
         self._max_backlog = max_backlog
         self._wanted = None if columns is None else {SCHEMA.get_field_index(c) for c in columns}
@@ -68,7 +86,7 @@ class Follower:
         self._put_rows = 0          # written by the capture's thread only
         self._taken_rows = 0        # by the follower only
         self.spilled = 0            # batches handed over as read back from the spill
-        self._ended = False
+        self._ended = self._aborted = False
         self._niced = False
         self._fd: int | None = None
         self.error: BaseException | None = None
@@ -81,6 +99,7 @@ class Follower:
         rows behind, else as their place in the spill."""
         if self._ended or self.error is not None:
             return
+        self._sent += len(batches)
         for b, (lo, hi) in zip(batches, spans):
             n = b.num_rows
             if self._put_rows - self._taken_rows + n <= self._max_backlog:
@@ -107,12 +126,24 @@ class Follower:
             raise self.error
 
     def abort(self) -> None:
+        self._aborted = True
         if self._thread.is_alive():
             self._q.put(_ABORT)
             self._thread.join()
 
+    def behind(self) -> int:
+        """Batches handed over and not taken yet."""
+        return self._sent - self._done
+
+    def _gives_way(self) -> bool:
+        a = self._after
+        return (a is not None and not self._ended and not self._aborted and a.error is None
+                and a.behind() > AFTER_BEHIND)
+
     def _items(self) -> Iterator[pa.RecordBatch]:
         while True:
+            while self._gives_way():
+                time.sleep(_AFTER_POLL)
             x = self._q.get()
             if x is _ABORT:
                 raise Aborted
@@ -120,6 +151,7 @@ class Follower:
                 if self._niced:
                     _renice(0)
                 return
+            self._done += 1
             if isinstance(x, _Spilled):
                 yield self._read_back(x)
                 continue

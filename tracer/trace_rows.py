@@ -135,8 +135,12 @@ def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
             # none valid (alloc without --alloc, stack_id without --stacks):
             # shared nulls, as for an absent column, not a buffer of values
             # kept alive for nothing (8 bytes a fault row of the 63)
-            arrays.append(null_array(n, field.type) if not valid.any() else
-                          arrow_array(values, field.type, valid))
+            if not valid.any():
+                arrays.append(null_array(n, field.type))
+            elif values.dtype != np.bool_ and valid.all() and not values.any():
+                arrays.append(zero_array(n, field.type))      # e.g. alloc of most faults
+            else:
+                arrays.append(arrow_array(values, field.type, valid))
         else:
             arrays.append(arrow_array(v, field.type))
     return pa.record_batch(arrays, schema=SCHEMA)
@@ -177,8 +181,20 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True,
         "latency": (f["latency"], (f["flags"] & _C["MT_FAULT_NO_END"]) == 0),
         "alloc": (f["alloc"], entry if residency and alloc else np.zeros(n, bool)),
         "stack_id": (f["stack_id"], f["stack_id"] >= 0),
-        "count": np.ones(n, np.uint32),
+        "count": _ones(n),
     })
+
+
+_ONES = [np.ones(1 << 16, np.uint32)]
+
+
+def _ones(n: int) -> np.ndarray:
+    """n ones (a fault row's count), a view of one shared array: Arrow
+    takes it by its buffer, so the batches of a flush share it (4 of the 55
+    bytes a fault row holds in memory until its flush)."""
+    if len(_ONES[0]) < n:
+        _ONES[0] = np.ones(max(n, 2 * len(_ONES[0])), np.uint32)
+    return _ONES[0][:n]
 
 
 def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
