@@ -8,6 +8,7 @@ import traceback
 
 from tracer.errors import MemtraceError
 
+
 def arrow_system_allocator() -> None:
     """Arrow's C++ default memory pool made the system allocator (malloc),
     as writer._use_system_allocator makes pyarrow's: the Parquet writer's

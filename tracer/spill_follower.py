@@ -31,7 +31,7 @@ import pyarrow.ipc as ipc
 from tracer.trace_schema import SCHEMA, null_array
 
 _NICE_TRACING = 19
-# A follower given way to (`after`) this many batches behind or more holds
+# A follower given way to (`after`) more than this many batches behind holds
 # the other up while tracing: the two do not share the CPU the traced
 # programs leave, nor the GIL with the capture's thread. The peaks thread
 # gives way to the Parquet encoder, the larger work (3.6 s of CPU for 10M

@@ -185,7 +185,13 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True,
     })
 
 
-_ONES = [np.ones(1 << 16, np.uint32)]
+def _read_only_ones(n: int) -> np.ndarray:
+    a = np.ones(n, np.uint32)
+    a.setflags(write=False)
+    return a
+
+
+_ONES = [_read_only_ones(1 << 16)]
 
 
 def _ones(n: int) -> np.ndarray:
@@ -193,7 +199,7 @@ def _ones(n: int) -> np.ndarray:
     takes it by its buffer, so the batches of a flush share it (4 of the 55
     bytes a fault row holds in memory until its flush)."""
     if len(_ONES[0]) < n:
-        _ONES[0] = np.ones(max(n, 2 * len(_ONES[0])), np.uint32)
+        _ONES[0] = _read_only_ones(max(n, 2 * len(_ONES[0])))
     return _ONES[0][:n]
 
 

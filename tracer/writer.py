@@ -25,8 +25,8 @@ import pyarrow.ipc as ipc
 from tracer import parquet_stream
 from tracer.errors import OutputError
 from tracer.parquet_stream import ROW_GROUP
-from tracer.peaks import COLUMNS as PEAKS_COLUMNS
 from tracer.parquet_stream import regroup as _regroup
+from tracer.peaks import COLUMNS as PEAKS_COLUMNS
 from tracer.peaks_stream import PeaksStream
 from tracer.spill_follower import Follower
 from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, null_array, numpy_view,
