@@ -154,7 +154,7 @@ def _fault_columns(f: dict[str, np.ndarray], comms: CommTable, residency: bool,
     fault's entry was seen (its error_code is known)."""
     n = len(f["ts"])
     return {
-        "ts": f["ts"], "pid": f["pid"].view(np.int32), "tid": f["tid"].view(np.int32),
+        "ts": f["ts"], "pid": _same(f["pid"].view(np.int32)), "tid": f["tid"].view(np.int32),
         "comm": comms.array(f["tid"]),
         "kind": _kind_array(np.full(n, KIND_INDEX["fault"], np.int8)),
         "addr": f["addr"],
@@ -192,6 +192,24 @@ def _read_only_ones(n: int) -> np.ndarray:
 
 
 _ONES = [_read_only_ones(1 << 16)]
+_SAME: dict[int, np.ndarray] = {}      # pid -> a run of it, shared (read-only)
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    """`values` (int32), or a view of a shared run of its one value if it
+    has one (the pid of a ring read of one process's faults: 4 of the 55
+    bytes a fault row holds until its flush)."""
+    n = len(values)
+    if not n or values[0] != values[-1] or (values != values[0]).any():
+        return values
+    v = int(values[0])
+    run = _SAME.get(v)
+    if run is None or len(run) < n:
+        if len(_SAME) >= 16:        # many processes: the latest ones kept (<= 4 MB)
+            _SAME.clear()
+        run = _SAME[v] = np.full(max(n, 1 << 16), v, np.int32)
+        run.setflags(write=False)
+    return run[:n]
 
 
 def _ones(n: int) -> np.ndarray:
