@@ -36,6 +36,9 @@ if "--bare" in sys.argv:
     _pkg.__path__ = [str(ROOT / "tracer")]
     sys.modules["tracer"] = _pkg
 
+from tracer.cli import arrow_system_allocator  # noqa: E402
+
+arrow_system_allocator()     # as memtrace does, before pyarrow is imported
 from tracer import layout, ringbuf, trace_rows, trace_schema, writer  # noqa: E402
 from tracer.peaks_stream import PeaksStream  # noqa: E402
 

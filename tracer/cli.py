@@ -8,8 +8,28 @@ import traceback
 
 from tracer.errors import MemtraceError
 
+
+def arrow_system_allocator() -> None:
+    """Arrow's C++ default memory pool made the system allocator (malloc),
+    as writer._use_system_allocator makes pyarrow's: the Parquet writer's
+    encoders and the IPC writer's compression take their buffers from the
+    C++ default, and pyarrow lets neither be given a pool. Its mimalloc
+    keeps their freed pages: the Parquet encoding of 2M rows grew the
+    resident size by 19.5 MB with it, 8.3 MB without. Arrow reads
+    ARROW_DEFAULT_MEMORY_POOL when pyarrow is imported: set for that import
+    only (the traced programs do not inherit it), never over the user's."""
+    if "pyarrow" in sys.modules or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    try:
+        import pyarrow  # noqa: F401
+    finally:
+        del os.environ["ARROW_DEFAULT_MEMORY_POOL"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    arrow_system_allocator()
     try:
         if argv[:1] == ["report"]:
             from tracer import report

@@ -11,8 +11,8 @@ writer options, and the metadata, known only at the end, set in the footer
 as the writer would have set it from its schema (`_set_metadata`).
 
 The encoder is a tracer.spill_follower thread: at the lowest CPU priority
-while tracing; more than MAX_BACKLOG rows behind, it reads the rest back
-from the spill at the end (as the conversion did).
+while tracing; the batches that would leave it more than MAX_BACKLOG rows
+behind it reads back from the spill, when it gets to them.
 """
 from __future__ import annotations
 
@@ -40,9 +40,12 @@ _PARQUET_DICT = ["pid", "tid", "comm", "kind", "prot", "flags", "fd", "ip", "maj
 _PARQUET_ENCODING = {"ts": "DELTA_BINARY_PACKED", "addr": "DELTA_BINARY_PACKED"}
 _PARQUET_STATS = ["ts", "pid", "tid", "kind"]    # for readers that skip row groups
 
-# Rows handed to the encoder and not yet taken by it: beyond this it falls
-# back to the spill (a bound on the memory the hand-over holds: 2 row groups)
-MAX_BACKLOG = 2 * ROW_GROUP
+# Rows handed to a follower in memory and not yet taken by it: beyond this
+# it reads the batches back from the spill (it costs ~0.03 us a row). One
+# spill batch: a batch held for a follower that fell behind is memory the
+# next flush cannot reuse (scripts/bench_consumer.py --stream, 10M rows:
+# 2 row groups here peaked ~20 MB higher).
+MAX_BACKLOG = 1 << 16
 
 
 def open_writer(path: Path, schema: pa.Schema = SCHEMA) -> pq.ParquetWriter:
@@ -87,18 +90,22 @@ class ParquetStream:
     """Row groups of `path` encoded by a tracer.spill_follower thread from
     the spill's batches as they come."""
 
-    def __init__(self, path: Path, spill_batches: Callable[[int], Iterable[pa.RecordBatch]],
+    def __init__(self, path: Path, spill: Path,
                  release_memory: Callable[[], None] = lambda: None) -> None:
         self.path = path
         self._release = release_memory
         self._writer = open_writer(path)
-        self.follower = Follower("memtrace-parquet", self._encode, spill_batches, MAX_BACKLOG)
+        self.follower = Follower("memtrace-parquet", self._encode, spill, MAX_BACKLOG)
 
     def _encode(self, batches: Iterator[pa.RecordBatch]) -> None:
         for i, table in enumerate(regroup(batches, ROW_GROUP)):
             self._writer.write_table(table, row_group_size=ROW_GROUP)
             del table
-            if i % 8 == 7:      # not every group: fresh pages cost faults
+            # memory handed back (the whole process's: malloc_trim) every 4
+            # groups: scripts/bench_consumer.py --stream, 10M rows, peak RSS
+            # 189-193 MB at 3.4 M rows/s; every 8: 191-198; every group:
+            # 182, but 2.4 M/s (the freed pages faulted in again)
+            if i % 4 == 3:
                 self._release()
 
     def close(self, meta: dict[bytes, bytes]) -> None:

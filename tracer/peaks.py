@@ -91,7 +91,8 @@ class Rows:
         self._order = None
         ts = self.raw("ts")
         self.n = len(ts)
-        if self.n > 1 and (ts[1:] < ts[:-1]).any():
+        self.reordered = self.n > 1 and bool((ts[1:] < ts[:-1]).any())   # put in time order
+        if self.reordered:
             self._order = np.argsort(ts, kind="stable")
             self._cache.clear()
 
@@ -156,20 +157,67 @@ def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:
 
 
 def resident_rows(c: Rows) -> tuple:
-    """The rows that say something resident (Resident.step's arguments)."""
+    """The rows that say something resident (Resident.step's arguments),
+    runs of faults already cut (fault_runs) before the other columns are
+    taken: on a fault-heavy trace nearly every row says something."""
     kind = c.codes("kind", trace_schema.KINDS)
     is_fault = kind == _K["fault"]
-    changed = np.zeros(c.n, bool)
-    for k in RESIDENT:
-        changed |= c.raw("rss_" + k) != 0
+    raw = [c.raw("rss_" + k) for k in RESIDENT]
+    changed = raw[0] != 0
+    for v in raw[1:]:
+        changed |= v != 0
     is_exit = (kind == _K["exit"]) & ((c.raw("flags") & np.uint64(C["MT_EXIT_GROUP_DEAD"])) != 0)
     rows = np.flatnonzero((is_fault & changed) | (kind == _K["rss"]) | is_exit)
+    pid = c.raw("pid")[rows].astype(np.int64)
+    fault = is_fault[rows]
+    counts = [v[rows].astype(np.int64) for v in raw]
+    keep, counts = _runs_cut(pid, fault, counts)
+    if keep is not None:
+        rows, pid, fault = rows[keep], pid[keep], fault[keep]
     rss = kind[rows] == _K["rss"]
-    return (c.raw("pid")[rows].astype(np.int64), c.raw("ts")[rows], is_fault[rows], rss,
-            is_exit[rows], np.where(rss, c.raw("member")[rows], -1),
-            rss & ~c.valid("rss_delta")[rows], c.raw("rss_size")[rows].astype(np.int64),
-            c.raw("rss_delta")[rows].astype(np.int64),
-            *(c.raw("rss_" + k)[rows].astype(np.int64) for k in RESIDENT))
+    return (pid, c.raw("ts")[rows], fault, rss, is_exit[rows],
+            np.where(rss, c.raw("member")[rows], -1), rss & ~c.valid("rss_delta")[rows],
+            c.raw("rss_size")[rows].astype(np.int64), c.raw("rss_delta")[rows].astype(np.int64),
+            *counts)
+
+
+def fault_runs(p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> tuple:
+    """Resident.step's rows with each run of faults (consecutive rows of
+    one process, none lowering a counter) cut to its first row and, per
+    counter, its last row that raises it; the changes of the rows dropped
+    added into the next row kept (the rows after a run's last rise change
+    nothing). The same figures, from a few rows per run instead of every
+    fault (the step costs ~0.4 us a row: 4 s of CPU for 10M faults). Why:
+    only rss and exit rows set a counter, so what is known is the same on
+    every row of a run; the process's total (and the tree's, the other
+    processes standing still) only rises in it, at the rows that raise a
+    known counter: its largest value in the run is first reached at the
+    last of them (none: at the run's first row), with the same exactness."""
+    keep, counts = _runs_cut(p, fault, list(counts))
+    if keep is None:
+        return (p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
+    return (*(v[keep] for v in (p, ts, fault, rss, ext, member, absolute, size, delta)),
+            *counts)
+
+
+def _runs_cut(p, fault, counts: list) -> tuple:
+    """fault_runs' rows kept (None: all) and their counts, merged."""
+    if len(p) < 3:
+        return None, counts
+    rise = fault.copy()
+    for c in counts:
+        rise &= c >= 0
+    same = rise[1:] & rise[:-1] & (p[1:] == p[:-1])     # a row goes on the run before it
+    keep = np.r_[True, ~same]                           # a run's first row
+    run = np.cumsum(keep)                               # its number
+    for c in counts:
+        up = np.flatnonzero(c > 0)
+        if len(up):
+            keep[up[np.r_[run[up][1:] != run[up][:-1], True]]] = True   # its last rise
+    if keep.all():
+        return None, counts
+    rows = np.flatnonzero(keep)
+    return rows, [np.diff(np.cumsum(c)[rows], prepend=0) for c in counts]
 
 
 class Resident:
@@ -189,6 +237,8 @@ class Resident:
     def step(self, p, ts, fault, rss, ext, member, absolute, size, delta, *counts) -> None:
         if not len(p):
             return
+        p, ts, fault, rss, ext, member, absolute, size, delta, *counts = fault_runs(
+            p, ts, fault, rss, ext, member, absolute, size, delta, *counts)
         # a process's counters as the last step left them: a row before the
         # step's, setting what was known (and changing nothing else)
         carried = [q for q in np.unique(p).tolist() if any(self._known.get(q, ()))]

@@ -35,26 +35,16 @@ class PeaksStream:
         self._resident = peaks.Resident(page) if residency else None
         self._waiting: list[tuple] = []        # mapped rows not replayed yet
         self._waiting_rows = 0
-        self._last_ts = {"mapped": 0, "resident": 0}
-
-    def parts(self) -> list[Callable[[pa.RecordBatch], None]]:
-        """The work on each batch, in parts for threads of their own (at
-        the end, when the traced programs have exited, they run at once)."""
-        return [self.add_mapped] + ([self.add_resident] if self._resident is not None else [])
+        self._last_ts = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
-        for part in self.parts():
-            part(batch)
-
-    def add_resident(self, batch: pa.RecordBatch) -> None:
-        c = self._rows(batch, "resident")
-        if c is not None:
-            self._guard(lambda: self._resident.step(*peaks.resident_rows(c)))
-
-    def add_mapped(self, batch: pa.RecordBatch) -> None:
-        c = self._rows(batch, "mapped")
+        """The mapped and the resident steps of one batch, from one reading
+        of its columns (a thread of its own: tracer.writer)."""
+        c = self._rows(batch)
         if c is not None:
             self._guard(lambda: self._add_mapped(c))
+            if self._resident is not None:
+                self._guard(lambda: self._resident.step(*peaks.resident_rows(c)))
 
     def _add_mapped(self, c: peaks.Rows) -> None:
         rows = peaks_mapped.mapped_rows(c)
@@ -67,17 +57,17 @@ class PeaksStream:
         if self._waiting_rows >= max(STEP_ROWS, CARRIED_PER_ROW * self._mapped.carried()):
             self._step(final=False)
 
-    def _rows(self, batch: pa.RecordBatch, part: str) -> peaks.Rows | None:
+    def _rows(self, batch: pa.RecordBatch) -> peaks.Rows | None:
         """The batch's columns, if it comes in time order after the last."""
         if self.failed or not batch.num_rows:
             return None
-        table = pa.Table.from_batches([batch]).select(list(peaks.COLUMNS))
-        ts = peaks.values(table.column("ts").chunk(0))
-        if ts[0] < self._last_ts[part] or (ts[1:] < ts[:-1]).any():
+        c = peaks.Rows(pa.Table.from_batches([batch]).select(list(peaks.COLUMNS)))
+        ts = c.raw("ts")
+        if ts[0] < self._last_ts or c.reordered:
             self.failed = "rows out of time order"
             return None
-        self._last_ts[part] = int(ts[-1])
-        return peaks.Rows(table)
+        self._last_ts = int(ts[-1])
+        return c
 
     def _guard(self, work: Callable[[], None]) -> None:
         try:

@@ -134,7 +134,15 @@ def _batch(n: int, cols: dict[str, Any]) -> pa.RecordBatch:
             arrays.append(zero_array(n, field.type))    # e.g. rss_swap of most faults
         elif isinstance(v, tuple):  # (values, valid mask)
             values, valid = v
-            arrays.append(arrow_array(values, field.type, valid))
+            # none valid (alloc without --alloc, stack_id without --stacks):
+            # shared nulls, as for an absent column, not a buffer of values
+            # kept alive for nothing (8 bytes a fault row of the 63)
+            if not valid.any():
+                arrays.append(null_array(n, field.type))
+            elif values.dtype != np.bool_ and valid.all() and not values.any():
+                arrays.append(zero_array(n, field.type))      # e.g. alloc of most faults
+            else:
+                arrays.append(arrow_array(values, field.type, valid))
         else:
             arrays.append(arrow_array(v, field.type))
     return pa.record_batch(arrays, schema=SCHEMA)
@@ -148,7 +156,7 @@ def _fault_columns(f: dict[str, np.ndarray], comms: CommTable, residency: bool,
     fault's entry was seen (its error_code is known)."""
     n = len(f["ts"])
     return {
-        "ts": f["ts"], "pid": f["pid"].view(np.int32), "tid": f["tid"].view(np.int32),
+        "ts": f["ts"], "pid": _same(f["pid"].view(np.int32)), "tid": f["tid"].view(np.int32),
         "comm": comms.array(f["tid"]),
         "kind": _kind_array(np.full(n, KIND_INDEX["fault"], np.int8)),
         "addr": f["addr"],
@@ -175,8 +183,44 @@ def fault_batch(rec: np.ndarray, comms: CommTable, residency: bool = True,
         "latency": (f["latency"], (f["flags"] & _C["MT_FAULT_NO_END"]) == 0),
         "alloc": (f["alloc"], entry if residency and alloc else np.zeros(n, bool)),
         "stack_id": (f["stack_id"], f["stack_id"] >= 0),
-        "count": np.ones(n, np.uint32),
+        "count": _ones(n),
     })
+
+
+def _read_only_ones(n: int) -> np.ndarray:
+    a = np.ones(n, np.uint32)
+    a.setflags(write=False)
+    return a
+
+
+_ONES = [_read_only_ones(1 << 16)]
+_SAME: dict[int, np.ndarray] = {}      # pid -> a run of it, shared (read-only)
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    """`values` (int32), or a view of a shared run of its one value if it
+    has one (the pid of a ring read of one process's faults: 4 of the 55
+    bytes a fault row holds until its flush)."""
+    n = len(values)
+    if not n or values[0] != values[-1] or (values != values[0]).any():
+        return values
+    v = int(values[0])
+    run = _SAME.get(v)
+    if run is None or len(run) < n:
+        if len(_SAME) >= 16:        # many processes: the latest ones kept (<= 4 MB)
+            _SAME.clear()
+        run = _SAME[v] = np.full(max(n, 1 << 16), v, np.int32)
+        run.setflags(write=False)
+    return run[:n]
+
+
+def _ones(n: int) -> np.ndarray:
+    """n ones (a fault row's count), a view of one shared array: Arrow
+    takes it by its buffer, so the batches of a flush share it (4 of the 55
+    bytes a fault row holds in memory until its flush)."""
+    if len(_ONES[0]) < n:
+        _ONES[0] = _read_only_ones(max(n, 2 * len(_ONES[0])))
+    return _ONES[0][:n]
 
 
 def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:

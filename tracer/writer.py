@@ -26,8 +26,9 @@ from tracer import parquet_stream
 from tracer.errors import OutputError
 from tracer.parquet_stream import ROW_GROUP
 from tracer.parquet_stream import regroup as _regroup
+from tracer.peaks import COLUMNS as PEAKS_COLUMNS
 from tracer.peaks_stream import PeaksStream
-from tracer.spill_follower import Follower, spill_reader
+from tracer.spill_follower import Follower
 from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, null_array, numpy_view,
                                  plain_schema)
 
@@ -42,7 +43,7 @@ class Spill:
     def __init__(self, final: Path, stream: bool = False,
                  peaks: PeaksStream | None = None) -> None:
         """stream: the final file is Parquet, encoded while tracing; peaks:
-        computed from the rows as they come too (threads of their own)."""
+        computed from the rows as they come too (a thread of its own)."""
         _use_system_allocator()
         self.final = final
         self.path = final.with_name(final.name + PARTIAL_SUFFIX)
@@ -63,18 +64,23 @@ class Spill:
         self._followers: list[Follower] = []      # the threads given each batch written
         if stream:
             try:
-                self._stream = parquet_stream.ParquetStream(
-                    self._tmp, spill_reader(self.path), _release_memory)
+                self._stream = parquet_stream.ParquetStream(self._tmp, self.path, _release_memory)
             except OSError as e:
                 self.close()
                 raise OutputError(f"cannot write {self._tmp}: {e.strerror or e}") from None
             self._followers.append(self._stream.follower)
         self._peaks_followers: list[Follower] = []
-        if self._peaks is not None:    # threads of their own: all run at once at the end
-            for part in self._peaks.parts():
-                self._peaks_followers.append(Follower(
-                    "memtrace-peaks", lambda bs, part=part: [part(b) for b in bs],
-                    spill_reader(self.path), parquet_stream.MAX_BACKLOG))
+        if self._peaks is not None:
+            # one thread for the mapped and the resident peaks, beside the
+            # Parquet encoder's: two CPUs. A thread each held ~8 MB more at
+            # the peak of scripts/bench_consumer.py --stream (each decodes
+            # what it reads back, in an allocator arena of its own), and the
+            # resident part is no longer the larger (peaks.fault_runs)
+            add = self._peaks.add
+            self._peaks_followers.append(Follower(
+                "memtrace-peaks", lambda bs: [add(b) for b in bs],
+                self.path, parquet_stream.MAX_BACKLOG, PEAKS_COLUMNS,
+                after=self._stream.follower if self._stream is not None else None))
             self._followers.extend(self._peaks_followers)
 
     def write(self, batches: list[pa.RecordBatch], before: int | None = None) -> None:
@@ -107,14 +113,17 @@ class Spill:
                 self._held = _take(rest, np.arange(rest.num_rows)).to_batches()
                 table = table.slice(0, cut)
         out = table.to_batches(max_chunksize=SPILL_BATCH)
+        spans = []                  # where each batch lies in the spill
         try:
             for b in out:
+                lo = self._sink.tell()
                 self._writer.write_batch(b)
+                spans.append((lo, self._sink.tell()))
             self._sink.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
         for f in self._followers:     # the same batches, in the same order
-            f.put(out)
+            f.put(out, spans)
         self.rows += table.num_rows
         del out, table, batches
         _release_memory()
@@ -258,9 +267,11 @@ def _in_order(ts: list[np.ndarray]) -> bool:
 
 
 try:
-    _malloc_trim = __import__("ctypes").CDLL(None).malloc_trim
+    _libc = __import__("ctypes").CDLL(None)
+    _malloc_trim, _mallopt = _libc.malloc_trim, _libc.mallopt
 except (OSError, AttributeError):
-    _malloc_trim = None
+    _malloc_trim = _mallopt = None
+_M_ARENA_MAX = -8        # glibc's mallopt parameter
 
 
 def _use_system_allocator() -> None:
@@ -268,7 +279,15 @@ def _use_system_allocator() -> None:
     its segments, where numpy's (malloc's) allocations cannot reuse it:
     10 million events through the consumer peaked 20-40 MB higher with it
     (scripts/bench_consumer.py). One allocator for both, unless
-    ARROW_DEFAULT_MEMORY_POOL says otherwise."""
+    ARROW_DEFAULT_MEMORY_POOL says otherwise.
+
+    And one malloc arena for the threads started from here on (the spill's
+    followers), unless MALLOC_ARENA_MAX says otherwise: an arena each keeps
+    each thread's freed memory apart, where the others cannot reuse it
+    (scripts/bench_consumer.py --stream, 10M events: peak RSS 194-198 MB,
+    186-190 with one arena; the threads allocate large blocks, seldom)."""
+    if _mallopt is not None and not os.environ.get("MALLOC_ARENA_MAX"):
+        _mallopt(_M_ARENA_MAX, 1)
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     try:

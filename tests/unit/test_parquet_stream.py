@@ -55,7 +55,7 @@ def _record(out, stream, flushes):
     return spill
 
 
-@pytest.mark.parametrize("backlog", [None, 50_000])
+@pytest.mark.parametrize("backlog", [None, 50_000, 0])
 def test_streamed_file_is_the_converted_file(tmp_path, monkeypatch, backlog):
     """backlog: the encoder falls behind (taking at most that many rows):
     the rest is read back from the spill."""
@@ -66,7 +66,7 @@ def test_streamed_file_is_the_converted_file(tmp_path, monkeypatch, backlog):
     _record(old, False, flushes).finish("parquet", META)
     spill = _record(new, True, flushes)
     if backlog is not None:
-        assert spill._stream.follower.cut is not None     # fell behind indeed
+        assert spill._stream.follower.spilled             # fell behind indeed
     spill.finish("parquet", META)
     assert new.read_bytes() == old.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.parquet", "old.parquet"]
@@ -103,3 +103,39 @@ def test_csv_output_is_converted_at_the_end(tmp_path):
     spill.finish("csv", META)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.csv.meta.json"]
     assert len(tracer.load(out).events) == spill.rows
+
+
+@pytest.mark.parametrize("backlog", [None, 0])
+def test_peaks_thread_gives_way_to_a_late_encoder_and_gets_the_spills_peaks(
+        tmp_path, monkeypatch, backlog):
+    """The peaks thread waits while the Parquet encoder is behind (here:
+    slowed down), then computes at the end what peaks.of_spill reads back;
+    backlog 0: every batch read back from the spill by both threads."""
+    import time
+    from tracer import peaks, peaks_stream, spill_follower
+    if backlog is not None:
+        monkeypatch.setattr(parquet_stream, "MAX_BACKLOG", backlog)
+    encode = parquet_stream.ParquetStream._encode
+
+    def slow(self, batches):
+        def late():
+            for b in batches:
+                time.sleep(0.05)
+                yield b
+        encode(self, late())
+    monkeypatch.setattr(parquet_stream.ParquetStream, "_encode", slow)
+    flushes = _flushes(8, rows=20_000)
+    old, new = tmp_path / "old.parquet", tmp_path / "new.parquet"
+    _record(old, False, flushes).finish("parquet", META)
+    spill = writer.Spill(new, stream=True, peaks=peaks_stream.PeaksStream(4096, True))
+    gave_way = []
+    for batches, before in flushes:
+        spill.write(batches, before=before)
+        gave_way.append(spill._peaks_followers[0]._gives_way())
+    spill.write([])
+    assert any(gave_way) and spill_follower.AFTER_BEHIND < spill._stream.follower.behind()
+    spill.end()
+    got = spill.peaks()
+    assert got == peaks.of_spill(spill.path) and got["per_pid"]
+    spill.finish("parquet", META)
+    assert new.read_bytes() == old.read_bytes()

@@ -133,3 +133,54 @@ def test_rows_out_of_time_order_send_back_to_the_spill():
     for batch in _table(e).to_batches(max_chunksize=1):
         s.add(batch)
     assert s.failed and s.result() is None
+
+
+def _resident_rows(seed: int, n: int = 3000, run: int | None = None,
+                   faults: float | None = None) -> tuple:
+    """Resident.step's arguments at random: runs of faults of 1-3
+    processes (counters raised, at times lowered or unchanged), counters set
+    (absolute rss rows) or changed (rss rows with a delta), equal totals,
+    exits."""
+    rng = np.random.default_rng(seed)
+    run = run or int(rng.choice([3, 10, 40]))
+    pids = np.array([P, Q, 300])[np.repeat(rng.integers(0, 3, n // run + 1), run)[:n]]
+    u = rng.random(n)
+    f = faults or rng.choice([0.8, 0.97])
+    fault, rss, ext = u < f, (u >= f) & (u < 0.997), u >= 0.997
+    counts = [np.where(fault, rng.choice([0, 1, 1, 2, -1], n, p=[.3, .4, .2, .08, .02]), 0)
+              for _ in range(3)]
+    member = np.where(rss, rng.choice([MEM_FILE, MEM_ANON, MEM_SHMEM], n), -1)
+    absolute = rss & (rng.random(n) < 0.3)
+    size = rng.integers(0, 40, n) * PAGE
+    delta = rng.integers(-3, 4, n) * PAGE
+    ts = 1000 + np.cumsum(rng.integers(0, 3, n))          # ties too
+    return (pids.astype(np.int64), ts.astype(np.uint64), fault, rss, ext, member, absolute,
+            size.astype(np.int64), delta.astype(np.int64), *(c.astype(np.int64) for c in counts))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fault_runs_cut_change_no_resident_figure(seed, monkeypatch):
+    """peaks.fault_runs (runs of faults cut to a few rows) against every
+    row replayed, in one step and in steps cut at random: a long history,
+    and short ones (where the largest total is often inside a run, or
+    equal to an earlier one)."""
+    rng = np.random.default_rng(seed)
+    histories = [_resident_rows(seed, run=40, faults=0.97)] + [_resident_rows(1000 * seed + i, int(rng.integers(5, 60)))
+                                          for i in range(150)]
+    assert len(peaks.fault_runs(*histories[0])[0]) < len(histories[0][0]) / 2
+
+    def run(rows, cuts) -> tuple:
+        r = peaks.Resident(PAGE)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            r.step(*(v[a:b] for v in rows))
+        return r.result()
+
+    cuts = []
+    for rows in histories:
+        n = len(rows[0])
+        inner = rng.choice(np.arange(1, n), min(5, n - 1), replace=False).tolist()
+        cuts.append(([0, n], [0, *sorted(inner), n]))
+    got = [run(rows, c) for rows, cc in zip(histories, cuts) for c in cc]
+    monkeypatch.setattr(peaks, "fault_runs", lambda *v: v)
+    assert got == [run(rows, c) for rows, cc in zip(histories, cuts) for c in cc]
+    assert got[0][0] and got[0][1] is not None
