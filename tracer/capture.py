@@ -47,6 +47,7 @@ from tracer.live import NetMapped
 from tracer.peaks_stream import PeaksStream
 from tracer.probes import Probes
 from tracer.rss_sample import Sampler
+from tracer.trace_schema import numpy_view
 
 Say = Callable[[str], None]
 
@@ -238,8 +239,7 @@ def run(opts: Options, say: Say,
                         res, np.zeros(0, EVENT), rows, live_pids,
                         lambda pid: _attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
-                for b in pending[first:]:
-                    sampler.active(np.unique(b.column("pid").to_numpy(False)).tolist())
+                sampler.active(pids_of(pending[first:]))
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]
@@ -332,6 +332,15 @@ def run(opts: Options, say: Say,
         release_held(probes, held, opts.stop_at_exec)
         probes.close()
         res.spill = spill  # type: ignore[attr-defined]
+
+
+def pids_of(batches: list[pa.RecordBatch]) -> list[int]:
+    """The pids of these rows. By a view of the column's buffer:
+    Array.to_numpy imports pandas (0.3 s, which a process held at its exec
+    waited out)."""
+    if not batches:
+        return []
+    return np.unique(np.concatenate([numpy_view(b.column("pid")) for b in batches])).tolist()
 
 
 def _untrace_all(probes: Probes) -> None:

@@ -114,3 +114,21 @@ def test_idle_processes_are_read_only_every_full_round():
     assert s.sample([10, 11])["pid"].tolist() == [11]             # the full round
     proc.set(12, anon=4 * KB)
     assert set(s.sample([10, 11, 12])["pid"].tolist()) == {12}    # new: read at once
+
+
+def test_the_pids_of_rows_are_read_without_importing_pandas():
+    """The capture loop tells the sampler whose rows came; pandas imported
+    there (0.3 s) held a process stopped at its exec that long."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "from tracer import capture, rss_sample, trace_rows\n"
+            "rows = rss_sample.rows_of([(1, 7, 1, 4096, 'a'), (2, 9, 1, 4096, 'b')])\n"
+            "b = trace_rows.event_batch(rows, trace_rows.CommTable())\n"
+            "assert capture.pids_of([b, b]) == [7, 9], capture.pids_of([b])\n"
+            "print('pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
