@@ -163,8 +163,20 @@ def run(opts: Options, say: Say,
     started = False
     sampler = Sampler(opts.rss_interval) if opts.rss_interval is not None else None
 
+    sampled: list[np.ndarray] = []   # read, kept until the next drain (below)
+
     def sample() -> None:
-        rows = sampler.sample(live_pids) if sampler is not None else ()
+        if sampler is not None:
+            sampled.append(sampler.sample(live_pids))
+
+    def add_sampled() -> None:
+        """The rows read before the drain that just ran, but those of a
+        process that left the trace (-a) in it: read after it left, a row
+        would follow its exit row."""
+        rows = np.concatenate(sampled) if sampled else ()
+        sampled.clear()
+        if len(rows) and res.left:
+            rows = rows[~np.isin(rows["pid"], list(res.left))]
         if len(rows):
             pending.append(trace_rows.event_batch(rows, comms))
             account_events(rows, res, live_pids)
@@ -240,6 +252,7 @@ def run(opts: Options, say: Say,
                         lambda pid: _attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
                 sampler.active(pids_of(pending[first:]))
+                add_sampled()
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]
