@@ -46,8 +46,7 @@ from tracer.layout import EVENT, C
 from tracer.live import NetMapped
 from tracer.peaks_stream import PeaksStream
 from tracer.probes import Probes
-from tracer.rss_sample import Sampler
-from tracer.trace_schema import numpy_view
+from tracer.rss_sample import Sampler, pids_of
 
 Say = Callable[[str], None]
 
@@ -163,23 +162,10 @@ def run(opts: Options, say: Say,
     started = False
     sampler = Sampler(opts.rss_interval) if opts.rss_interval is not None else None
 
-    sampled: list[np.ndarray] = []   # read, kept until the next drain (below)
 
     def sample() -> None:
         if sampler is not None:
-            sampled.append(sampler.sample(live_pids))
-
-    def add_sampled() -> None:
-        """The rows read before the drain that just ran, but those of a
-        process that left the trace (-a) in it: read after it left, a row
-        would follow its exit row."""
-        rows = np.concatenate(sampled) if sampled else ()
-        sampled.clear()
-        if len(rows) and res.left:
-            rows = rows[~np.isin(rows["pid"], list(res.left))]
-        if len(rows):
-            pending.append(trace_rows.event_batch(rows, comms))
-            account_events(rows, res, live_pids)
+            sampler.read(live_pids)
 
     def catch(signals) -> None:
         for s in signals:
@@ -252,7 +238,10 @@ def run(opts: Options, say: Say,
                         lambda pid: _attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
                 sampler.active(pids_of(pending[first:]))
-                add_sampled()
+                rows = sampler.take(res.left)
+                if len(rows):
+                    pending.append(trace_rows.event_batch(rows, comms))
+                    account_events(rows, res, live_pids)
 
         def watermark() -> int:
             marks = [r.drained_to for r in probes.rings.values()]
@@ -345,15 +334,6 @@ def run(opts: Options, say: Say,
         release_held(probes, held, opts.stop_at_exec)
         probes.close()
         res.spill = spill  # type: ignore[attr-defined]
-
-
-def pids_of(batches: list[pa.RecordBatch]) -> list[int]:
-    """The pids of these rows. By a view of the column's buffer:
-    Array.to_numpy imports pandas (0.3 s, which a process held at its exec
-    waited out)."""
-    if not batches:
-        return []
-    return np.unique(np.concatenate([numpy_view(b.column("pid")) for b in batches])).tolist()
 
 
 def _untrace_all(probes: Probes) -> None:

@@ -26,10 +26,12 @@ import time
 from typing import Callable, Iterable
 
 import numpy as np
+import pyarrow as pa
 
 from tracer import _procfs
 from tracer.errors import NoSuchProcess
 from tracer.layout import EVENT, C
+from tracer.trace_schema import numpy_view
 
 FLAGS = C["MT_RSS_BASELINE"] | C["MT_RSS_SAMPLED"]
 DEFAULT_INTERVAL = 0.1
@@ -50,6 +52,7 @@ class Sampler:
         self._next = 0.0
         self._round = 0
         self._active: set[int] = set()   # pids with rows since the last read
+        self._read_rows: list[np.ndarray] = []   # read, until `take`
         self.reads = 0
 
     def active(self, pids: Iterable[int]) -> None:
@@ -58,6 +61,22 @@ class Sampler:
 
     def due(self, now: float) -> bool:
         return now >= self._next
+
+    def read(self, pids: Iterable[int]) -> None:
+        """`sample`, its rows kept until `take`: the capture takes them after
+        its next drain of the rings (below)."""
+        self._read_rows.append(self.sample(pids))
+
+    def take(self, left: Iterable[int] = ()) -> np.ndarray:
+        """The rows read since the last take, but those of a process that
+        has left the trace (-a: `left`, known from the drain that came after
+        the read): read after it left, a row would follow its exit row."""
+        rows = np.concatenate(self._read_rows) if self._read_rows else rows_of([])
+        self._read_rows.clear()
+        left = list(left)
+        if len(rows) and left:
+            rows = rows[~np.isin(rows["pid"], left)]
+        return rows
 
     def sample(self, pids: Iterable[int], now: float | None = None) -> np.ndarray:
         now = time.monotonic() if now is None else now
@@ -89,6 +108,15 @@ class Sampler:
         for pid in set(self._last) - (seen | (pids - todo)):   # gone: a new process may
             del self._last[pid]                                  # take its pid
         return rows_of(rows)
+
+
+def pids_of(batches: list[pa.RecordBatch]) -> list[int]:
+    """The pids of these rows (whose counters may have moved). By a view of
+    the column's buffer: Array.to_numpy imports pandas (0.3 s, which a
+    process held at its exec waited out)."""
+    if not batches:
+        return []
+    return np.unique(np.concatenate([numpy_view(b.column("pid")) for b in batches])).tolist()
 
 
 def rows_of(rows: list[tuple[int, int, int, int, str]]) -> np.ndarray:

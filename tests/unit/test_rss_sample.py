@@ -132,3 +132,17 @@ def test_the_pids_of_rows_are_read_without_importing_pandas():
                              os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_rows_read_wait_for_take_and_a_process_that_left_loses_them():
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB)
+    proc.set(11, anon=8 * KB)
+    s = rss_sample.Sampler(0.1, proc.read)
+    s.read([10, 11])
+    proc.set(10, anon=12 * KB)
+    s.active([10])
+    s.read([10, 11])
+    rows = s.take(left={11})          # 11 left the trace (-a) in the drain after the read
+    assert rows["pid"].tolist() == [10] * 5
+    assert len(s.take()) == 0
