@@ -162,11 +162,6 @@ def run(opts: Options, say: Say,
     started = False
     sampler = Sampler(opts.rss_interval) if opts.rss_interval is not None else None
 
-
-    def sample() -> None:
-        if sampler is not None:
-            sampler.read(live_pids)
-
     def catch(signals) -> None:
         for s in signals:
             old.setdefault(s, signal.getsignal(s))
@@ -255,7 +250,7 @@ def run(opts: Options, say: Say,
                 reap(child.pid, res)
             now = time.monotonic()
             if sampler is not None and sampler.due(now):
-                sample()
+                sampler.read(live_pids)
             # also by size: what is left to sort and encode at the end stays small
             if (now - last_flush >= opts.flush_interval
                     or sum(b.num_rows for b in pending) >= FLUSH_ROWS):
@@ -292,7 +287,8 @@ def run(opts: Options, say: Say,
             if not live_pids and opts.system is None and (child is None
                                                           or res.exit_status is not None):
                 break
-        sample()   # the processes still running (-p, -a, -d): their last values
+        if sampler is not None:   # the processes still running (-p, -a, -d): their last values
+            sampler.read(live_pids)
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()

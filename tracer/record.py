@@ -82,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
                    help="resident memory. exact: every change of the kernel's counters, "
                    "each fault with the pages it made resident (kmem:rss_stat; the default "
                    "in events mode); sampled: each process's counters read from "
-                   "/proc/PID/status every --rss-interval, which costs the traced program "
-                   "nothing (the default with --faults=summary and -a); off: no rss rows")
+                   "/proc/PID/status every --rss-interval, which adds no hook to the traced "
+                   "program (the default with --faults=summary and -a); off: no rss rows")
     p.add_argument("--no-rss", dest="rss", action="store_const", const="off",
                    help="--rss off")
     p.add_argument("--rss-interval", type=_positive_float, metavar="SECONDS",

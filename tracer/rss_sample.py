@@ -8,8 +8,9 @@ Why: kmem:rss_stat, which gives every change exactly (`--rss exact`), fires
 inside every fault that adds a page, and the tracepoint costs a fault-heavy
 program about 6-8% with an empty program on it (docs/benchmarks.md, fifth
 session): more than the summary mode's whole budget (issue 4: 1.05x). Read
-from user space on another CPU, the counters cost the traced program
-nothing; what is lost is what the interval hides (a peak between two reads,
+from user space, on another CPU, the counters add no hook to the traced
+program (what reading them costs it did not show above this VM's noise:
+docs/benchmarks.md, sixth session); what is lost is what the interval hides (a peak between two reads,
 the fault that made a page resident), which the trace says: such peaks are
 lower bounds (tracer.summary prints them with ">=").
 
