@@ -151,7 +151,8 @@ def read_status(pid: int) -> dict[str, int | str]:
 # The resident counters of /proc/PID/status (fs/proc/task_mmu.c task_mem),
 # in kmem:rss_stat's member order (0 file, 1 anon, 2 swap entries, 3 shmem).
 # Read at an interval for every traced process (tracer.rss_sample): a regex
-# over the bytes, not parse_status's dict of ~55 lines (a tenth of the time).
+# over the bytes, not parse_status's dict of ~55 lines (this VM: 9.9 us a
+# parse against 33 us, the file's read 9.2 us).
 RSS_STATUS_KEYS = (b"RssFile", b"RssAnon", b"VmSwap", b"RssShmem")
 _RSS_LINE = re.compile(rb"^(Name|RssAnon|RssFile|RssShmem|VmSwap):\s*(.*?)(?: kB)?$", re.M)
 

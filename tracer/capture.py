@@ -73,6 +73,11 @@ class Options:
     alloc: bool = False          # pages allocated inside each fault (kmem:mm_page_alloc)
     system: system.Filters | None = None   # -a: every process matching these (tracer/system.py)
 
+    @property
+    def records_rss(self) -> bool:
+        """rss rows recorded, either way (exact or sampled)."""
+        return self.residency or self.rss_interval is not None
+
 
 @dataclass
 class Result:
@@ -135,8 +140,7 @@ def run(opts: Options, say: Say,
     old = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS[1:] if s not in ignored}
     try:   # fails early if the output is not writable; Parquet and peaks while tracing
         spill = writer.Spill(opts.output, stream=opts.fmt == "parquet",
-                             peaks=PeaksStream(mmap.PAGESIZE, opts.residency
-                                               or opts.rss_interval is not None))
+                             peaks=PeaksStream(mmap.PAGESIZE, opts.records_rss))
     except BaseException:
         _restore(old)
         raise

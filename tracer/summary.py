@@ -41,7 +41,7 @@ def metadata(res: Result, opts: Options, argv: list[str]) -> dict:
         "rows": res.rows,
         # rss rows recorded (either way); how: every change (exact), read
         # from /proc at an interval (sampled, tracer.rss_sample), or off
-        "residency": opts.residency or opts.rss_interval is not None,
+        "residency": opts.records_rss,
         "rss": rss_mode(opts),
         "rss_interval": opts.rss_interval,
         "stacks": {str(k): v for k, v in sorted(res.stacks.items())},
@@ -64,7 +64,7 @@ def _peaks(res: Result, opts: Options) -> dict | None:
         return None
     streamed = spill.peaks() if hasattr(spill, "peaks") else None
     sampled = opts.rss_interval is not None
-    pk = streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.residency or sampled)
+    pk = streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.records_rss)
     if pk is not None and sampled:
         # a peak between two reads is not seen: what was read is a lower bound
         for v in (*pk["per_pid"].values(), pk["total"]):

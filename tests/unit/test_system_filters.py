@@ -257,7 +257,7 @@ def test_process_table_fits_80_columns_and_adds_up():
 
 
 def test_summary_renders_the_table_only_with_a():
-    opts = SimpleNamespace(command=None, stacks=0, residency=False, rss_interval=0.1,
+    opts = SimpleNamespace(command=None, stacks=0, residency=False, rss_interval=0.1, records_rss=True,
                            fault_mode="summary", fault_latency=False, alloc=False,
                            system=system.Filters(("x",)))
     res = _res(processes={5: "x"}, faults={5: [3, 0]}, origin={5: "fork"})
