@@ -45,6 +45,7 @@ full_only = pytest.mark.skipif(not FULL, reason="long run: set MEMTRACE_FULL=1")
 PAGE = 4096
 GUP_MAX = 4          # execve's argv/env copy: 1 page for these short command lines
 AFTER_RUSAGE_MAX = 12  # faults after the RUSAGE line's read: stderr write, exit
+EXTRA_MAJOR_MAX = 2   # major faults the kernel counts beyond filemajor's pages
 
 
 def _pre_exec(meta: dict) -> int:
@@ -145,14 +146,23 @@ def test_filemajor_every_page_a_major_fault(workloads, tmp_path, disk_tmp):
     pages = length // PAGE
     assert length == mib << 20
     ru = rusage_line(proc.stderr)
-    assert ru.majflt == pages, f"the kernel counted {ru.majflt} major faults for {pages} pages"
+    # The kernel may count a major fault or two beyond the file's pages (CI
+    # of b3d92d8: 16385 for 16384, once in many runs; a GUP fault counts in
+    # majflt with no perf event, mm_account_fault() in mm/memory.c). Every
+    # page of the file is still exactly one captured major fault below.
+    extra = ru.majflt - pages
+    assert 0 <= extra <= EXTRA_MAJOR_MAX, (
+        f"the kernel counted {ru.majflt} major faults for {pages} pages")
 
     major = faults_of(ev, pid, major=True)
     a = major["addr"].astype("uint64")
-    outside = major[(a < addr) | (a >= addr + length)]
-    assert outside.empty, f"major faults outside the mapping:\n{outside[['ts', 'addr', 'ip']]}"
-    assert len(major) == ru.majflt
-    assert sorted((x - addr) // PAGE for x in ints(major["addr"])) == list(range(pages))
+    inside = (a >= addr) & (a < addr + length)
+    outside = major[~inside]
+    assert len(outside) <= extra, (
+        f"major faults outside the mapping, {extra} not on its pages by the kernel's count:\n"
+        f"{outside[['ts', 'addr', 'ip']]}")
+    assert sorted((x - addr) // PAGE for x in ints(major[inside]["addr"])) == list(range(pages))
+    assert ru.majflt - extra <= len(major) <= ru.majflt
     # A major fault sleeps on the read: if its task wakes on another CPU, its
     # entry is not joined (NO_ENTRY: no error code, counted in fault_no_entry)
     joined = major[major["error_code"].notna()]
@@ -162,11 +172,12 @@ def test_filemajor_every_page_a_major_fault(workloads, tmp_path, disk_tmp):
     assert n is None or n >= no_entry, (n, no_entry)
     ec = joined["error_code"].astype(int)
     assert ((ec & 2) == 0).all() and ((ec & 4) == 4).all(), "expected user read faults"
-    # all of them between markers 1 and 2
-    window = between(ev, pid, 1, 2)
-    assert len(faults_of(window, major=True)) == pages
+    # all of the file's between markers 1 and 2
+    wa = faults_of(between(ev, pid, 1, 2), major=True)["addr"].astype("uint64")
+    assert int(((wa >= addr) & (wa < addr + length)).sum()) == pages
     k = _kernel(meta, pid)
-    assert int(k["majflt"]) == len(major)
+    assert 0 <= int(k["majflt"]) - len(major) <= extra, (
+        f"kernel majflt {k['majflt']}, captured {len(major)}, {extra} beyond the file's pages")
 
 
 # ---- c. every memory syscall, against strace on the same run ----
