@@ -95,7 +95,7 @@ struct fault_slot {
 	s32 stack_id;
 	u32 busy;
 	u32 slept;
-	u32 pad;
+	u32 timed;
 	struct mt_summary_key key;
 };
 _Static_assert(__builtin_offsetof(struct fault_slot, key) == sizeof(struct mt_fault_slot),
@@ -779,6 +779,32 @@ static __always_inline int open_exit(struct syscall_entry *e, u32 tgid, u32 tid,
 
 static __always_inline u64 now_ns(void) { return bpf_ktime_get_ns(); }
 
+/* --faults=summary: this CPU's clock read once per tick. A fault is timed
+ * with it (bpf_jiffies64 and a per-CPU read) instead of bpf_ktime_get_ns,
+ * which cost about 30 ns of a 1.5 us fault here (docs/benchmarks.md): the
+ * time of this CPU's first call in the current jiffy, at most a tick (4 ms
+ * at HZ=250) behind, never ahead. Only slots and last_ts take it: a run's
+ * first fault and a major fault's start are read exactly. */
+struct tick_clock {
+	u64 jiffies;
+	u64 ns;
+};
+BPF_PERCPU_ARRAY(tick_clock, struct tick_clock, 1);
+
+static __always_inline u64 tick_ns(void)
+{
+	int zero = 0;
+	struct tick_clock *c = tick_clock.lookup(&zero);
+	if (!c)
+		return bpf_ktime_get_ns();
+	u64 j = bpf_jiffies64();
+	if (c->jiffies != j) {
+		c->jiffies = j;
+		c->ns = bpf_ktime_get_ns();
+	}
+	return c->ns;
+}
+
 static __always_inline void count_add(int idx, s64 n)
 {
 	u64 *c = counters.lookup(&idx);
@@ -892,11 +918,15 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 	if (!acc->live || !same_key(&acc->key, k)) {
 		if (acc->live)
 			summary_flush(acc);
-		/* a new run, with this fault as its first */
+		/* a new run, with this fault as its first: its time read exactly
+		 * (the row's ts orders it among the syscalls) */
 		u64 ip = 0;
 		bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
 		__builtin_memcpy(&acc->key, k, sizeof(*k));
 		__builtin_memset(a, 0, sizeof(*a));
+		ts = bpf_ktime_get_ns();
+		fs->ts = ts;
+		fs->timed = 1;
 		a->first_ts = ts;
 		a->addr = fs->addr;
 		a->ip = ip;
@@ -906,7 +936,8 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 		acc->live = 1;
 	}
 	a->count++;
-	a->last_ts = ts;
+	if (ts > a->last_ts)
+		a->last_ts = ts;    /* tick time: not before the run's first */
 	a->pages |= 1 << ((fs->addr >> 12) & 15);
 	fs->summary = acc->seq;
 	count(MT_CNT_SUMMARY_FAULTS);
@@ -988,7 +1019,12 @@ static __always_inline int summary_major(struct fault_slot *fs, u64 now)
 		return 0;
 	}
 	summary_add(m, fs->ts, fs->addr);
-	__sync_fetch_and_add(&m->latency, now - fs->ts);
+	if (fs->timed) {
+		__sync_fetch_and_add(&m->latency, now - fs->ts);
+	} else {
+		__sync_fetch_and_add(&m->untimed, 1);
+		count(MT_CNT_SUMMARY_UNTIMED);
+	}
 	__sync_fetch_and_add(&m->rss_file, fs->rss[0]);
 	__sync_fetch_and_add(&m->rss_anon, fs->rss[1]);
 	__sync_fetch_and_add(&m->rss_swap, fs->rss[2]);
@@ -1030,19 +1066,23 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	fs->stack_id = -1;
 	fs->ip = 0;
 	fs->slept = 0;
+	fs->timed = 0;
 	u64 end_followed = cfg(MT_CFG_FAULT_END);
 	if (st != MT_STATE_TRACED) {
 		if (st == MT_STATE_PRE_EXEC && !end_followed)
 			count(MT_CNT_PRE_EXEC_FAULT);   /* counted at entry, as faults are */
 		return 0;
 	}
+	if (cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY) {
+		/* (never with end_followed: tracer.probes) reads the ip and
+		 * the exact time when a run starts */
+		fs->ts = tick_ns();
+		summary_enter(fs, tgid, tid, fs->ts, regs);
+		return 0;
+	}
 	fs->ts = bpf_ktime_get_ns();
 	if (end_followed)
 		return 0;             /* the end reads ip and stack */
-	if (cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY) {
-		summary_enter(fs, tgid, tid, fs->ts, regs);   /* reads the ip when a run starts */
-		return 0;
-	}
 	bpf_probe_read_kernel(&fs->ip, sizeof(fs->ip), &regs->ip);
 	if (error_code & MT_PF_USER)
 		fs->stack_id = user_stack(ctx, 1);
@@ -1061,6 +1101,23 @@ RAW_TRACEPOINT_PROBE(page_fault_user)
 RAW_TRACEPOINT_PROBE(page_fault_kernel)
 {
 	return fault_enter(ctx, ctx->args[0], ctx->args[2], (struct pt_regs *)ctx->args[1]);
+}
+
+/* --faults=summary: a fault of a file page reaches filemap_fault (every
+ * file system's fault handler ends there) before it waits for the page: a
+ * major fault's start, read exactly, for its latency (the entry took the
+ * tick's time). Once per fault: a retried fault passes again. Attached in
+ * summary mode only (tracer.probes). TP_PROTO(struct file *, pgoff_t):
+ * nothing read. */
+RAW_TRACEPOINT_PROBE(mm_filemap_fault)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct fault_slot *fs = my_slot(tid);
+	if (!fs || !fs->active || fs->tid != tid || fs->timed || !fs->summary)
+		return 0;
+	fs->ts = bpf_ktime_get_ns();
+	fs->timed = 1;
+	return 0;
 }
 
 static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)

@@ -107,6 +107,8 @@
 #define MT_CNT_PRE_EXEC_MAJOR 22  /* of pre_exec_fault, the major ones (a page of
 				     memtrace's own code that the kernel had dropped
 				     from the page cache, read back by its child) */
+#define MT_CNT_SUMMARY_UNTIMED 23  /* --faults=summary: major faults without latency
+				      (mt_summary.untimed) */
 #define MT_NR_COUNTERS 24
 
 /* Configuration (index into the `config` array, set from user space). */
@@ -208,7 +210,9 @@ struct mt_fault_slot {
 	__u32 busy;        /* BPF is reading user memory on this CPU: a fault
 			      now is that read's, not the thread's */
 	__u32 slept;       /* the thread slept (not preempted) while it was open */
-	__u32 pad;
+	__u32 timed;       /* --faults=summary: `ts` is exact (the run's first fault,
+			      or taken where the fault reached the file's fault
+			      handler); else the CPU's tick time (tick_ns) */
 };
 
 /* Key of a fault_summary entry. `gen` counts the process's layout changes
@@ -239,7 +243,10 @@ struct mt_summary {
 	__u32 alloc;       /* summed */
 	__u32 tid;
 	__u16 pages;       /* bit i: the block's page i took a fault */
-	__u16 pad[3];
+	__u16 pad;
+	__u32 untimed;     /* major faults not in `latency`: their start was not taken
+			      exactly (they did not pass the file's fault handler:
+			      swap-in, shmem); summed */
 };
 
 /* Value of the `summary_acc` per-CPU array (one entry): the CPU's current

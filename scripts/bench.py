@@ -94,6 +94,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
     if base:   # another checkout's memtrace (A/B of two commits: bench_ab.py memtrace-base memtrace)
         t["memtrace-base"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q", "-o",
                               str(tmp / "bench-base.parquet"), "--"]
+        t["memtrace-base-summary"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q",
+                                      "--faults=summary", "-o",
+                                      str(tmp / "bench-base-summary.parquet"), "--"]
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
                      "-o", str(tmp / "perf.txt"), "--"]

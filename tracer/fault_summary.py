@@ -47,7 +47,7 @@ ROW = np.dtype([("ts", "<u8"), ("last_ts", "<u8"), ("addr", "<u8"), ("ip", "<u8"
                 ("pid", "<u4"), ("tid", "<u4"), ("count", "<u4"), ("latency", "<u4"),
                 ("error_code", "<u2"), ("flags", "<u2"), ("pages", "<u2"),
                 ("rss_anon", "<i4"), ("rss_file", "<i4"), ("rss_shmem", "<i4"),
-                ("rss_swap", "<i4"), ("alloc", "<u4")])
+                ("rss_swap", "<i4"), ("alloc", "<u4"), ("untimed", "<u4")])
 _RSS = ("rss_anon", "rss_file", "rss_shmem", "rss_swap")
 
 
@@ -73,8 +73,13 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         out[f] = values[f][rows, cpu]
     out["pid"] = keys["pid"]
     out["count"] = np.minimum(count, np.iinfo(np.uint32).max)
+    # the mean over the major faults whose start was read exactly (untimed:
+    # the others, bpf/memtrace.h mt_summary)
+    untimed = values["untimed"].sum(axis=1)
+    timed = np.maximum(count - untimed, 1)
     latency = values["latency"].sum(axis=1)
-    out["latency"] = np.minimum(np.round(latency / count), np.iinfo(np.uint32).max)
+    out["latency"] = np.minimum(np.round(latency / timed), np.iinfo(np.uint32).max)
+    out["untimed"] = np.minimum(untimed, out["count"])
     out["error_code"] = keys["error_code"]
     out["flags"] = keys["flags"]
     out["pages"] = np.bitwise_or.reduce(values["pages"], axis=1)

@@ -54,13 +54,23 @@ SUMMARY_SKIP = ("on_fault_min", "raw_tracepoint__mm_page_alloc")
 FAULT_END_SKIP = ("on_fault_min",)
 LAZY_END = {"tracepoint__signal__signal_deliver": ("tracepoint", b"signal:signal_deliver"),
             "on_tick": ("perf_event", None)}
+# --faults=summary: where a major fault of a file page begins to wait, read
+# exactly for its latency (the entry takes the tick's time there); a kernel
+# without the tracepoint (filemap:mm_filemap_fault) leaves such majors
+# without latency (counter summary_untimed)
+SUMMARY_ONLY = {"raw_tracepoint__mm_filemap_fault": ("raw_tracepoint", b"mm_filemap_fault")}
 # what bcc's own loader attached by itself and may have to detach
-_BCC_ATTACHED = {k: v for k, v in {**RESIDENCY, **LAZY_END}.items() if v[0] != "perf_event"}
+_BCC_ATTACHED = {k: v for k, v in {**RESIDENCY, **LAZY_END, **SUMMARY_ONLY}.items()
+                 if v[0] != "perf_event"}
 STACK_DEPTH = 127        # bcc's BPF_STACK_TRACE value: u64 ips[127]
 
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
+
+
+def _has_tracepoint(category: str, name: str) -> bool:
+    return (bpf_spec.tracefs() / "events" / category / name).is_dir()
 
 
 class Probes:
@@ -82,7 +92,8 @@ class Probes:
         self._skip = frozenset(() if residency else RESIDENCY) | frozenset(
             SUMMARY_SKIP if summary else ()) | frozenset(
             LAZY_END if self.fault_end else FAULT_END_SKIP) | frozenset(
-            () if alloc else (ALLOC,))
+            () if alloc else (ALLOC,)) | frozenset(
+            () if summary and _has_tracepoint("filemap", "mm_filemap_fault") else SUMMARY_ONLY)
         self.alloc = residency and alloc and not summary
         self.cache_key: str | None = None
         self.cache_status = ""

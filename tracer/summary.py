@@ -165,6 +165,9 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
     late = res.counters.get("summary_late_major", 0)
     if late:   # --faults=summary: ended after their entry was written
         lines.append(f"            {_n(late)} major counted as minor (their end came late)")
+    untimed = res.counters.get("summary_untimed", 0)
+    if untimed:   # --faults=summary: did not pass filemap_fault (swap-in, shmem)
+        lines.append(f"            {_n(untimed)} major without latency (not a file page's fault)")
     k = meta["kernel"]["total"]
     if k["processes_with_kernel_counts"]:
         lines.append(f"  kernel    {_n(k['kernel_minor'])} minor, {_n(k['kernel_major'])} major"

@@ -226,14 +226,14 @@ def _ones(n: int) -> np.ndarray:
 def summary_batch(rows: np.ndarray, comms: CommTable, residency: bool = True) -> pa.RecordBatch:
     """Merged fault_summary entries (tracer.fault_summary.ROW) -> `fault`
     rows that each stand for `count` faults (docs/format.md): `latency`
-    (mean) only on major rows, `ip` the first fault's (null on major rows),
-    `alloc` null (not followed in this mode)."""
+    (mean) only on major rows with a fault timed exactly, `ip` the first
+    fault's (null on major rows), `alloc` null (not followed in this mode)."""
     f = _fields(rows, _FAULT_FIELDS + ("count", "last_ts", "pages") + (_RSS if residency else ()))
-    major = (f["flags"] & _C["MT_FAULT_MAJOR"]) != 0
+    timed_major = ((f["flags"] & _C["MT_FAULT_MAJOR"]) != 0) & (rows["untimed"] < rows["count"])
     return _batch(len(rows), {
         **_fault_columns(f, comms, residency, (f["flags"] & _C["MT_FAULT_NO_ENTRY"]) == 0),
         "ip": (f["ip"], f["ip"] != 0),
-        "latency": (f["latency"], major),
+        "latency": (f["latency"], timed_major),
         "count": f["count"], "last_ts": f["last_ts"], "pages": f["pages"],
     })
 

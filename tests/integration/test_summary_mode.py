@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from memtrace_helpers import (
-    MARK_RUSAGE, between, counter, exec_pid, kernel_counts, map_line, marker_ts, of_kind,
+    EXTRA_MAJOR_MAX, MARK_RUSAGE, between, counter, exec_pid, kernel_counts, map_line, marker_ts, of_kind,
     pre_exec_faults, run_memtrace, rusage_line,
 )
 
@@ -114,16 +114,22 @@ def test_summary_major_faults(workloads, tmp_path, disk_tmp):
     addr, length = map_line(proc.stderr)
     pages = length // PAGE
     ru = rusage_line(proc.stderr)
-    assert ru.majflt == pages
+    # the kernel may count a major fault or two beyond the file's pages
+    extra = ru.majflt - pages
+    assert 0 <= extra <= EXTRA_MAJOR_MAX, (ru, pages)
     major = _faults(ev, pid, major=True)
     a = major["addr"].astype("uint64")
-    assert ((a >= addr) & (a < addr + length)).all()
-    assert _n(major) == pages
-    assert _pages(major) == {addr + i * PAGE for i in range(pages)}
-    assert major["latency"].notna().all() and (major["latency"].astype(int) > 0).all()
-    assert _n(_faults(between(ev, pid, 1, 2), pid, major=True)) == pages
+    inside = major[(a >= addr) & (a < addr + length)]
+    assert _n(inside) == pages and _n(major) - pages <= extra
+    assert _pages(inside) == {addr + i * PAGE for i in range(pages)}
+    # every one timed: each passed filemap_fault (summary_untimed 0)
+    assert inside["latency"].notna().all() and (inside["latency"].astype(int) > 0).all()
+    assert not counter(meta, "summary_untimed"), meta.get("counters")
+    window = _faults(between(ev, pid, 1, 2), pid, major=True)
+    wa = window["addr"].astype("uint64")
+    assert _n(window[(wa >= addr) & (wa < addr + length)]) == pages
     k = kernel_counts(meta, pid)
-    assert int(k["majflt"]) == pages
+    assert 0 <= int(k["majflt"]) - _n(major) <= extra, (k, _n(major))
     minor = _n(_faults(ev, pid, major=False))
     unseen = int(k["minflt"]) - pre_exec_faults(meta) - minor
     assert 0 <= unseen <= GUP_MAX, (k, minor)

@@ -20,11 +20,11 @@ def test_merge_sums_counts_and_keeps_the_first_fault():
     keys["error_code"] = [6, 4]
     keys["flags"] = [0, 1]
     # entry 0: 3 faults on CPU 0 from t=200, 2 on CPU 1 from t=100
-    v[0, 0] = (3, 200, 290, 0x7000_1000, 0x400, 0, 3, 0, 0, 0, 0, 7, 0b0110, (0, 0, 0))
-    v[0, 1] = (2, 100, 150, 0x7000_0000, 0x500, 0, 2, 0, 0, 0, 0, 8, 0b0001, (0, 0, 0))
+    v[0, 0] = (3, 200, 290, 0x7000_1000, 0x400, 0, 3, 0, 0, 0, 0, 7, 0b0110, 0, 0)
+    v[0, 1] = (2, 100, 150, 0x7000_0000, 0x500, 0, 2, 0, 0, 0, 0, 8, 0b0001, 0, 0)
     # entry 1: a major fault moved off CPU 0 (-1 there), counted on CPU 1
-    v[1, 0] = (-1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, (0, 0, 0))
-    v[1, 1] = (2, 50, 60, 0x8000_0000, 0, 4000, 0, 2, 0, 0, 0, 9, 0b1, (0, 0, 0))
+    v[1, 0] = (-1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0)
+    v[1, 1] = (2, 50, 60, 0x8000_0000, 0, 4000, 0, 2, 0, 0, 0, 9, 0b1, 0, 0)
     rows = merge(keys, v)
     assert rows.dtype == ROW and len(rows) == 2
     first, second = rows[1], rows[0]          # time order: entry 1 starts at 50
@@ -33,6 +33,23 @@ def test_merge_sums_counts_and_keeps_the_first_fault():
     assert first["pages"] == 0b0111 and first["rss_anon"] == 5 and first["pid"] == 10
     assert (second["count"], second["latency"], second["rss_anon"]) == (1, 4000, -1)
     assert second["flags"] == 1 and second["error_code"] == 4
+
+
+def test_major_latency_is_the_mean_of_the_timed_faults():
+    # 3 majors on one key: two timed (4000 + 2000 ns), one not (a swap-in:
+    # it did not pass filemap_fault); another key's single major untimed
+    keys, v = _entries(2, 2)
+    keys["flags"] = [1, 1]
+    keys["pid"] = [10, 11]
+    v[0, 0]["count"], v[0, 0]["first_ts"], v[0, 0]["latency"] = 2, 100, 6000
+    v[0, 1]["count"], v[0, 1]["first_ts"], v[0, 1]["untimed"] = 1, 150, 1
+    v[1, 0]["count"], v[1, 0]["first_ts"], v[1, 0]["untimed"] = 1, 200, 1
+    rows = merge(keys, v)
+    assert [(int(r["count"]), int(r["latency"]), int(r["untimed"])) for r in rows] == [
+        (3, 3000, 1), (1, 0, 1)]
+    from tracer.trace_rows import CommTable, summary_batch
+    latency = summary_batch(rows, CommTable()).column("latency").to_pylist()
+    assert latency == [3000, None]     # none of the second's faults timed: no latency
 
 
 def test_merge_drops_entries_that_count_nothing():
