@@ -6,7 +6,8 @@ whatever traces it, so a difference of a few percent between two memtrace
 variants drowns in `scripts/bench`'s medians. Here A and B alternate (ABBA),
 each pair gives B/A, and the median of many pairs with its quartiles is
 printed. Tracer names are scripts/bench's (`untraced`, `memtrace`,
-`memtrace-latency`, `memtrace-norss`, `memtrace-summary`, ...).
+`memtrace-latency`, `memtrace-norss`, `memtrace-summary`, ...); `untraced
+untraced` gives the spread of the measure itself (A/A).
 
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
          [--args "64 8"] A B [A B ...]
@@ -43,11 +44,13 @@ def main() -> int:
             ratios, ta, tb = [], [], []
             for i in range(args.pairs):
                 t = {}
-                for name in ((a, b) if i % 2 == 0 else (b, a)):
-                    t[name] = bench.run_once(tr[name], exes["fork_exit_timer"], cmd)[args.measure]
-                ratios.append(t[b] / t[a])
-                ta.append(t[a])
-                tb.append(t[b])
+                # by position, so that `untraced untraced` measures the noise (A/A)
+                for pos in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"],
+                                            cmd)[args.measure]
+                ratios.append(t[1] / t[0])
+                ta.append(t[0])
+                tb.append(t[1])
             q = statistics.quantiles(ratios, n=4)
             print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
                   f"(quartiles {q[0]:.3f}..{q[2]:.3f}; {a} {statistics.median(ta):.3f} s, "
