@@ -55,6 +55,10 @@ class Sampler:
         self._active: set[int] = set()   # pids with rows since the last read
         self._read_rows: list[np.ndarray] = []   # read, until `take`
         self.reads = 0
+        # pid -> the largest VmHWM read: the kernel's own high-water mark of
+        # resident bytes, which sees the peaks the interval hides (up to the
+        # process's last read)
+        self.hwm: dict[int, int] = {}
 
     def active(self, pids: Iterable[int]) -> None:
         """These processes did something (their rows came): read them next."""
@@ -101,6 +105,8 @@ class Sampler:
             self.reads += 1
             seen.add(pid)
             values = status.counters
+            if status.hwm > self.hwm.get(pid, 0):
+                self.hwm[pid] = status.hwm
             old = self._last.get(pid)
             for member, v in enumerate(values):
                 if old is None or old[member] != v:

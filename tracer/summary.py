@@ -66,7 +66,15 @@ def _peaks(res: Result, opts: Options) -> dict | None:
     sampled = opts.rss_interval is not None
     pk = streamed or peaks.of_spill(spill.path, mmap.PAGESIZE, opts.records_rss)
     if pk is not None and sampled:
-        # a peak between two reads is not seen: what was read is a lower bound
+        # a peak between two reads is not seen by the reads, but by the
+        # kernel's high-water mark read with them (VmHWM, tracer._procfs):
+        # the larger, still a lower bound (it may grow after the last read);
+        # its time is not known. The tree's peak (at one instant) keeps the reads'.
+        for pid, v in pk["per_pid"].items():
+            hwm = res.rss_hwm.get(int(pid), 0)
+            v["rss_vmhwm"] = hwm or None
+            if hwm and (v["rss"] is None or hwm > v["rss"]):
+                v["rss"], v["rss_ts"] = hwm, None
         for v in (*pk["per_pid"].values(), pk["total"]):
             if v["rss"] is not None:
                 v["rss_exact"] = False
@@ -98,6 +106,16 @@ def kernel_check(res: Result) -> dict:
             "kernel_major": k["majflt"] - base["majflt"],
             "source": k["source"] + (" minus the value at attach" if pid in res.baseline else ""),
         }
+        # -a: faults made while the process was taken in (running at start,
+        # system.start: BPF may have counted them, the kernel's figure has
+        # not) and while it was let go (running at the end, system.stop: the
+        # kernel's figure has them, BPF may not)
+        if "window_minflt" in base:
+            per_pid[str(pid)].update(start_window_minor=base["window_minflt"],
+                                     start_window_major=base["window_majflt"])
+        if "window_minflt" in k:
+            per_pid[str(pid)].update(end_window_minor=k["window_minflt"],
+                                     end_window_major=k["window_majflt"])
         if "vmhwm" in k:   # still running at the end: its peaks since it started
             per_pid[str(pid)].update(vmhwm=k["vmhwm"], vmpeak=k["vmpeak"])
     # faults of memtrace's own child before its exec (counted, not traced),
@@ -125,6 +143,9 @@ def kernel_check(res: Result) -> dict:
         "kernel_minor": ker_min, "kernel_major": ker_maj,
         "unseen_minor": ker_min - cap_min - (out["pre_exec_faults"] - out["pre_exec_major"]),
         "unseen_major": ker_maj - cap_maj - out["pre_exec_major"],
+        # the windows above, summed: the difference is within them
+        **{f"{w}_window_{m}": sum(v.get(f"{w}_window_{m}", 0) for v in per_pid.values())
+           for w in ("start", "end") for m in ("minor", "major")},
         # lost in a full ring: counted by the kernel, not captured
         "lost_minor": res.counters.get("lost_fault", 0) - res.counters.get("lost_fault_major", 0),
         "lost_major": res.counters.get("lost_fault_major", 0),
@@ -184,7 +205,19 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
             lines.append(f"            of which {_n(lost_min)} minor, {_n(lost_maj)} major"
                          " lost (ring full)")
         un_min, un_maj = k["unseen_minor"] - lost_min, k["unseen_major"] - lost_maj
-        if un_min or un_maj:
+        s_min, s_maj = k.get("start_window_minor", 0), k.get("start_window_major", 0)
+        e_min, e_maj = k.get("end_window_minor", 0), k.get("end_window_major", 0)
+        if (un_min or un_maj) and -s_min <= un_min <= e_min and -s_maj <= un_maj <= e_maj:
+            # -a: the kernel's counters read just before and just after BPF
+            # began (ended) counting a running process bound the difference
+            more = un_min < 0 or un_maj < 0
+            n = abs(un_min) + abs(un_maj)
+            lines.append(f"            captured {_n(n)} {'more' if more else 'fewer'}: of the"
+                         f" faults made while -a took")
+            lines.append(f"            running processes in ({_n(s_min + s_maj)}) or let them go"
+                         f" ({_n(e_min + e_maj)}),")
+            lines.append("            which the two counts split differently")
+        elif un_min or un_maj:
             lines.append(f"            {_n(un_min)} minor, {_n(un_maj)} major not seen: faults the"
                          " kernel took with")
             lines.append("            no user context (e.g. copying exec arguments)")
@@ -267,7 +300,8 @@ def peak_lines(pk: dict, processes: dict, kernel: dict) -> list[str]:
         out.append("            resident bytes not recorded (--no-rss)")
     elif pk.get("rss_interval"):
         out.append(f"            resident bytes read every {pk['rss_interval']:g} s"
-                   " (--rss sampled): peaks at least")
+                   " (--rss sampled) with the kernel's")
+        out.append("            high-water mark (VmHWM): peaks at least")
     out.extend(_kernel_peak_lines(rows, order, processes, kernel) if resident else [])
     return out
 

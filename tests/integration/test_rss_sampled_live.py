@@ -47,5 +47,30 @@ def test_sampled_values_are_what_the_process_read(workloads, tmp_path, mode):
     # the summary's peak: a lower bound, at least the held set, said so
     p = doc["peaks"]["per_pid"][str(pid)]
     assert p["rss_exact"] is False and p["rss"] >= held["anon"] + held["file"] + held["shmem"]
-    assert "resident bytes read every 0.05 s (--rss sampled): peaks at least" in proc.stderr
+    assert "resident bytes read every 0.05 s (--rss sampled) with the kernel's" in proc.stderr
+    assert "high-water mark (VmHWM): peaks at least" in proc.stderr
+    assert ">=" + summary._bytes(p["rss"]) in proc.stderr
+
+
+SPIKE = ("import time; b = bytearray(64 << 20); del b; "
+         "open({out!r}, 'w').write(open('/proc/self/status').read()); time.sleep(1.2)")
+
+
+def test_a_peak_between_two_reads_is_in_the_high_water_mark(tmp_path):
+    # 64 MiB touched and given back in a few tens of ms, then 1.2 s of
+    # sleep: reads every 0.5 s may miss the spike; VmHWM, read with them,
+    # holds it, and only this image's (memtrace's own memory, which the
+    # child had before its exec, is not in it)
+    out, js = tmp_path / "status.txt", tmp_path / "summary.json"
+    code = SPIKE.format(out=str(out))
+    proc, t = run_memtrace(["--faults=summary", "--rss-interval", "0.5", "--json", str(js),
+                            "--", "/usr/bin/python3", "-c", code], tmp_path, quiet=False)
+    own = dict(re.findall(r"^(VmHWM|VmRSS):\s*(\d+) kB$", out.read_text(), re.M))
+    hwm, now = int(own["VmHWM"]) * KiB, int(own["VmRSS"]) * KiB
+    assert hwm >= 64 * MiB > now, own          # the spike, then given back
+    pid = exec_pid(t.events, "python3")
+    p = json.loads(js.read_text())["peaks"]["per_pid"][str(pid)]
+    assert p["rss_vmhwm"] >= hwm and p["rss"] >= hwm, p
+    assert p["rss_vmhwm"] <= hwm + 16 * MiB, p   # python's own growth after its read only
+    assert p["rss_exact"] is False
     assert ">=" + summary._bytes(p["rss"]) in proc.stderr

@@ -187,6 +187,9 @@ def test_every_process_counts_equal_the_kernels(workloads, tmp_path):
     k = _same_as_kernel(meta, nb.pid, slack)
     assert k["kernel_minor"] >= 10_000, f"the neighbour was not busy: {k}"
     assert k["source"].startswith("/proc/PID/stat (as tracing stopped)"), k
+    # held (stopped) as -a took it in and let it go: no fault between the
+    # reads around either (summary.kernel_counts' windows)
+    assert (k["start_window_minor"], k["end_window_minor"]) == (0, 0), k
     k = _same_as_kernel(meta, drv.pid, slack)
     assert k["source"].startswith("/proc/PID/stat (exited)"), k
     lines = err.splitlines()

@@ -22,8 +22,11 @@ class FakeProc:
         self.status: dict[int, dict] = {}
 
     def set(self, pid: int, anon: int, file: int = 0, shmem: int = 0, swap: int = 0,
-            name: str = "prog") -> None:
-        self.status[pid] = (f"Name:\t{name}\nUmask:\t0022\nVmRSS:\t{(anon + file + shmem) // KB}"
+            name: str = "prog", hwm: int | None = None) -> None:
+        rss = anon + file + shmem
+        hwm = rss if hwm is None else hwm
+        self.status[pid] = (f"Name:\t{name}\nUmask:\t0022\nVmHWM:\t{hwm // KB} kB\n"
+                            f"VmRSS:\t{rss // KB}"
                             f" kB\nRssAnon:\t {anon // KB} kB\nRssFile:\t {file // KB} kB\n"
                             f"RssShmem:\t {shmem // KB} kB\nVmSwap:\t {swap // KB} kB\n").encode()
 
@@ -146,3 +149,21 @@ def test_rows_read_wait_for_take_and_a_process_that_left_loses_them():
     rows = s.take(left={11})          # 11 left the trace (-a) in the drain after the read
     assert rows["pid"].tolist() == [10] * 5
     assert len(s.take()) == 0
+
+
+def test_the_kernels_high_water_mark_keeps_the_peak_the_reads_missed():
+    # 64 MiB touched and given back between two reads: the counters read
+    # show nothing of it, VmHWM does (it only grows, per address space)
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB, hwm=8 * KB)
+    s = rss_sample.Sampler(0.1, proc.read)
+    s.sample([10], now=1.0)
+    proc.set(10, anon=8 * KB, hwm=(64 << 20) + 8 * KB)
+    s.active([10])
+    assert len(s.sample([10], now=1.1)) == 0      # the same counters: no row
+    assert s.hwm == {10: (64 << 20) + 8 * KB}
+    proc.set(10, anon=4 * KB, hwm=16 * KB)        # an exec: a new mm starts again
+    s.active([10])
+    s.sample([10], now=1.2)
+    assert s.hwm == {10: (64 << 20) + 8 * KB}     # the largest read stays
+    assert _procfs.parse_rss_status(b"Name:\tx\nRssAnon:\t4 kB\n").hwm == 0

@@ -300,3 +300,31 @@ def test_insert_keeps_a_decision_bpf_made_first():
     assert not system._insert(probes, m, 7, system.IGNORED)
     assert m.d == {(7).to_bytes(4, "little"): system.TRACED.to_bytes(4, "little")}
     assert probes.changes == 1    # BPF's cached lookups told of the insert, not of the refusal
+
+
+def test_a_difference_within_the_take_in_and_let_go_windows_is_said_so():
+    # a process running at start and at the end (-a): its counters read just
+    # before and after BPF began counting it (4 faults between), and around
+    # the end (3 between): the two counts may differ by as much
+    opts = SimpleNamespace(command=None, stacks=0, residency=False, rss_interval=0.1,
+                           records_rss=True, fault_mode="summary", fault_latency=False,
+                           alloc=False, system=system.Filters(()))
+    from pathlib import Path
+
+    def text(captured: int) -> str:
+        res = _res(processes={5: "busy"}, faults={5: [captured, 0]}, origin={5: "start"},
+                   baseline={5: {"minflt": 100, "majflt": 0,
+                                 "window_minflt": 4, "window_majflt": 0}})
+        res.kernel[5] = {"minflt": 1100, "majflt": 0, "source": system.STOPPED,
+                         "window_minflt": 3, "window_majflt": 0}
+        meta = summary.metadata(res, opts, ["-a"])
+        k = meta["kernel"]["total"]
+        assert (k["start_window_minor"], k["end_window_minor"]) == (4, 3)
+        return summary.render(res, meta, Path("t.parquet"), 100)
+
+    assert "every fault the kernel counted was captured" in text(1000)
+    more = text(1004)
+    assert "captured 4 more: of the faults made while -a took" in more
+    assert "running processes in (4) or let them go (3)," in more
+    assert "captured 3 fewer" in text(997)
+    assert "not seen: faults the kernel took with" in text(1005)   # beyond the window
