@@ -201,7 +201,7 @@ def start(probes, filters: Filters, res, snapshot: Snapshot,
             # its counters read before BPF counts it and after (snapshot):
             # of the faults between, BPF saw some (those after the map's
             # epoch moved), the kernel's figure none; at 300k faults/s a
-            # few (10 in the README's -a run)
+            # few (the README's -a run: 1 at the start, 32 at the end)
             base["window_minflt"] = base["minflt"] - before.minflt
             base["window_majflt"] = base["majflt"] - before.majflt
     probes.set_config(C["MT_CFG_ALL"], config[C["MT_CFG_ALL"]] | C["MT_ALL_NEW"])
