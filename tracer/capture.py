@@ -105,7 +105,7 @@ class Result:
     left: set = field(default_factory=set)           # -a: pids that left the filters
     scan: dict = field(default_factory=dict)         # -a: the processes decided at start
     memtrace_vmhwm: int | None = None                # our own VmHWM when CMD started
-    rss_hwm: dict = field(default_factory=dict)      # --rss sampled: pid -> largest VmHWM read
+    rss_hwm: dict = field(default_factory=dict)      # --rss sampled: pid -> VmHWM reached traced
 
 
 # A flush also when this many rows wait (not only every flush_interval): the
@@ -294,7 +294,7 @@ def run(opts: Options, say: Say,
                 break
         if sampler is not None:   # the processes still running (-p, -a, -d): their last values
             sampler.read(live_pids)
-            res.rss_hwm = sampler.hwm
+            res.rss_hwm = sampler.hwm()
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()

@@ -55,10 +55,18 @@ class Sampler:
         self._active: set[int] = set()   # pids with rows since the last read
         self._read_rows: list[np.ndarray] = []   # read, until `take`
         self.reads = 0
-        # pid -> the largest VmHWM read: the kernel's own high-water mark of
-        # resident bytes, which sees the peaks the interval hides (up to the
-        # process's last read)
-        self.hwm: dict[int, int] = {}
+        # pid -> the first and the largest VmHWM read: the kernel's own
+        # high-water mark of resident bytes, which sees the peaks the
+        # interval hides (up to the process's last read)
+        self._hwm_first: dict[int, int] = {}
+        self._hwm: dict[int, int] = {}
+
+    def hwm(self) -> dict[int, int]:
+        """pid -> the largest VmHWM read, where it grew after the first
+        read: then it was reached while traced. VmHWM counts from the
+        start of the address space, so a value that never grew may be older
+        than the trace (-p, or -a's processes running at start)."""
+        return {p: v for p, v in self._hwm.items() if v > self._hwm_first[p]}
 
     def active(self, pids: Iterable[int]) -> None:
         """These processes did something (their rows came): read them next."""
@@ -105,8 +113,9 @@ class Sampler:
             self.reads += 1
             seen.add(pid)
             values = status.counters
-            if status.hwm > self.hwm.get(pid, 0):
-                self.hwm[pid] = status.hwm
+            self._hwm_first.setdefault(pid, status.hwm)
+            if status.hwm > self._hwm.get(pid, 0):
+                self._hwm[pid] = status.hwm
             old = self._last.get(pid)
             for member, v in enumerate(values):
                 if old is None or old[member] != v:

@@ -52,15 +52,17 @@ def test_sampled_values_are_what_the_process_read(workloads, tmp_path, mode):
     assert ">=" + summary._bytes(p["rss"]) in proc.stderr
 
 
-SPIKE = ("import time; b = bytearray(64 << 20); del b; "
+SPIKE = ("import time; time.sleep(1); b = bytearray(64 << 20); del b; "
          "open({out!r}, 'w').write(open('/proc/self/status').read()); time.sleep(1.2)")
 
 
 def test_a_peak_between_two_reads_is_in_the_high_water_mark(tmp_path):
-    # 64 MiB touched and given back in a few tens of ms, then 1.2 s of
-    # sleep: reads every 0.5 s may miss the spike; VmHWM, read with them,
-    # holds it, and only this image's (memtrace's own memory, which the
-    # child had before its exec, is not in it)
+    # 1 s asleep (a read comes meanwhile: VmHWM counts from the address
+    # space's start, and only a rise after the first read is the trace's),
+    # 64 MiB touched and given back in a few tens of ms, 1.2 s asleep: reads
+    # every 0.5 s may miss the spike; VmHWM, read with them, holds it, and
+    # only this image's (memtrace's own memory, which the child had before
+    # its exec, is not in it)
     out, js = tmp_path / "status.txt", tmp_path / "summary.json"
     code = SPIKE.format(out=str(out))
     proc, t = run_memtrace(["--faults=summary", "--rss-interval", "0.5", "--json", str(js),

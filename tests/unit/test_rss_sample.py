@@ -161,9 +161,26 @@ def test_the_kernels_high_water_mark_keeps_the_peak_the_reads_missed():
     proc.set(10, anon=8 * KB, hwm=(64 << 20) + 8 * KB)
     s.active([10])
     assert len(s.sample([10], now=1.1)) == 0      # the same counters: no row
-    assert s.hwm == {10: (64 << 20) + 8 * KB}
+    assert s.hwm() == {10: (64 << 20) + 8 * KB}
     proc.set(10, anon=4 * KB, hwm=16 * KB)        # an exec: a new mm starts again
     s.active([10])
     s.sample([10], now=1.2)
-    assert s.hwm == {10: (64 << 20) + 8 * KB}     # the largest read stays
+    assert s.hwm() == {10: (64 << 20) + 8 * KB}   # the largest read stays
     assert _procfs.parse_rss_status(b"Name:\tx\nRssAnon:\t4 kB\n").hwm == 0
+
+
+def test_a_high_water_mark_that_never_grew_may_be_older_than_the_trace():
+    # -p, or -a's processes running at start: 1 GiB an hour ago is VmHWM
+    # at the first read; it says nothing of the traced window
+    proc = FakeProc()
+    proc.set(10, anon=8 * KB, hwm=1 << 30)
+    s = rss_sample.Sampler(0.1, proc.read)
+    s.sample([10], now=1.0)
+    proc.set(10, anon=16 * KB, hwm=1 << 30)
+    s.active([10])
+    s.sample([10], now=1.1)
+    assert s.hwm() == {}
+    proc.set(10, anon=16 * KB, hwm=(1 << 30) + 4 * KB)   # grew: reached while traced
+    s.active([10])
+    s.sample([10], now=1.2)
+    assert s.hwm() == {10: (1 << 30) + 4 * KB}
