@@ -210,10 +210,9 @@ def render(res: Result, meta: dict, output: Path, size: int) -> str:
         if (un_min or un_maj) and -s_min <= un_min <= e_min and -s_maj <= un_maj <= e_maj:
             # -a: the kernel's counters read just before and just after BPF
             # began (ended) counting a running process bound the difference
-            more = un_min < 0 or un_maj < 0
-            n = abs(un_min) + abs(un_maj)
-            lines.append(f"            captured {_n(n)} {'more' if more else 'fewer'}: of the"
-                         f" faults made while -a took")
+            apart = ", ".join(f"{_n(abs(n))} {kind} {'more' if n < 0 else 'fewer'}"
+                              for n, kind in ((un_min, "minor"), (un_maj, "major")) if n)
+            lines.append(f"            captured {apart}: of the faults made while -a took")
             lines.append(f"            running processes in ({_n(s_min + s_maj)}) or let them go"
                          f" ({_n(e_min + e_maj)}),")
             lines.append("            which the two counts split differently")

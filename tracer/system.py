@@ -201,7 +201,8 @@ def start(probes, filters: Filters, res, snapshot: Snapshot,
             # its counters read before BPF counts it and after (snapshot):
             # of the faults between, BPF saw some (those after the map's
             # epoch moved), the kernel's figure none; at 300k faults/s a
-            # few (the README's -a run: 1 at the start, 32 at the end)
+            # few (-a runs of the README's neighbour here: 0 to 56 faults
+            # at the start, 0 to 32 at the end)
             base["window_minflt"] = base["minflt"] - before.minflt
             base["window_majflt"] = base["majflt"] - before.majflt
     probes.set_config(C["MT_CFG_ALL"], config[C["MT_CFG_ALL"]] | C["MT_ALL_NEW"])

@@ -324,7 +324,7 @@ def test_a_difference_within_the_take_in_and_let_go_windows_is_said_so():
 
     assert "every fault the kernel counted was captured" in text(1000)
     more = text(1004)
-    assert "captured 4 more: of the faults made while -a took" in more
+    assert "captured 4 minor more: of the faults made while -a took" in more
     assert "running processes in (4) or let them go (3)," in more
-    assert "captured 3 fewer" in text(997)
+    assert "captured 3 minor fewer" in text(997)
     assert "not seen: faults the kernel took with" in text(1005)   # beyond the window
