@@ -4,7 +4,9 @@ Runs each workload untraced and under each tracer, alternating, several
 times, and prints the median ratio of the workload's own time (fork to exit,
 measured by scripts/fork_exit_timer.c inside the traced tree, so a tracer's
 start-up is excluded) to the untraced run, with the spread (min..max), and
-the whole-run ratio (start-up and teardown included) beside it.
+the whole-run ratio (start-up and teardown included) beside it; under it,
+each tracer's own CPU time and peak resident memory (its process's, not
+its children's: /proc/PID/stat and VmHWM read every 10 ms), medians.
 
     sudo scripts/bench [--reps 3] [--workloads faults,churn] [--tracers memtrace,perf]
 
@@ -127,29 +129,68 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
     if prefix[-1:] == [ALL]:
         return _run_under_system_wide(prefix[:-1], timer, cmd)
     t0 = time.monotonic()
-    r = subprocess.run([*prefix, timer, *cmd], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    wall = time.monotonic() - t0
-    m = re.search(r"FORK_EXIT_NS (\d+)", r.stderr)
-    cpu = re.search(r"WORKLOAD_CPU_NS (\d+)", r.stderr)
-    if r.returncode or not m or not cpu:
-        raise RuntimeError(f"{' '.join(prefix[:3])} {cmd[0]}: exit {r.returncode}: {r.stderr[-500:]}")
-    return {"workload": int(m.group(1)) / 1e9, "wall": wall, "cpu": int(cpu.group(1)) / 1e9}
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([*prefix, timer, *cmd], stdout=subprocess.DEVNULL, stderr=err,
+                             text=True)
+        status, own_cpu, peak = _watch(p.pid)
+        wall = time.monotonic() - t0
+        err.seek(0)
+        stderr = err.read()
+    m = re.search(r"FORK_EXIT_NS (\d+)", stderr)
+    cpu = re.search(r"WORKLOAD_CPU_NS (\d+)", stderr)
+    if status or not m or not cpu:
+        raise RuntimeError(f"{' '.join(prefix[:3])} {cmd[0]}: exit {status}: {stderr[-500:]}")
+    r = {"workload": int(m.group(1)) / 1e9, "wall": wall, "cpu": int(cpu.group(1)) / 1e9}
+    if prefix:
+        r["tracer_cpu"], r["tracer_peak"] = own_cpu, peak
+    return r
+
+
+def _watch(pid: int) -> tuple[int, float, int]:
+    """Wait for child `pid`: (exit code, its own CPU seconds, its own peak
+    resident bytes), read every 10 ms until it exits from /proc/PID/stat
+    (utime + stime: all its threads, not its children) and /proc/PID/status
+    (VmHWM), so its last 10 ms may hold more. Not from wait4: its rusage
+    counts the children a tracer reaped (the workload, under memtrace), and
+    not all of them reap theirs (perf trace)."""
+    cpu, peak, tick = 0.0, 0, os.sysconf("SC_CLK_TCK")
+    while True:
+        done, status, _ = os.wait4(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), cpu, peak
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{pid}/status", "rb") as f:
+                hwm = re.search(rb"^VmHWM:\s+(\d+) kB", f.read(), re.M)
+            cpu = max(cpu, (int(fields[11]) + int(fields[12])) / tick)   # proc(5): fields 14, 15
+            if hwm:
+                peak = max(peak, int(hwm.group(1)) << 10)
+        except (OSError, IndexError, ValueError):
+            pass     # exiting: its last read stands
+        time.sleep(0.01)
 
 
 def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> dict:
     """The workload untraced by name, while `memtrace -a` traces the whole
-    machine (the workload included) in the background."""
-    bg = subprocess.Popen([*memtrace, "-a", "-d", "600"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    time.sleep(4)            # started: BPF loaded, the running processes scanned
-    try:
-        if bg.poll() is not None:
-            raise RuntimeError(f"memtrace -a exited {bg.returncode}: {bg.stderr.read()[-500:]}")
-        return run_once([], timer, cmd, wait=False)
-    finally:
-        bg.send_signal(signal.SIGINT)
-        bg.communicate(timeout=120)
+    machine (the workload included) in the background. The tracer's CPU is
+    of its whole run (start, the machine's other processes, the end)."""
+    with tempfile.TemporaryFile("w+") as err:
+        bg = subprocess.Popen([*memtrace, "-a", "-d", "600"], stdout=subprocess.DEVNULL,
+                              stderr=err, text=True)
+        time.sleep(4)            # started: BPF loaded, the running processes scanned
+        try:
+            if bg.poll() is not None:
+                err.seek(0)
+                raise RuntimeError(f"memtrace -a exited {bg.returncode}: {err.read()[-500:]}")
+            r = run_once([], timer, cmd, wait=False)
+        finally:
+            if bg.returncode is None:
+                bg.send_signal(signal.SIGINT)
+                _, r_cpu, r_peak = _watch(bg.pid)
+                bg.returncode = 0     # reaped by _watch
+    r.update(tracer_cpu=r_cpu, tracer_peak=r_peak)
+    return r
 
 
 def trace_stats(path: Path) -> dict:
@@ -210,14 +251,19 @@ def main() -> int:
                           for x, u in zip(times[tname], times["untraced"])]
                 walls = [x["wall"] / base_wall for x in times[tname]]
                 cpus = [x["cpu"] / base_cpu for x in times[tname]]
+                own_cpu = statistics.median(x["tracer_cpu"] for x in times[tname])
+                own_peak = statistics.median(x["tracer_peak"] for x in times[tname])
                 row[tname] = {"ratio": statistics.median(ratios), "min": min(ratios),
                               "max": max(ratios), "whole_run_ratio": statistics.median(walls),
                               "cpu_ratio": statistics.median(cpus),
-                              "paired_ratio": statistics.median(paired)}
+                              "paired_ratio": statistics.median(paired),
+                              "tracer_cpu_s": own_cpu, "tracer_peak_bytes": own_peak}
                 print(f"  {tname:<14} {statistics.median(ratios):5.2f}x  "
                       f"({min(ratios):.2f}..{max(ratios):.2f})  cpu "
                       f"{statistics.median(cpus):5.2f}x  paired {statistics.median(paired):5.2f}x  "
                       f"whole run {statistics.median(walls):5.2f}x")
+                print(f"  {'':<14} its own: {own_cpu:.2f} s CPU, peak {own_peak / 2**20:.0f} MiB"
+                      + (" (its whole run)" if tr[tname][-1:] == [ALL] else ""))
             if stats:
                 print(f"  memtrace captured {stats['faults']:,} faults, kernel "
                       f"{stats['kernel_minor']:,} minor + {stats['kernel_major']:,} major, "

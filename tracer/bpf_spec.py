@@ -186,8 +186,8 @@ def compile_spec(source: Path, cflags: list[str],
 
 
 def _libbcc():
-    from bcc import libbcc  # slow to import, and only needed to compile
-    lib = libbcc.lib
+    from tracer.preflight import import_bcc   # only needed to compile
+    lib = import_bcc().libbcc.lib
     for fn, res, args in (("bpf_num_tables", ct.c_ulonglong, [ct.c_void_p]),
                           ("bpf_table_name", ct.c_char_p, [ct.c_void_p, ct.c_ulonglong]),
                           ("bpf_table_fd_id", ct.c_int, [ct.c_void_p, ct.c_ulonglong])):

@@ -4,9 +4,11 @@ caller prints them unless quiet)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from types import ModuleType
 from typing import Callable
 
 from tracer.errors import SetupError
@@ -29,18 +31,37 @@ def check_root() -> None:
         raise SetupError("memtrace needs root (BPF): run it with sudo")
 
 
-def check_bcc() -> None:
+def _bcc_missing(why: object) -> SetupError:
     # bcc is not on PyPI (the PyPI "bcc" is an unrelated package): it comes
     # from the distribution's python3-bpfcc, built for the system python only,
     # so a venv sees it only if made from /usr/bin/python3 with
-    # --system-site-packages. OSError: the module exists but libbcc.so.0 not.
+    # --system-site-packages.
+    return SetupError(
+        f"cannot import bcc in {sys.executable} ({why}): install python3-bpfcc"
+        " and run memtrace from the venv scripts/setup makes"
+        " (/usr/bin/python3 -m venv --system-site-packages .venv)")
+
+
+def check_bcc() -> None:
+    """bcc is there, not imported: a run whose programs come from the
+    compiled-program cache (tracer/bpfcache.py) never needs it, and its
+    import maps LLVM into memtrace (about 60 MB more resident here)."""
     try:
-        import bcc  # noqa: F401
+        found = importlib.util.find_spec("bcc") is not None
+    except (ImportError, ValueError) as e:
+        raise _bcc_missing(e) from None
+    if not found:
+        raise _bcc_missing("No module named 'bcc'")
+
+
+def import_bcc() -> ModuleType:
+    """bcc, imported where it is needed (to compile: a cache miss). OSError:
+    the module is there but libbcc.so.0 is not."""
+    try:
+        import bcc
     except (ImportError, OSError) as e:
-        raise SetupError(
-            f"cannot import bcc in {sys.executable} ({e}): install python3-bpfcc"
-            " and run memtrace from the venv scripts/setup makes"
-            " (/usr/bin/python3 -m venv --system-site-packages .venv)") from None
+        raise _bcc_missing(e) from None
+    return bcc
 
 
 def ensure_tracefs(say: Say) -> None:

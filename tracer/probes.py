@@ -161,7 +161,8 @@ class Probes:
     def _bcc(self, cflags: list[str], why: str) -> bpf_load.Loaded:
         """bcc's own loader, as memtrace loaded before the cache."""
         t0 = time.monotonic()
-        from bcc import BPF  # import late: bcc is slow and needs root
+        from tracer.preflight import import_bcc   # late: bcc maps LLVM in
+        BPF = import_bcc().BPF
         t1 = time.monotonic()
         self.bpf = b = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         for fn in self._skip & _BCC_ATTACHED.keys():   # bcc attached every tracepoint program

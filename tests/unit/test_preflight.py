@@ -45,18 +45,15 @@ def test_check_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_check_bcc_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = builtins.__import__
-
-    def fake_import(name, *a, **kw):
-        if name == "bcc":
-            raise ModuleNotFoundError("No module named 'bcc'")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    import importlib.util
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bcc" else real_find(name, *a))
     with pytest.raises(SetupError) as ei:
         preflight.check_bcc()
     msg = one_line(ei.value)
     assert "python3-bpfcc" in msg and "--system-site-packages" in msg
+    assert "No module named 'bcc'" in msg
     import sys
     assert sys.executable in msg
 
@@ -187,3 +184,35 @@ def test_error_codes_and_one_line() -> None:
 def test_check_bcc_present() -> None:
     pytest.importorskip("bcc")
     preflight.check_bcc()
+
+
+@pytest.mark.parametrize("error", [ModuleNotFoundError("No module named 'bcc'"),
+                                   OSError("libbcc.so.0: cannot open shared object file")])
+def test_import_bcc_failing_is_one_line(monkeypatch: pytest.MonkeyPatch, error) -> None:
+    """Where bcc is imported (to compile): its failure is the same one line."""
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **kw):
+        if name == "bcc":
+            raise error
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(SetupError) as ei:
+        preflight.import_bcc()
+    msg = one_line(ei.value)
+    assert str(error) in msg and "python3-bpfcc" in msg
+    import sys
+    assert sys.executable in msg
+
+
+def test_check_bcc_does_not_import_it() -> None:
+    """A run from the compiled-program cache never loads bcc (nor LLVM)."""
+    import sys
+    code = ("import sys; from tracer import preflight; preflight.check_bcc(); "
+            "print('bcc' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[2])
+    if r.returncode:
+        pytest.skip(f"bcc not found here: {r.stderr.strip()[-200:]}")
+    assert r.stdout.strip() == "False"
