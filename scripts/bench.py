@@ -146,18 +146,23 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
     return r
 
 
-def _watch(pid: int) -> tuple[int, float, int]:
+def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
     """Wait for child `pid`: (exit code, its own CPU seconds, its own peak
     resident bytes), read every 10 ms until it exits from /proc/PID/stat
     (utime + stime: all its threads, not its children) and /proc/PID/status
     (VmHWM), so its last 10 ms may hold more. Not from wait4: its rusage
     counts the children a tracer reaped (the workload, under memtrace), and
-    not all of them reap theirs (perf trace)."""
+    not all of them reap theirs (perf trace). After `timeout` s it is killed."""
     cpu, peak, tick = 0.0, 0, os.sysconf("SC_CLK_TCK")
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         done, status, _ = os.wait4(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status), cpu, peak
+        if deadline is not None and time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise RuntimeError(f"pid {pid} still running after {timeout} s: killed")
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
@@ -187,7 +192,7 @@ def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> d
         finally:
             if bg.returncode is None:
                 bg.send_signal(signal.SIGINT)
-                _, r_cpu, r_peak = _watch(bg.pid)
+                _, r_cpu, r_peak = _watch(bg.pid, timeout=120)
                 bg.returncode = 0     # reaped by _watch
     r.update(tracer_cpu=r_cpu, tracer_peak=r_peak)
     return r
