@@ -6,7 +6,7 @@ measured by scripts/fork_exit_timer.c inside the traced tree, so a tracer's
 start-up is excluded) to the untraced run, with the spread (min..max), and
 the whole-run ratio (start-up and teardown included) beside it; under it,
 each tracer's own CPU time and peak resident memory (its process's, not
-its children's: /proc/PID/stat and VmHWM read every 10 ms), medians.
+its children's: /proc/PID/stat at its exit, VmHWM every 50 ms), medians.
 
     sudo scripts/bench [--reps 3] [--workloads faults,churn] [--tracers memtrace,perf]
 
@@ -132,7 +132,11 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen([*prefix, timer, *cmd], stdout=subprocess.DEVNULL, stderr=err,
                              text=True)
-        status, own_cpu, peak = _watch(p.pid)
+        if prefix:
+            status, own_cpu, peak = _watch(p.pid)
+            p.returncode = status      # reaped by _watch
+        else:        # untraced: nothing read beside it
+            status = p.wait()
         wall = time.monotonic() - t0
         err.seek(0)
         stderr = err.read()
@@ -148,32 +152,33 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
 
 def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
     """Wait for child `pid`: (exit code, its own CPU seconds, its own peak
-    resident bytes), read every 10 ms until it exits from /proc/PID/stat
-    (utime + stime: all its threads, not its children) and /proc/PID/status
-    (VmHWM), so its last 10 ms may hold more. Not from wait4: its rusage
-    counts the children a tracer reaped (the workload, under memtrace), and
-    not all of them reap theirs (perf trace). After `timeout` s it is killed."""
-    cpu, peak, tick = 0.0, 0, os.sysconf("SC_CLK_TCK")
+    resident bytes). The CPU time is read from /proc/PID/stat once it has
+    exited and before it is reaped (waitid WNOWAIT: the zombie's utime +
+    stime, all its threads and not its children; wait4's rusage counts the
+    children a tracer reaped, and not all of them reap theirs: perf trace).
+    The peak is its VmHWM, read every 50 ms while it runs (the mm is gone
+    at exit): a peak in its last 50 ms may be missed. After `timeout` s it
+    is killed."""
+    peak, tick = 0, os.sysconf("SC_CLK_TCK")
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        done, status, _ = os.wait4(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), cpu, peak
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
         if deadline is not None and time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise RuntimeError(f"pid {pid} still running after {timeout} s: killed")
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
             with open(f"/proc/{pid}/status", "rb") as f:
                 hwm = re.search(rb"^VmHWM:\s+(\d+) kB", f.read(), re.M)
-            cpu = max(cpu, (int(fields[11]) + int(fields[12])) / tick)   # proc(5): fields 14, 15
             if hwm:
                 peak = max(peak, int(hwm.group(1)) << 10)
-        except (OSError, IndexError, ValueError):
-            pass     # exiting: its last read stands
-        time.sleep(0.01)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    with open(f"/proc/{pid}/stat", "rb") as f:          # the zombie, not reaped yet
+        fields = f.read().rsplit(b")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / tick       # proc(5): utime, stime (14, 15)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), cpu, peak
 
 
 def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> dict:
@@ -192,8 +197,7 @@ def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> d
         finally:
             if bg.returncode is None:
                 bg.send_signal(signal.SIGINT)
-                _, r_cpu, r_peak = _watch(bg.pid, timeout=120)
-                bg.returncode = 0     # reaped by _watch
+                bg.returncode, r_cpu, r_peak = _watch(bg.pid, timeout=120)
     r.update(tracer_cpu=r_cpu, tracer_peak=r_peak)
     return r
 
