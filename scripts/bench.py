@@ -155,7 +155,8 @@ def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
     resident bytes). The CPU time is read from /proc/PID/stat once it has
     exited and before it is reaped (waitid WNOWAIT: the zombie's utime +
     stime, all its threads and not its children; wait4's rusage counts the
-    children a tracer reaped, and not all of them reap theirs: perf trace).
+    children a tracer reaped, and perf trace's holds none of its workload's:
+    cutime 0 at its exit here).
     The peak is its VmHWM, read every 50 ms while it runs (the mm is gone
     at exit): a peak in its last 50 ms may be missed. After `timeout` s it
     is killed."""
