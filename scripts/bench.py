@@ -110,13 +110,17 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
 
 
+def _tracer_on_path() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def wait_released(timeout: float = 15.0) -> None:
     """Until no memtrace program is attached: memtrace leaves the kernel's
     slow detach to a helper (tracer/bpf_load.release), so the programs of
     the run before stay on the hooks for up to a second or more after it
     exits, and would weigh on the next run (an untraced one too)."""
-    if str(ROOT) not in sys.path:     # called before every run: once
-        sys.path.insert(0, str(ROOT))
+    _tracer_on_path()
     from tracer.bpf_syscall import loaded_prog_names
     deadline = time.monotonic() + timeout
     while "page_fault_user" in loaded_prog_names() and time.monotonic() < deadline:
@@ -156,11 +160,12 @@ def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
     exited and before it is reaped (waitid WNOWAIT: the zombie's utime +
     stime, all its threads and not its children; wait4's rusage counts the
     children a tracer reaped, and perf trace's holds none of its workload's:
-    cutime 0 at its exit here).
-    The peak is its VmHWM, read every 50 ms while it runs (the mm is gone
-    at exit): a peak in its last 50 ms may be missed. After `timeout` s it
-    is killed."""
-    peak, tick = 0, os.sysconf("SC_CLK_TCK")
+    cutime 0 at its exit here). The peak is its VmHWM, read every 50 ms
+    while it runs (the mm is gone at exit): a peak in its last 50 ms may be
+    missed. After `timeout` s it is killed."""
+    _tracer_on_path()
+    from tracer import _procfs, errors
+    peak = 0
     deadline = None if timeout is None else time.monotonic() + timeout
     while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
         if deadline is not None and time.monotonic() > deadline:
@@ -168,16 +173,14 @@ def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
             os.waitpid(pid, 0)
             raise RuntimeError(f"pid {pid} still running after {timeout} s: killed")
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                hwm = re.search(rb"^VmHWM:\s+(\d+) kB", f.read(), re.M)
-            if hwm:
-                peak = max(peak, int(hwm.group(1)) << 10)
-        except OSError:
-            pass
+            status = _procfs.read_rss_status(pid)
+        except errors.NoSuchProcess:
+            status = None
+        if status is not None:
+            peak = max(peak, status.hwm)
         time.sleep(0.05)
-    with open(f"/proc/{pid}/stat", "rb") as f:          # the zombie, not reaped yet
-        fields = f.read().rsplit(b")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / tick       # proc(5): utime, stime (14, 15)
+    stat = _procfs.read_stat(pid)                 # the zombie, not reaped yet
+    cpu = (stat.utime + stat.stime) / os.sysconf("SC_CLK_TCK")
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), cpu, peak
 
@@ -204,7 +207,7 @@ def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> d
 
 
 def trace_stats(path: Path) -> dict:
-    sys.path.insert(0, str(ROOT))
+    _tracer_on_path()
     import tracer
     t = tracer.load(path)
     k = t.meta["kernel"]["total"]

@@ -32,7 +32,7 @@ import pytest
 from memtrace_helpers import (
     kill_all,
     EXTRA_MAJOR_MAX, MARK_RUSAGE, REPO, between, counter, exec_pid, faults_of, ints, kernel_counts,
-    kinds, map_line, marker_ts, markers, memtrace_cmd, of_kind, pre_exec_faults, run_memtrace,
+    kinds, map_line, marker_ts, markers, memtrace_cmd, of_kind, run_memtrace,
     rusage_line, unseen_faults, wait_for_trace,
 )
 import strace_parse
@@ -45,12 +45,6 @@ full_only = pytest.mark.skipif(not FULL, reason="long run: set MEMTRACE_FULL=1")
 PAGE = 4096
 GUP_MAX = 4          # execve's argv/env copy: 1 page for these short command lines
 AFTER_RUSAGE_MAX = 12  # faults after the RUSAGE line's read: stderr write, exit
-
-
-def _pre_exec(meta: dict) -> int:
-    pre = pre_exec_faults(meta)
-    assert pre is not None, f"no pre-exec fault count in meta: {meta.get('counters')}"
-    return pre
 
 
 def _kernel(meta: dict, pid: int) -> dict:
@@ -304,7 +298,7 @@ def test_tiny_ring_counts_its_losses(workloads, tmp_path):
     assert int(meta.get("lost", 0)) >= lost, (meta.get("lost"), lost)
     captured = len(faults_of(ev, pid))
     k = _kernel(meta, pid)
-    _pre_exec(meta)
+    assert counter(meta, "pre_exec_fault") is not None, meta.get("counters")
     _, gup = unseen_faults(meta, int(k["minflt"]), int(k["majflt"]), captured + lost, 0)
     assert 0 <= gup <= GUP_MAX, (
         f"kernel {k}, captured {captured} + lost {lost}, counters {meta['counters']}:"
