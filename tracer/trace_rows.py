@@ -301,9 +301,22 @@ def _comm_array(rec: np.ndarray, comms: CommTable) -> pa.DictionaryArray:
     holds tens of thousands of events and a handful of names)."""
     n = len(rec)
     tid = rec["tid"]
-    # events come in runs of one thread and name: sorting the 16-byte names
-    # of every event cost ~40 ms per 20k; only each run's first is looked at
     comm = np.ascontiguousarray(rec["comm"]).view(np.uint64).reshape(n, 2)
+    # grouped by thread: a sort of integers. Sorting the 16-byte names of
+    # every event cost ~40 ms per 20k; grouping by runs of one thread and
+    # name (below) 16 ms per 20k when three threads' events interleave
+    # (tests/workloads/churn.c), against ~1.5 ms this way
+    tids, first, of_tid = np.unique(tid, return_index=True, return_inverse=True)
+    if (comm == comm[first][of_tid.ravel()]).all():   # one name per thread
+        names, name_of = np.unique(rec["comm"][first], return_inverse=True)
+        name_of = name_of.ravel()
+        text = [c.decode("utf-8", "replace") for c in names]
+        comms.update(tids.tolist(), [text[i] for i in name_of])
+        return pa.DictionaryArray.from_arrays(
+            arrow_array(name_of[of_tid.ravel()].astype(np.int32), pa.int32()),
+            string_array(text))
+    # a thread renamed within the batch (exec, prctl): by runs of one thread
+    # and name, only each run's first looked at
     change = np.ones(n, bool)
     change[1:] = (tid[1:] != tid[:-1]) | (comm[1:] != comm[:-1]).any(axis=1)
     starts = np.flatnonzero(change)
