@@ -334,6 +334,9 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
 		return fs;
 	struct fault_slot *p = parked.lookup(&tid);
 	if (p) {
+		struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+		if (acc)
+			acc->fast = 0;    /* the slot is another fault's now */
 		__builtin_memcpy(fs, p, sizeof(*fs));
 		if (parked.delete(&tid) == 0)
 			__sync_fetch_and_add(n, -1);
@@ -791,13 +794,14 @@ struct tick_clock {
 };
 BPF_PERCPU_ARRAY(tick_clock, struct tick_clock, 1);
 
-static __always_inline u64 tick_ns(void)
+static __always_inline u64 tick_ns(u64 *jiffy)
 {
 	int zero = 0;
 	struct tick_clock *c = tick_clock.lookup(&zero);
+	u64 j = bpf_jiffies64();
+	*jiffy = j;
 	if (!c)
 		return bpf_ktime_get_ns();
-	u64 j = bpf_jiffies64();
 	if (c->jiffies != j) {
 		c->jiffies = j;
 		c->ns = bpf_ktime_get_ns();
@@ -851,6 +855,7 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 {
 	struct mt_summary *a = &acc->v;
 	acc->live = 0;
+	acc->fast = 0;
 	if (!a->count && !(a->rss_file | a->rss_anon | a->rss_swap | a->rss_shmem))
 		return;    /* its faults were all moved to major entries */
 	struct mt_summary *v = fault_summary.lookup(&acc->key);
@@ -895,14 +900,18 @@ static __always_inline void summary_switch(void)
 {
 	int zero = 0;
 	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
-	if (!acc || !acc->live || cfg(MT_CFG_SUMMARY_HOLD))
+	if (!acc)
+		return;
+	acc->fast = 0;    /* the slot is parked or closed: see summary_continue */
+	if (!acc->live || cfg(MT_CFG_SUMMARY_HOLD))
 		return;
 	summary_flush(acc);
 }
 
 static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 tid, u64 ts,
-					  struct pt_regs *regs)
+					  u64 jiffy, u64 epoch, struct pt_regs *regs)
 {
+	u64 tick = ts;
 	struct mt_summary_key *k = &fs->key;
 	k->block = fs->addr >> MT_SUMMARY_BLOCK_SHIFT;
 	k->pid = tgid;
@@ -941,6 +950,47 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 	a->pages |= 1 << ((fs->addr >> 12) & 15);
 	fs->summary = acc->seq;
 	count(MT_CNT_SUMMARY_FAULTS);
+	if (epoch && cfg(MT_CFG_SUMMARY_FAST)) {    /* 0: see state_word */
+		acc->tid = tid;
+		acc->jiffies = jiffy;
+		acc->tick = tick;
+		acc->epoch = epoch;
+		acc->fast = 1;
+	}
+}
+
+/* --faults=summary with no resident-set hook (MT_CFG_SUMMARY_FAST): a fault
+ * of the thread whose run this CPU holds, of the run's block and access, in
+ * the same jiffy (so the same time slot) and with no process changed since
+ * (traced_epoch: the state and layout generation of the key are the run's),
+ * is counted in the run with only the slot's per-fault fields refilled: the
+ * state lookup, the slot's refill and the key's making are what summary mode
+ * spent most of a fault on (docs/benchmarks.md). The slot's other fields are
+ * still the run's first fault's: `fast` is cleared by whatever else may write
+ * or park the slot (a task switch, a flush, a parked fault brought back, a
+ * fault taking the long path). Not with residency: a fault's resident-set
+ * changes are gathered in its slot. 1 if counted. */
+static __always_inline int summary_continue(struct mt_summary_acc *acc, struct fault_slot *fs,
+					    u32 tid, u64 addr, u64 error_code)
+{
+	int zero = 0;
+	if (acc->tid != tid || fs->tid != tid)
+		return 0;
+	u64 *ep = traced_epoch.lookup(&zero);
+	if (!ep || *(volatile u64 *)ep != acc->epoch || acc->jiffies != bpf_jiffies64())
+		return 0;
+	if (acc->key.block != addr >> MT_SUMMARY_BLOCK_SHIFT ||
+	    acc->key.error_code != (error_code & (MT_PF_PROT | MT_PF_WRITE | MT_PF_USER | MT_PF_INSTR)))
+		return 0;
+	fs->ts = acc->tick;
+	fs->addr = addr;
+	fs->error_code = error_code;
+	fs->active = 1;
+	fs->timed = 0;
+	acc->v.count++;
+	acc->v.pages |= 1 << ((addr >> 12) & 15);
+	count(MT_CNT_SUMMARY_FAULTS);
+	return 1;
 }
 
 /* This CPU's run if it still holds the fault of `fs`, else NULL (the run
@@ -1046,6 +1096,15 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 		return 0;
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (acc && acc->fast) {
+		if (summary_continue(acc, fs, tid, addr, error_code))
+			return 0;
+		acc->fast = 0;
+	}
+	/* the epoch before the state's lookup: see state_word */
+	u64 *ep = traced_epoch.lookup(&zero);
+	u64 epoch = ep ? *(volatile u64 *)ep : 0;
 	/* the slot is this thread's, if anyone's (sched_switch parks a fault
 	 * it switches out): its previous fault has ended */
 	close_slot(fs);
@@ -1076,8 +1135,9 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	if (cfg(MT_CFG_FAULT_MODE) == MT_FAULT_MODE_SUMMARY) {
 		/* (never with end_followed: tracer.probes) reads the ip and
 		 * the exact time when a run starts */
-		fs->ts = tick_ns();
-		summary_enter(fs, tgid, tid, fs->ts, regs);
+		u64 jiffy;
+		fs->ts = tick_ns(&jiffy);
+		summary_enter(fs, tgid, tid, fs->ts, jiffy, epoch, regs);
 		return 0;
 	}
 	fs->ts = bpf_ktime_get_ns();

@@ -131,6 +131,9 @@
 				   open (tracer/pending_faults.py) */
 #define MT_CFG_SUMMARY_HOLD 11   /* --faults=summary: 1 while user space reads the
 				   `summary_acc` runs at the end (no flush at a task switch) */
+#define MT_CFG_SUMMARY_FAST 12   /* --faults=summary with no resident-set hook (rss not
+				   exact): a fault that continues its CPU's run takes the
+				   short path (summary_continue) */
 #define MT_NR_CONFIG 16
 
 #define MT_ALL_FILTERS 1        /* the filters apply: decided again at exec, fork, rename */
@@ -260,6 +263,15 @@ struct mt_summary_acc {
 				    major fault is moved to the hash at its end) */
 	__u32 seq;         /* which run: one more at each start (>= 2) */
 	__u32 live;        /* 1: holds faults not flushed yet */
+	/* the run's continuation (MT_CFG_SUMMARY_FAST): while `fast` is 1, the
+	 * CPU's fault slot still describes thread `tid`'s last fault of the run,
+	 * which took the tick time `tick` of jiffy `jiffies`, with traced_epoch
+	 * at `epoch` */
+	__u32 tid;
+	__u32 fast;
+	__u64 jiffies;
+	__u64 tick;
+	__u64 epoch;
 };
 
 /* A memory syscall (entry and exit joined), or a process event. */

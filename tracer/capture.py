@@ -183,6 +183,9 @@ def run(opts: Options, say: Say,
                 hold=lambda: probes.set_config(C["MT_CFG_SUMMARY_HOLD"], 1),
                 sleeping=lambda: pending_faults.parked_summary_slots(probes))
             probes.set_config(C["MT_CFG_FAULT_MODE"], C["MT_FAULT_MODE_SUMMARY"])
+            # a run's next fault on the short path, but where a fault's
+            # resident-set changes are gathered in its slot (bpf: summary_continue)
+            probes.set_config(C["MT_CFG_SUMMARY_FAST"], int(not opts.residency))
         res.start_ts = time.monotonic_ns()
         # from here a signal ends tracing normally; caught before CMD starts,
         # so that one arriving while it starts cannot leave it behind
