@@ -99,6 +99,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         t["memtrace-base-summary"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q",
                                       "--faults=summary", "-o",
                                       str(tmp / "bench-base-summary.parquet"), "--"]
+        t["memtrace-base-sampled"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q",
+                                      "--rss", "sampled", "-o",
+                                      str(tmp / "bench-base-sampled.parquet"), "--"]
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
                      "-o", str(tmp / "perf.txt"), "--"]
