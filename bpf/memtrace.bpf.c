@@ -16,6 +16,7 @@
 BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
+BPF_RINGBUF_OUTPUT(summary_runs, MT_RUN_RING_PAGES);
 
 /* tgid -> MT_STATE_* in the low byte (MT_STATE_MASK); filled by user space
  * (-p, the spawned CMD, -a's processes at start) and by fork; with -a also
@@ -865,6 +866,16 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 			return;
 		v = fault_summary.lookup(&acc->key);   /* made meanwhile on another CPU */
 		if (!v) {
+			/* the map is full: the run is a row of its own (its
+			 * major faults' ends find no entry: late_major) */
+			struct mt_summary_run *r = summary_runs.ringbuf_reserve(sizeof(*r));
+			if (r) {
+				__builtin_memcpy(&r->key, &acc->key, sizeof(r->key));
+				__builtin_memcpy(&r->v, a, sizeof(r->v));
+				summary_runs.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+				count(MT_CNT_SUMMARY_RING);
+				return;
+			}
 			count_add(MT_CNT_SUMMARY_FULL, a->count);
 			count_add(MT_CNT_SUMMARY_FAULTS, -a->count);
 			return;

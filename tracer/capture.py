@@ -181,7 +181,8 @@ def run(opts: Options, say: Say,
             summary = SummaryReader(
                 probes.table("fault_summary"), probes.table("summary_acc"),
                 hold=lambda: probes.set_config(C["MT_CFG_SUMMARY_HOLD"], 1),
-                sleeping=lambda: pending_faults.parked_summary_slots(probes))
+                sleeping=lambda: pending_faults.parked_summary_slots(probes),
+                ring=probes.summary_runs)
             probes.set_config(C["MT_CFG_FAULT_MODE"], C["MT_FAULT_MODE_SUMMARY"])
             # a run's next fault on the short path, but where a fault's
             # resident-set changes are gathered in its slot (bpf: summary_continue)

@@ -123,8 +123,13 @@ class SummaryReader:
     flushing runs at task switches (before the last drain)."""
 
     def __init__(self, table, runs=None, hold: Callable[[], None] | None = None,
-                 sleeping: Callable[[], np.ndarray] | None = None) -> None:
+                 sleeping: Callable[[], np.ndarray] | None = None, ring=None) -> None:
         self.table = table
+        # runs the full map could not take (a tracer.ringbuf.RingReader of
+        # layout.SUMMARY_RUN), read at every drain, held until their slot is
+        # drained: rows of their own
+        self.ring = ring
+        self._spilled = np.zeros(0, layout.SUMMARY_RUN)
         self._sleeping = sleeping    # the slots of counted faults still asleep
         self.ncpus = table.ncpus
         self.runs = runs
@@ -153,6 +158,8 @@ class SummaryReader:
         flushed into its slot's entry late); at the end the runs are read
         (BPF holding them) and merged with the entries of their keys."""
         current = now_ns >> SLOT_SHIFT
+        if self.ring is not None and not final:   # kept from filling between drains
+            self._spilled = np.concatenate([self._spilled, self.ring.read()])
         if not final and current == self._slot:
             return np.zeros(0, ROW)
         self._slot = current
@@ -169,6 +176,8 @@ class SummaryReader:
         if asleep:       # a major fault's end would move it out of its slot
             cut = min(cut, int(min(asleep)))
         self.drained_to = now_ns if final else cut << SLOT_SHIFT
+        if self.ring is not None:   # after the runs: a run flushed since is in it
+            self._spilled = np.concatenate([self._spilled, self.ring.read()])
         raw_keys, raw_values, n = self.table.lookup_batch()
         keys = np.frombuffer(raw_keys, layout.SUMMARY_KEY, count=n)
         values = np.frombuffer(raw_values, _slot_dtype(self.table, layout.SUMMARY),
@@ -182,6 +191,12 @@ class SummaryReader:
             keys, values = with_runs(keys, values, runs)
             self._clear_runs()
         rows = merge(keys, values)
+        if len(self._spilled):
+            out = np.ones(len(self._spilled), bool) if final else self._spilled["key"]["slot"] < cut
+            if out.any():
+                spilled, self._spilled = self._spilled[out], self._spilled[~out]
+                rows = np.concatenate([rows, merge(spilled["key"], spilled["v"][:, None])])
+                rows = rows[np.argsort(rows["ts"], kind="stable")]
         self.faults += int(rows["count"].sum())
         return rows
 

@@ -69,6 +69,7 @@ EXEC = dtypes()["mt_exec"]
 SUMMARY_KEY = dtypes()["mt_summary_key"]
 SUMMARY = dtypes()["mt_summary"]
 SUMMARY_ACC = dtypes()["mt_summary_acc"]
+SUMMARY_RUN = dtypes()["mt_summary_run"]
 
 # MT_EV_* -> the trace's `kind` names
 KIND_NAMES = {v: k[len("MT_EV_"):].lower() for k, v in C.items() if k.startswith("MT_EV_")}

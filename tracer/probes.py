@@ -102,6 +102,9 @@ class Probes:
         self._loaded = self._load(cflags, cache)
         self._maps = self._loaded.maps
         self.rings: dict[str, RingReader] = {}
+        # --faults=summary: the runs the full map could not take (read by
+        # tracer.fault_summary, not with the rings above)
+        self.summary_runs: RingReader | None = None
         self._closed = False
         page = mmap.PAGESIZE
         sizes = {"faults": self.fault_ring_pages, "events": C["MT_EVENT_RING_PAGES"],
@@ -109,6 +112,9 @@ class Probes:
         try:
             for name, dtype in RINGS.items():
                 self.rings[name] = RingReader(self._maps[name].fd, sizes[name] * page, dtype)
+            if summary:
+                self.summary_runs = RingReader(self._maps["summary_runs"].fd,
+                                               C["MT_RUN_RING_PAGES"] * page, layout.SUMMARY_RUN)
         except BaseException:
             self.close()
             raise
@@ -265,7 +271,7 @@ class Probes:
         if self._closed:
             return
         self._closed = True
-        for r in self.rings.values():
+        for r in [*self.rings.values(), *([self.summary_runs] if self.summary_runs else [])]:
             r.close()
         try:
             for i in range(C["MT_NR_CONFIG"]):

@@ -184,8 +184,8 @@ def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, 
     found: list[int] = []
 
     class HeldFromStart(fault_summary.SummaryReader):
-        def __init__(self, table, runs=None, hold=None, sleeping=None) -> None:
-            super().__init__(table, runs, hold, sleeping)
+        def __init__(self, table, runs=None, hold=None, sleeping=None, ring=None) -> None:
+            super().__init__(table, runs, hold, sleeping, ring)
             hold()
             readers.append(self)
 
@@ -210,3 +210,60 @@ def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, 
     k = res.kernel_total
     unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
     assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+
+
+def test_summary_runs_the_full_map_cannot_take_come_through_the_ring(workloads, tmp_path,
+                                                                     monkeypatch):
+    """A load whose every fault is a new key (each memory syscall is a new
+    layout generation: tests/workloads/churn.c) can fill the summary map
+    faster than it is drained: BPF then sends the run to the summary_runs
+    ring, a row of its own. Here the map is filled before the workload
+    starts (entries of a slot no drain reaches, counting nothing), so every
+    run takes that way: the faults counted still equal the kernel's, and
+    none is lost."""
+    from tracer import capture, fault_summary, layout, preflight
+    preflight.check_all(lambda s: None)
+    readers: list = []
+
+    class FullFromStart(fault_summary.SummaryReader):
+        def __init__(self, table, runs=None, hold=None, sleeping=None, ring=None) -> None:
+            super().__init__(table, runs, hold, sleeping, ring)
+            keys = np.zeros(table.d.max_entries, layout.SUMMARY_KEY)
+            keys["slot"] = 0xFFFFFFFF
+            keys["block"] = np.arange(len(keys))
+            value = bytes(layout.SUMMARY.itemsize)
+            for k in keys:
+                table.update(k.tobytes(), value)
+            readers.append(self)
+
+    monkeypatch.setattr(capture, "SummaryReader", FullFromStart)
+    opts = capture.Options(command=[workloads["faults"], "16", "2"], pids=[], follow=True,
+                           duration=None, output=tmp_path / "x.parquet", fmt="parquet",
+                           fault_mode="summary")
+    res = capture.run(opts, lambda s: None)
+    res.spill.close()
+    assert len(readers) == 1
+    c = res.counters
+    assert c["summary_ring"] > 0 and not c["summary_full"], c
+    assert c["summary_faults"] == readers[0].faults, (c, readers[0].faults)
+    (pid, (minor, major)), = res.faults.items()
+    assert major == 0 and minor == readers[0].faults
+    k = res.kernel_total
+    unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
+    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+
+
+def test_summary_counts_every_fault_of_a_syscall_heavy_load(workloads, tmp_path):
+    """malloc churn (three actors, ~230k memory syscalls): nearly every
+    fault is a key of its own; the faults counted equal the kernel's for
+    the tree, and the run loses nothing."""
+    proc, t = run_memtrace(["--faults=summary", "--", workloads["churn"], "30000"], tmp_path)
+    ev, meta = t.events, t.meta
+    _clean(meta)
+    f = ev[ev["kind"] == "fault"]
+    total = meta["kernel"]["wait4"]
+    unseen_major, unseen = unseen_faults(meta, int(total["minflt"]), int(total["majflt"]),
+                                         _n(f[~f["major"].astype(bool)]),
+                                         _n(f[f["major"].astype(bool)]))
+    assert unseen_major >= 0 and 0 <= unseen <= 2 * GUP_MAX, (total, meta["kernel"])
+    assert meta["counters"]["summary_faults"] == _n(f), meta["counters"]

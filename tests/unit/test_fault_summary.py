@@ -220,3 +220,44 @@ def test_drain_holds_back_the_slot_of_a_fault_still_asleep(monkeypatch):
     asleep[0] = np.array([6], np.uint32)
     rows = r.drain((6 + fault_summary.HOLD_MAX + 1) << shift)
     assert list(rows["count"]) == [2]
+
+
+class FakeRing:
+    """summary_runs (tracer.ringbuf.RingReader): what was sent since the last read."""
+
+    def __init__(self) -> None:
+        self.sent: list[np.ndarray] = []
+
+    def read(self) -> np.ndarray:
+        out = np.array(self.sent, layout.SUMMARY_RUN)
+        self.sent = []
+        return out
+
+
+def _spilled(key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    r = np.zeros((), layout.SUMMARY_RUN)
+    r["key"], r["v"] = key, value
+    return r
+
+
+def test_runs_the_full_map_sent_to_the_ring_are_rows_once_their_slot_is_drained(monkeypatch):
+    """A run the full map could not take comes through the ring: read at
+    every drain (so the ring does not fill between slots), held while its
+    slot may still be added to, then a row of its own, in time order with
+    the map's rows; at the end every one held is a row. Nothing is lost."""
+    shift = fault_summary.SLOT_SHIFT
+    monkeypatch.setattr(fault_summary, "HOLD_SETTLE", 0)
+    ring = FakeRing()
+    r = SummaryReader(FakeHash([(_key(1, 5), _value(2, (5 << shift) + 50, (5 << shift) + 60))]),
+                      FakeRuns([]), hold=lambda: None, ring=ring)
+    ring.sent = [_spilled(_key(1, 5), _value(3, (5 << shift) + 10, (5 << shift) + 20)),
+                 _spilled(_key(2, 10), _value(7, 10 << shift, (10 << shift) + 1))]
+    rows = r.drain(12 << shift)            # cut: slot 9
+    assert [(int(x["pid"]), int(x["count"])) for x in rows] == [(1, 3), (1, 2)]
+    assert list(rows["ts"]) == sorted(rows["ts"]) and r.faults == 5
+    # the same slot again: no drain, but the ring is read (and held)
+    ring.sent = [_spilled(_key(2, 11), _value(1, 11 << shift, 11 << shift))]
+    assert len(r.drain((12 << shift) + 1)) == 0 and not ring.sent
+    rows = r.drain(14 << shift, final=True)
+    assert [(int(x["pid"]), int(x["count"])) for x in rows] == [(2, 7), (2, 1)]
+    assert r.faults == 13
