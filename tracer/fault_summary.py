@@ -16,6 +16,11 @@ while). At the end of the run, with no process traced any more, BPF stops
 flushing at task switches (MT_CFG_SUMMARY_HOLD), and every slot is drained
 with the runs still on the CPUs merged in.
 
+A run the full map cannot take (a load whose every fault is a key of its
+own: each memory syscall is a new layout generation) comes through the
+`summary_runs` ring instead, read at every drain and held until its slot
+is drained: a row of its own.
+
 Each entry becomes one `fault` row with `count` (docs/format.md): the
 values of one key (the hash's and the runs') are merged (counts, latencies
 and resident-page changes summed, page bitmaps or-ed; time, address, ip and

@@ -169,6 +169,30 @@ def test_summary_follows_forked_children(workloads, tmp_path):
     assert 0 <= int(k["minflt"]) - pre_exec_faults(meta) - got <= GUP_MAX, (k, got)
 
 
+def _capture_faults(workloads, tmp_path):
+    """`faults 16 2` captured in summary mode in this process (so that a
+    test can stand in for capture.SummaryReader)."""
+    from tracer import capture
+    opts = capture.Options(command=[workloads["faults"], "16", "2"], pids=[], follow=True,
+                           duration=None, output=tmp_path / "x.parquet", fmt="parquet",
+                           fault_mode="summary")
+    res = capture.run(opts, lambda s: None)
+    res.spill.close()
+    return res
+
+
+def _assert_counted_as_the_kernel(res, reader) -> None:
+    """The faults the reader drained: the BPF counter's, the process's, and
+    the kernel's less the faults before exec and the GUP ones."""
+    c = res.counters
+    assert c["summary_faults"] == reader.faults, (c, reader.faults)
+    (pid, (minor, major)), = res.faults.items()
+    assert major == 0 and minor == reader.faults
+    k = res.kernel_total
+    unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
+    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+
+
 def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, monkeypatch):
     """BPF counts a CPU's consecutive faults of one key in a per-CPU run
     (summary_acc) and adds the run to the hash when a fault of another key
@@ -195,21 +219,12 @@ def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, 
             return runs
 
     monkeypatch.setattr(capture, "SummaryReader", HeldFromStart)
-    opts = capture.Options(command=[workloads["faults"], "16", "2"], pids=[], follow=True,
-                           duration=None, output=tmp_path / "x.parquet", fmt="parquet",
-                           fault_mode="summary")
-    res = capture.run(opts, lambda s: None)
-    res.spill.close()
+    res = _capture_faults(workloads, tmp_path)
     assert len(readers) == 1 and found, found
     assert found[-1] > 0, f"no fault left in a run at the end: {found}"
     c = res.counters
     assert not c["summary_full"] and not c["summary_late_major"], c
-    assert c["summary_faults"] == readers[0].faults, (c, readers[0].faults)
-    (pid, (minor, major)), = res.faults.items()
-    assert major == 0 and minor == readers[0].faults
-    k = res.kernel_total
-    unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
-    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+    _assert_counted_as_the_kernel(res, readers[0])
 
 
 def test_summary_runs_the_full_map_cannot_take_come_through_the_ring(workloads, tmp_path,
@@ -237,20 +252,11 @@ def test_summary_runs_the_full_map_cannot_take_come_through_the_ring(workloads, 
             readers.append(self)
 
     monkeypatch.setattr(capture, "SummaryReader", FullFromStart)
-    opts = capture.Options(command=[workloads["faults"], "16", "2"], pids=[], follow=True,
-                           duration=None, output=tmp_path / "x.parquet", fmt="parquet",
-                           fault_mode="summary")
-    res = capture.run(opts, lambda s: None)
-    res.spill.close()
+    res = _capture_faults(workloads, tmp_path)
     assert len(readers) == 1
     c = res.counters
     assert c["summary_ring"] > 0 and not c["summary_full"], c
-    assert c["summary_faults"] == readers[0].faults, (c, readers[0].faults)
-    (pid, (minor, major)), = res.faults.items()
-    assert major == 0 and minor == readers[0].faults
-    k = res.kernel_total
-    unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
-    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+    _assert_counted_as_the_kernel(res, readers[0])
 
 
 def test_summary_counts_every_fault_of_a_syscall_heavy_load(workloads, tmp_path):
