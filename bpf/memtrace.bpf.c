@@ -850,8 +850,9 @@ static __always_inline int same_key(struct mt_summary_key *a, struct mt_summary_
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
 }
 
-/* This CPU's run into the hash; the run is empty after. A full map loses
- * the run's faults (counted). */
+/* This CPU's run into the hash; the run is empty after. A run the full map
+ * cannot take goes to the summary_runs ring; a full ring loses its faults
+ * (counted). */
 static __always_inline void summary_flush(struct mt_summary_acc *acc)
 {
 	struct mt_summary *a = &acc->v;
@@ -974,9 +975,10 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
  * of the thread whose run this CPU holds, of the run's block and access, in
  * the same jiffy (so the same time slot) and with no process changed since
  * (traced_epoch: the state and layout generation of the key are the run's),
- * is counted in the run with only the slot's per-fault fields refilled: the
- * state lookup, the slot's refill and the key's making are what summary mode
- * spent most of a fault on (docs/benchmarks.md). The slot's other fields are
+ * is counted in the run with only the slot's per-fault fields refilled,
+ * without the state lookup, the slot's refill and the key's making (taken
+ * by 15 of each 16 faults of a first touch; what it saves is within this
+ * VM's noise: docs/benchmarks.md, ninth session). The slot's other fields are
  * still the run's first fault's: `fast` is cleared by whatever else may write
  * or park the slot (a task switch, a flush, a parked fault brought back, a
  * fault taking the long path). Not with residency: a fault's resident-set
