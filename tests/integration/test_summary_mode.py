@@ -138,6 +138,18 @@ def test_summary_major_faults(workloads, tmp_path, disk_tmp):
     assert 0 <= unseen <= GUP_MAX, (k, minor)
 
 
+def _assert_tree_counted_as_wait4(ev, meta):
+    """The tree's faults (returned) against wait4's counts for it: what is
+    not seen is GUP faults only, of at most two processes."""
+    f = ev[ev["kind"] == "fault"]
+    total = meta["kernel"]["wait4"]
+    unseen_major, unseen = unseen_faults(meta, int(total["minflt"]), int(total["majflt"]),
+                                         _n(f[~f["major"].astype(bool)]),
+                                         _n(f[f["major"].astype(bool)]))
+    assert unseen_major >= 0 and 0 <= unseen <= 2 * GUP_MAX, (total, meta["kernel"])
+    return f
+
+
 def test_summary_follows_forked_children(workloads, tmp_path):
     """A process tree: the counted faults of CMD and its child against
     wait4's counts for them both (the child is reaped by CMD, so its own
@@ -156,12 +168,7 @@ def test_summary_follows_forked_children(workloads, tmp_path):
     a = cow["addr"].astype("uint64")
     cow = cow[(a >= start) & (a < start + length)]
     assert _n(cow) == 8 and (cow["error_code"].astype(int) == 7).all(), cow
-    f = ev[ev["kind"] == "fault"]
-    total = meta["kernel"]["wait4"]
-    unseen_major, unseen = unseen_faults(meta, int(total["minflt"]), int(total["majflt"]),
-                                         _n(f[~f["major"].astype(bool)]),
-                                         _n(f[f["major"].astype(bool)]))
-    assert unseen_major >= 0 and 0 <= unseen <= 2 * GUP_MAX, (total, meta["kernel"])
+    f = _assert_tree_counted_as_wait4(ev, meta)
     parent = exec_pid(ev, "cowfork")
     k = kernel_counts(meta, parent)
     assert k is not None
@@ -266,10 +273,5 @@ def test_summary_counts_every_fault_of_a_syscall_heavy_load(workloads, tmp_path)
     proc, t = run_memtrace(["--faults=summary", "--", workloads["churn"], "30000"], tmp_path)
     ev, meta = t.events, t.meta
     _clean(meta)
-    f = ev[ev["kind"] == "fault"]
-    total = meta["kernel"]["wait4"]
-    unseen_major, unseen = unseen_faults(meta, int(total["minflt"]), int(total["majflt"]),
-                                         _n(f[~f["major"].astype(bool)]),
-                                         _n(f[f["major"].astype(bool)]))
-    assert unseen_major >= 0 and 0 <= unseen <= 2 * GUP_MAX, (total, meta["kernel"])
+    f = _assert_tree_counted_as_wait4(ev, meta)
     assert meta["counters"]["summary_faults"] == _n(f), meta["counters"]
