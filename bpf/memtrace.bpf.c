@@ -850,8 +850,32 @@ static __always_inline int same_key(struct mt_summary_key *a, struct mt_summary_
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
 }
 
-/* This CPU's run into the hash; the run is empty after. A run the full map
- * cannot take goes to the summary_runs ring; a full ring loses its faults
+/* This CPU's run sent to the summary_runs ring, a row of its own; 0 if
+ * the ring is full. */
+static __always_inline int send_run(struct mt_summary_acc *acc)
+{
+	struct mt_summary_run *r = summary_runs.ringbuf_reserve(sizeof(*r));
+	if (!r)
+		return 0;
+	__builtin_memcpy(&r->key, &acc->key, sizeof(r->key));
+	__builtin_memcpy(&r->v, &acc->v, sizeof(r->v));
+	summary_runs.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	count(MT_CNT_SUMMARY_RING);
+	return 1;
+}
+
+/* Whether a fault of this CPU's run is still open in the CPU's slot (a
+ * major fault's end moves it out of its entry: it must find one). */
+static __always_inline int run_open(struct mt_summary_acc *acc)
+{
+	int zero = 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	return !fs || (fs->active && fs->summary == acc->seq);
+}
+
+/* This CPU's run into the hash; the run is empty after. A run of one fault
+ * of a key the map does not hold, and a run the full map cannot take, go
+ * to the summary_runs ring; a full ring and a full map lose its faults
  * (counted). */
 static __always_inline void summary_flush(struct mt_summary_acc *acc)
 {
@@ -862,6 +886,14 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 		return;    /* its faults were all moved to major entries */
 	struct mt_summary *v = fault_summary.lookup(&acc->key);
 	if (!v) {
+		/* one fault of a key the map does not hold, none still open: a
+		 * row of its own through the ring. A load whose every fault is a
+		 * key of its own (each memory syscall is a new layout
+		 * generation: malloc churn) flushes one a fault, and user space
+		 * turns a ring record into a row for a fraction of what a map
+		 * entry costs it to read, delete and merge (docs/benchmarks.md) */
+		if (a->count == 1 && !run_open(acc) && send_run(acc))
+			return;
 		/* a new entry: the run as it is (BPF_NOEXIST: see summary_entry) */
 		if (fault_summary.insert(&acc->key, a) == 0)
 			return;
@@ -869,14 +901,8 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 		if (!v) {
 			/* the map is full: the run is a row of its own (its
 			 * major faults' ends find no entry: late_major) */
-			struct mt_summary_run *r = summary_runs.ringbuf_reserve(sizeof(*r));
-			if (r) {
-				__builtin_memcpy(&r->key, &acc->key, sizeof(r->key));
-				__builtin_memcpy(&r->v, a, sizeof(r->v));
-				summary_runs.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
-				count(MT_CNT_SUMMARY_RING);
+			if (send_run(acc))
 				return;
-			}
 			count_add(MT_CNT_SUMMARY_FULL, a->count);
 			count_add(MT_CNT_SUMMARY_FAULTS, -a->count);
 			return;

@@ -18,8 +18,8 @@
 #define MT_FAULT_RING_PAGES 8192
 #define MT_EVENT_RING_PAGES 8192
 #define MT_EXEC_RING_PAGES 512   /* exec and open records: -a sees every process's */
-#define MT_RUN_RING_PAGES 2048   /* --faults=summary: runs the full map could not take
-				    (mt_summary_run, 112 bytes with the header: 75k) */
+#define MT_RUN_RING_PAGES 8192   /* --faults=summary: runs not in the map (mt_summary_run,
+				    112 bytes with the header: 300k) */
 
 /* Event kinds (mt_event.kind, and the `kind` column of the trace). */
 #define MT_EV_BRK 1
@@ -111,8 +111,9 @@
 				     from the page cache, read back by its child) */
 #define MT_CNT_SUMMARY_UNTIMED 23  /* --faults=summary: major faults without latency
 				      (mt_summary.untimed) */
-#define MT_CNT_SUMMARY_RING 24  /* --faults=summary: runs sent to the `summary_runs` ring
-				   (the map was full): rows of their own, nothing lost */
+#define MT_CNT_SUMMARY_RING 24  /* --faults=summary: runs sent to the `summary_runs` ring,
+				   rows of their own: one fault of a key the map did not
+				   hold, or a run the full map could not take */
 #define MT_NR_COUNTERS 25
 
 /* Configuration (index into the `config` array, set from user space). */
@@ -278,9 +279,10 @@ struct mt_summary_acc {
 	__u64 epoch;
 };
 
-/* --faults=summary: a run the full `fault_summary` map could not take, sent
- * to the `summary_runs` ring instead (a load whose every fault is a new key:
- * each memory syscall is a new layout generation). */
+/* --faults=summary: a run sent to the `summary_runs` ring instead of the
+ * `fault_summary` map: one fault of a key the map did not hold (a load whose
+ * every fault is a new key: each memory syscall is a new layout generation),
+ * or a run the full map could not take. */
 struct mt_summary_run {
 	struct mt_summary_key key;
 	struct mt_summary v;

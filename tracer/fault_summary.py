@@ -94,6 +94,29 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out[np.argsort(out["ts"], kind="stable")]
 
 
+def run_rows(runs: np.ndarray) -> np.ndarray:
+    """Runs of the ring (layout.SUMMARY_RUN), each a row of its own -> ROW
+    records, field by field (what merge() makes of entries of one part,
+    without its per-part reductions: a drain of a syscall-heavy load holds
+    tens of thousands), not sorted."""
+    runs = runs[runs["v"]["count"] > 0]
+    k, v = runs["key"], runs["v"]
+    out = np.zeros(len(runs), ROW)
+    out["ts"] = v["first_ts"]                   # > 0: a run's first fault's time
+    out["last_ts"] = v["last_ts"]
+    for f in ("addr", "ip", "tid", "pages", "alloc") + _RSS:
+        out[f] = v[f]
+    for f in ("pid", "error_code", "flags"):
+        out[f] = k[f]
+    count = v["count"]
+    out["count"] = np.minimum(count, np.iinfo(np.uint32).max)
+    untimed = v["untimed"].astype(np.int64)
+    out["latency"] = np.minimum(np.round(v["latency"] / np.maximum(count - untimed, 1)),
+                                np.iinfo(np.uint32).max)
+    out["untimed"] = np.minimum(untimed, out["count"])
+    return out
+
+
 def with_runs(keys: np.ndarray, values: np.ndarray,
               runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Entries (keys, values of shape (entries, parts), as merge takes
@@ -134,7 +157,7 @@ class SummaryReader:
         # layout.SUMMARY_RUN), read at every drain, held until their slot is
         # drained: rows of their own
         self.ring = ring
-        self._spilled = np.zeros(0, layout.SUMMARY_RUN)
+        self._spilled: list[np.ndarray] = []
         self._sleeping = sleeping    # the slots of counted faults still asleep
         self.ncpus = table.ncpus
         self.runs = runs
@@ -164,7 +187,7 @@ class SummaryReader:
         (BPF holding them) and merged with the entries of their keys."""
         current = now_ns >> SLOT_SHIFT
         if self.ring is not None and not final:   # kept from filling between drains
-            self._spilled = np.concatenate([self._spilled, self.ring.read()])
+            self._spilled.append(self.ring.read())
         if not final and current == self._slot:
             return np.zeros(0, ROW)
         self._slot = current
@@ -182,7 +205,7 @@ class SummaryReader:
             cut = min(cut, int(min(asleep)))
         self.drained_to = now_ns if final else cut << SLOT_SHIFT
         if self.ring is not None:   # after the runs: a run flushed since is in it
-            self._spilled = np.concatenate([self._spilled, self.ring.read()])
+            self._spilled.append(self.ring.read())
         raw_keys, raw_values, n = self.table.lookup_batch()
         keys = np.frombuffer(raw_keys, layout.SUMMARY_KEY, count=n)
         values = np.frombuffer(raw_values, _slot_dtype(self.table, layout.SUMMARY),
@@ -196,12 +219,15 @@ class SummaryReader:
             keys, values = with_runs(keys, values, runs)
             self._clear_runs()
         rows = merge(keys, values)
-        if len(self._spilled):
-            out = np.ones(len(self._spilled), bool) if final else self._spilled["key"]["slot"] < cut
+        spilled = np.concatenate(self._spilled) if self._spilled else ()
+        if len(spilled):
+            out = np.ones(len(spilled), bool) if final else spilled["key"]["slot"] < cut
+            self._spilled = [spilled[~out]] if not out.all() else []
             if out.any():
-                spilled, self._spilled = self._spilled[out], self._spilled[~out]
-                rows = np.concatenate([rows, merge(spilled["key"], spilled["v"][:, None])])
+                rows = np.concatenate([rows, run_rows(spilled[out])])
                 rows = rows[np.argsort(rows["ts"], kind="stable")]
+        else:
+            self._spilled = []
         self.faults += int(rows["count"].sum())
         return rows
 

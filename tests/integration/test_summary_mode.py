@@ -268,10 +268,12 @@ def test_summary_runs_the_full_map_cannot_take_come_through_the_ring(workloads, 
 
 def test_summary_counts_every_fault_of_a_syscall_heavy_load(workloads, tmp_path):
     """malloc churn (three actors, ~230k memory syscalls): nearly every
-    fault is a key of its own; the faults counted equal the kernel's for
-    the tree, and the run loses nothing."""
+    fault is a key of its own, and its run of one fault goes through the
+    summary_runs ring; the faults counted equal the kernel's for the tree,
+    and the run loses nothing."""
     proc, t = run_memtrace(["--faults=summary", "--", workloads["churn"], "30000"], tmp_path)
     ev, meta = t.events, t.meta
     _clean(meta)
     f = _assert_tree_counted_as_wait4(ev, meta)
     assert meta["counters"]["summary_faults"] == _n(f), meta["counters"]
+    assert counter(meta, "summary_ring") > _n(f) // 2, meta["counters"]
