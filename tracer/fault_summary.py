@@ -16,10 +16,11 @@ while). At the end of the run, with no process traced any more, BPF stops
 flushing at task switches (MT_CFG_SUMMARY_HOLD), and every slot is drained
 with the runs still on the CPUs merged in.
 
-A run the full map cannot take (a load whose every fault is a key of its
-own: each memory syscall is a new layout generation) comes through the
-`summary_runs` ring instead, read at every drain and held until its slot
-is drained: a row of its own.
+A run of one fault whose key the map does not hold (on a load whose every
+fault is a key of its own: each memory syscall is a new layout generation),
+and a run the full map cannot take, come through the `summary_runs` ring
+instead, read at every drain and held until its slot is drained: a row of
+its own.
 
 Each entry becomes one `fault` row with `count` (docs/format.md): the
 values of one key (the hash's and the runs') are merged (counts, latencies
@@ -65,51 +66,49 @@ def merge(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     keep = count > 0
     keys, values, count = keys[keep], values[keep], count[keep]
     n = len(keys)
-    out = np.zeros(n, ROW)
     if not n:
-        return out
+        return np.zeros(0, ROW)
+    # the parts of each entry as one value: sums, or-ed bitmaps, the first
+    # fault's time, address, ip and thread
+    v = np.zeros(n, layout.SUMMARY)
     seen = values["first_ts"] > 0                # CPUs that counted a fault of it
     first = np.where(seen, values["first_ts"], np.iinfo(np.uint64).max)
     cpu = first.argmin(axis=1)                   # the CPU of the first fault
     rows = np.arange(n)
-    out["ts"] = first[rows, cpu]
-    out["last_ts"] = np.where(seen, values["last_ts"], 0).max(axis=1)
+    v["first_ts"] = first[rows, cpu]
+    v["last_ts"] = np.where(seen, values["last_ts"], 0).max(axis=1)
     for f in ("addr", "ip", "tid"):
-        out[f] = values[f][rows, cpu]
-    out["pid"] = keys["pid"]
-    out["count"] = np.minimum(count, np.iinfo(np.uint32).max)
-    # the mean over the major faults whose start was read exactly (untimed:
-    # the others, bpf/memtrace.h mt_summary)
-    untimed = values["untimed"].sum(axis=1)
-    timed = np.maximum(count - untimed, 1)
-    latency = values["latency"].sum(axis=1)
-    out["latency"] = np.minimum(np.round(latency / timed), np.iinfo(np.uint32).max)
-    out["untimed"] = np.minimum(untimed, out["count"])
-    out["error_code"] = keys["error_code"]
-    out["flags"] = keys["flags"]
-    out["pages"] = np.bitwise_or.reduce(values["pages"], axis=1)
-    for f in _RSS:
-        out[f] = values[f].sum(axis=1)
-    out["alloc"] = values["alloc"].sum(axis=1)
+        v[f] = values[f][rows, cpu]
+    v["count"] = count
+    for f in ("untimed", "latency", "alloc") + _RSS:
+        v[f] = values[f].sum(axis=1)
+    v["pages"] = np.bitwise_or.reduce(values["pages"], axis=1)
+    out = _rows(keys, v)
     return out[np.argsort(out["ts"], kind="stable")]
 
 
 def run_rows(runs: np.ndarray) -> np.ndarray:
     """Runs of the ring (layout.SUMMARY_RUN), each a row of its own -> ROW
-    records, field by field (what merge() makes of entries of one part,
-    without its per-part reductions: a drain of a syscall-heavy load holds
-    tens of thousands), not sorted."""
+    records, not sorted: what merge() makes of entries of one part, without
+    its reductions over parts (a drain of a syscall-heavy load holds tens of
+    thousands)."""
     runs = runs[runs["v"]["count"] > 0]
-    k, v = runs["key"], runs["v"]
-    out = np.zeros(len(runs), ROW)
-    out["ts"] = v["first_ts"]                   # > 0: a run's first fault's time
+    return _rows(runs["key"], runs["v"])
+
+
+def _rows(keys: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One value per entry (layout.SUMMARY, count > 0) and its key -> ROW."""
+    out = np.zeros(len(keys), ROW)
+    out["ts"] = v["first_ts"]
     out["last_ts"] = v["last_ts"]
     for f in ("addr", "ip", "tid", "pages", "alloc") + _RSS:
         out[f] = v[f]
     for f in ("pid", "error_code", "flags"):
-        out[f] = k[f]
+        out[f] = keys[f]
     count = v["count"]
     out["count"] = np.minimum(count, np.iinfo(np.uint32).max)
+    # the mean over the major faults whose start was read exactly (untimed:
+    # the others, bpf/memtrace.h mt_summary)
     untimed = v["untimed"].astype(np.int64)
     out["latency"] = np.minimum(np.round(v["latency"] / np.maximum(count - untimed, 1)),
                                 np.iinfo(np.uint32).max)
@@ -153,7 +152,7 @@ class SummaryReader:
     def __init__(self, table, runs=None, hold: Callable[[], None] | None = None,
                  sleeping: Callable[[], np.ndarray] | None = None, ring=None) -> None:
         self.table = table
-        # runs the full map could not take (a tracer.ringbuf.RingReader of
+        # runs not in the map (a tracer.ringbuf.RingReader of
         # layout.SUMMARY_RUN), read at every drain, held until their slot is
         # drained: rows of their own
         self.ring = ring

@@ -102,7 +102,7 @@ class Probes:
         self._loaded = self._load(cflags, cache)
         self._maps = self._loaded.maps
         self.rings: dict[str, RingReader] = {}
-        # --faults=summary: the runs the full map could not take (read by
+        # --faults=summary: the runs not in the map (read by
         # tracer.fault_summary, not with the rings above)
         self.summary_runs: RingReader | None = None
         self._closed = False

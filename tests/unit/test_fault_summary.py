@@ -241,7 +241,7 @@ def _spilled(key: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def test_runs_the_full_map_sent_to_the_ring_are_rows_once_their_slot_is_drained(monkeypatch):
-    """A run the full map could not take comes through the ring: read at
+    """A run not in the map comes through the ring: read at
     every drain (so the ring does not fill between slots), held while its
     slot may still be added to, then a row of its own, in time order with
     the map's rows; at the end every one held is a row. Nothing is lost."""
@@ -261,3 +261,22 @@ def test_runs_the_full_map_sent_to_the_ring_are_rows_once_their_slot_is_drained(
     rows = r.drain(14 << shift, final=True)
     assert [(int(x["pid"]), int(x["count"])) for x in rows] == [(2, 7), (2, 1)]
     assert r.faults == 13
+
+
+def test_a_ring_run_is_the_row_merge_makes_of_it():
+    """run_rows (the ring's runs, each a row of its own) against merge() of
+    the same runs as entries of one part: the same rows, random values."""
+    rng = np.random.default_rng(7)
+    runs = np.zeros(500, layout.SUMMARY_RUN)
+    for f in runs["key"].dtype.names:
+        runs["key"][f] = rng.integers(0, 1000, len(runs))
+    for f in runs["v"].dtype.names:
+        runs["v"][f] = rng.integers(0, 5000, len(runs)).astype(runs["v"].dtype[f])
+    runs["v"]["count"] = rng.integers(-1, 40, len(runs))     # not every one counts
+    runs["v"]["first_ts"] = rng.integers(1, 1 << 40, len(runs))
+    runs["v"]["untimed"] = np.minimum(runs["v"]["untimed"], np.maximum(runs["v"]["count"], 0))
+    rows = fault_summary.run_rows(runs)
+    rows = rows[np.argsort(rows["ts"], kind="stable")]
+    expected = merge(runs["key"], runs["v"][:, None])
+    assert len(rows) == int((runs["v"]["count"] > 0).sum()) == len(expected)
+    assert (rows == expected).all()
