@@ -5,6 +5,7 @@ times, and prints the median ratio of the workload's own time (fork to exit,
 measured by scripts/fork_exit_timer.c inside the traced tree, so a tracer's
 start-up is excluded) to the untraced run, with the spread (min..max), and
 the whole-run ratio (start-up and teardown included) beside it; under it,
+a 95% confidence interval of the paired ratio's median (`median_ci`), and
 each tracer's own CPU time and peak resident memory (its process's, not
 its children's: /proc/PID/stat at its exit, VmHWM every 50 ms), medians.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -111,6 +113,25 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 
 
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A confidence interval for the median of `xs`, free of any assumed
+    distribution: the order statistics k and n-k+1 (1-based), k the largest
+    with P(Binomial(n, 1/2) < k) <= (1-level)/2 (so at least `level`
+    covered). Fewer than 6 values: their range (no such k)."""
+    xs = sorted(xs)
+    n = len(xs)
+    tail, k = 0.0, 0
+    while k < n // 2:
+        p = math.comb(n, k) / 2 ** n       # P(B = k)
+        if tail + p > (1 - level) / 2:
+            break
+        tail += p
+        k += 1
+    if k == 0:
+        return xs[0], xs[-1]
+    return xs[k - 1], xs[n - k]
 
 
 def _tracer_on_path() -> None:
@@ -273,12 +294,15 @@ def main() -> int:
                               "max": max(ratios), "whole_run_ratio": statistics.median(walls),
                               "cpu_ratio": statistics.median(cpus),
                               "paired_ratio": statistics.median(paired),
+                              "paired_ci95": median_ci(paired),
                               "tracer_cpu_s": own_cpu, "tracer_peak_bytes": own_peak}
                 print(f"  {tname:<14} {statistics.median(ratios):5.2f}x  "
                       f"({min(ratios):.2f}..{max(ratios):.2f})  cpu "
                       f"{statistics.median(cpus):5.2f}x  paired {statistics.median(paired):5.2f}x  "
                       f"whole run {statistics.median(walls):5.2f}x")
-                print(f"  {'':<14} its own: {own_cpu:.2f} s CPU, peak {own_peak / 2**20:.0f} MiB"
+                lo, hi = median_ci(paired)
+                print(f"  {'':<14} paired 95% CI {lo:.2f}..{hi:.2f}; its own: {own_cpu:.2f} s CPU, "
+                      f"peak {own_peak / 2**20:.0f} MiB"
                       + (" (its whole run)" if tr[tname][-1:] == [ALL] else ""))
             if stats:
                 print(f"  memtrace captured {stats['faults']:,} faults, kernel "

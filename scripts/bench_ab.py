@@ -1,20 +1,23 @@
 """Two tracers (or a tracer and none) compared on one workload, run after
-run: the paired ratio B/A of the workload's CPU time.
+run: the paired ratio B/A of the workload's time, fork to exit and CPU.
 
 On this kind of VM a workload's time moves +-15% from one run to the next
 whatever traces it, so a difference of a few percent between two memtrace
 variants drowns in `scripts/bench`'s medians. Here A and B alternate (ABBA),
-each pair gives B/A, and the median of many pairs with its quartiles is
-printed. Tracer names are scripts/bench's (`untraced`, `memtrace`,
+each pair gives B/A, and the median of many pairs is printed with its
+quartiles and a 95% confidence interval (bench.median_ci: distribution-free,
+from the order statistics), for the workload's time from fork to exit and
+for its CPU time, both read from the same runs. Tracer names are scripts/bench's (`untraced`, `memtrace`,
 `memtrace-latency`, `memtrace-norss`, `memtrace-summary`, ...); `untraced
 untraced` gives the spread of the measure itself (A/A).
 
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
-         [--args "64 8"] A B [A B ...]
+         [--args "64 8"] [--json F] A B [A B ...]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -29,32 +32,38 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--workload", default="faults")
     ap.add_argument("--args", default="64 8", help="the workload's arguments")
-    ap.add_argument("--measure", choices=("cpu", "workload"), default="cpu",
-                    help="the workload's CPU time, or its time from fork to exit")
+    ap.add_argument("--json", help="write every pair's times here")
     ap.add_argument("tracers", nargs="+", help="A B [A B ...]")
     args = ap.parse_args()
     if len(args.tracers) % 2:
         ap.error("tracers come in pairs: A B")
+    out = []
     with tempfile.TemporaryDirectory(prefix="memtrace-ab-") as d:
         tmp = Path(d)
         exes = bench.build(tmp)
         cmd = [*bench.workloads(exes, tmp)[args.workload][:1], *args.args.split()]
         tr = bench.tracers(tmp)
         for a, b in zip(args.tracers[::2], args.tracers[1::2]):
-            ratios, ta, tb = [], [], []
+            pairs = []
             for i in range(args.pairs):
                 t = {}
                 # by position, so that `untraced untraced` measures the noise (A/A)
                 for pos in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"],
-                                            cmd)[args.measure]
-                ratios.append(t[1] / t[0])
-                ta.append(t[0])
-                tb.append(t[1])
-            q = statistics.quantiles(ratios, n=4)
-            print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
-                  f"(quartiles {q[0]:.3f}..{q[2]:.3f}; {a} {statistics.median(ta):.3f} s, "
-                  f"{b} {statistics.median(tb):.3f} s {args.measure}; {args.pairs} pairs)", flush=True)
+                    t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"], cmd)
+                pairs.append(t)
+            for measure in ("workload", "cpu"):
+                ratios = [t[1][measure] / t[0][measure] for t in pairs]
+                q = statistics.quantiles(ratios, n=4)
+                lo, hi = bench.median_ci(ratios)
+                print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
+                      f"{measure} (95% CI {lo:.3f}..{hi:.3f}, quartiles {q[0]:.3f}..{q[2]:.3f}; "
+                      f"{a} {statistics.median(t[0][measure] for t in pairs):.3f} s, "
+                      f"{b} {statistics.median(t[1][measure] for t in pairs):.3f} s; "
+                      f"{args.pairs} pairs)", flush=True)
+            out.append({"workload": args.workload, "args": args.args, "a": a, "b": b,
+                        "pairs": [[t[0], t[1]] for t in pairs]})
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -197,3 +197,9 @@ def test_take_by_numpy_is_arrows_take():
     theirs = table.take(pa.array(order))
     assert ours.equals(theirs.cast(ours.schema))
     assert any(c.null_count for c in ours.columns) and ours.column("major").null_count < len(order)
+    # the held rows' copy: a slice starting inside a chunk, at a bit offset
+    rest = table.slice(61).unify_dictionaries()
+    assert writer._take(rest, np.arange(rest.num_rows)).equals(rest.cast(ours.schema))
+    # a chunk of its own dictionary (not unified) is taken as well
+    mixed = pa.Table.from_batches(batches)
+    assert writer._take(mixed, order).equals(theirs.cast(ours.schema))
