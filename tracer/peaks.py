@@ -144,8 +144,7 @@ def _bits(ch: pa.Array) -> np.ndarray:
     buf = ch.buffers()[0]
     if buf is None:
         return np.full(len(ch), ch.null_count == 0)
-    bits = np.unpackbits(np.frombuffer(buf, np.uint8), bitorder="little")
-    return bits[ch.offset:ch.offset + len(ch)].astype(bool)
+    return trace_schema.bits(buf, ch.offset, len(ch))
 
 
 def resident(c: Rows, page: int) -> tuple[dict, tuple | None]:

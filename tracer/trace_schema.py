@@ -104,6 +104,19 @@ def null_array(n: int, typ: pa.DataType) -> pa.Array:
     return pa.Array.from_buffers(typ, n, [z, z], null_count=n)
 
 
+def bits(buf: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """n bits of an Arrow bitmap (validity, or a bool column's values) from
+    bit `offset`, as bools. Only the bytes holding them are unpacked: a
+    column's chunk may be a slice of a whole flush's buffer (a spill batch
+    of tracer.writer), and every column of nulls shares one large buffer
+    of zeros (null_array): a null chunk of 65,536 rows took 2.0 ms unpacked
+    whole beside a 1.6 MB buffer, 0.018 ms so (/tmp microbenchmark)."""
+    first = offset >> 3
+    raw = np.frombuffer(buf, np.uint8, count=((offset + n + 7) >> 3) - first, offset=first)
+    start = offset & 7
+    return np.unpackbits(raw, count=start + n, bitorder="little")[start:].view(bool)
+
+
 def plain_schema(schema: pa.Schema) -> pa.Schema:
     """`schema` with plain strings for its dictionary columns (as in CSV)."""
     return pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type)

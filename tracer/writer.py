@@ -29,8 +29,8 @@ from tracer.parquet_stream import regroup as _regroup
 from tracer.peaks import COLUMNS as PEAKS_COLUMNS
 from tracer.peaks_stream import PeaksStream
 from tracer.spill_follower import Follower
-from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, null_array, numpy_view,
-                                 plain_schema)
+from tracer.trace_schema import (NUMPY_TYPES, SCHEMA, arrow_array, bits, null_array,
+                                 numpy_view, plain_schema)
 
 META_KEY = b"memtrace"
 PARTIAL_SUFFIX = ".partial"
@@ -255,8 +255,7 @@ def _take_array(a: pa.Array, rows: np.ndarray) -> pa.Array:
 def _bits(buf: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
     if buf is None:
         return np.zeros(n, bool)
-    bits = np.unpackbits(np.frombuffer(buf, np.uint8), bitorder="little")
-    return bits[offset:offset + n].astype(bool)
+    return bits(buf, offset, n)
 
 
 def _in_order(ts: list[np.ndarray]) -> bool:
