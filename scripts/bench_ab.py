@@ -7,9 +7,10 @@ variants drowns in `scripts/bench`'s medians. Here A and B alternate (ABBA),
 each pair gives B/A, and the median of many pairs is printed with its
 quartiles and a 95% confidence interval (bench.median_ci: distribution-free,
 from the order statistics), for the workload's time from fork to exit and
-for its CPU time, both read from the same runs. Tracer names are scripts/bench's (`untraced`, `memtrace`,
-`memtrace-latency`, `memtrace-norss`, `memtrace-summary`, ...); `untraced
-untraced` gives the spread of the measure itself (A/A).
+for its CPU time, both read from the same runs. Tracer names are
+scripts/bench's (`untraced`, `memtrace`, `memtrace-latency`,
+`memtrace-norss`, `memtrace-summary`, ...); `untraced untraced` gives the
+spread of the measure itself (A/A).
 
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
          [--args "64 8"] [--json F] A B [A B ...]

@@ -12,7 +12,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 import tracer
-from tracer import layout, ringbuf, trace_rows, writer
+from tracer import layout, ringbuf, trace_rows, trace_schema, writer
 from tracer.errors import OutputError
 
 C = layout.C
@@ -203,3 +203,17 @@ def test_take_by_numpy_is_arrows_take():
     # a chunk of its own dictionary (not unified) is taken as well
     mixed = pa.Table.from_batches(batches)
     assert writer._take(mixed, order).equals(theirs.cast(ours.schema))
+
+
+def test_bits_are_the_bitmaps_bits_from_any_offset():
+    """trace_schema.bits unpacks only the bytes it needs, and gives the
+    same bits as the whole bitmap unpacked: any offset, any length (0
+    too), at the buffer's end."""
+    rng = np.random.default_rng(11)
+    raw = rng.integers(0, 256, 37, dtype=np.uint8)
+    buf = pa.py_buffer(raw.tobytes())
+    whole = np.unpackbits(raw, bitorder="little").astype(bool)
+    for offset in (0, 1, 7, 8, 13, 200, 295, 296):
+        for n in (0, 1, 5, 8, 9, 64, len(whole) - offset):
+            if offset + n <= len(whole):
+                assert trace_schema.bits(buf, offset, n).tolist() == whole[offset:offset + n].tolist()
