@@ -1,5 +1,3 @@
-import sys
+from tracer.cli import run
 
-from tracer.cli import main
-
-sys.exit(main())
+run()

@@ -39,7 +39,7 @@ from tracer import _procfs, cmd_stop, layout, pending_faults, system, trace_rows
 from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
-from tracer.capture_procs import as_whom, release_held, resume, user_args
+from tracer.capture_procs import ExitWatch, as_whom, release_held, resume, user_args
 from tracer.fault_summary import SummaryReader
 from tracer.errors import NoSuchProcess, UsageError
 from tracer.layout import EVENT, C
@@ -163,6 +163,7 @@ def run(opts: Options, say: Say,
     live_pids: set[int] = set()
     held: set[int] = set()        # stopped by BPF at exec, not yet continued
     child: subprocess.Popen | None = None
+    exit_watch: ExitWatch | None = None
     ending: cmd_stop.Ending | None = None
     started = False
     sampler = Sampler(opts.rss_interval) if opts.rss_interval is not None else None
@@ -226,6 +227,8 @@ def run(opts: Options, say: Say,
         poller = select.epoll()
         for fd in probes.ring_fds():
             poller.register(fd, select.EPOLLIN)
+        if child is not None:
+            exit_watch = ExitWatch(poller, child.pid)
         deadline = time.monotonic() + opts.duration if opts.duration else None
         def drain(final: bool = False) -> None:
             first = len(pending)
@@ -255,8 +258,8 @@ def run(opts: Options, say: Say,
         while True:
             poller.poll(opts.poll_interval)
             drain()
-            if child is not None and res.exit_status is None:
-                reap(child.pid, res)
+            if child is not None and res.exit_status is None and reap(child.pid, res):
+                exit_watch.close()
             now = time.monotonic()
             if sampler is not None and sampler.due(now):
                 sampler.read(live_pids)
@@ -336,6 +339,8 @@ def run(opts: Options, say: Say,
             spill.abandon()
         raise
     finally:
+        if exit_watch is not None:
+            exit_watch.close()
         _restore(old)
         release_held(probes, held, opts.stop_at_exec)
         probes.close()

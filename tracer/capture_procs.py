@@ -5,6 +5,7 @@ maps are read) continued, however the capture ends (README "Guarantees").
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 
@@ -22,6 +23,31 @@ def user_args(run_as: tuple[int, int, list[int]] | None) -> dict:
 
 def as_whom(run_as: tuple[int, int, list[int]] | None) -> str:
     return "" if run_as is None else f" as uid {run_as[0]}"
+
+
+class ExitWatch:
+    """A pidfd of CMD in the capture's epoll set: readable once CMD has
+    exited, so the loop reaps it then, not at its next poll timeout (up to
+    `poll_interval` later, the end's largest wait before: its exit event
+    comes before it can be reaped). Unregistered once CMD is reaped (a pidfd
+    stays readable). Without pidfd_open (Linux < 5.3) the timeout serves."""
+
+    def __init__(self, poller: select.epoll, pid: int) -> None:
+        self._poller = poller
+        try:
+            self.fd: int | None = os.pidfd_open(pid)
+            poller.register(self.fd, select.EPOLLIN)
+        except (OSError, AttributeError):
+            self.fd = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                self._poller.unregister(self.fd)
+            except (OSError, ValueError):
+                pass
+            os.close(self.fd)
+            self.fd = None
 
 
 def release_held(probes: Probes, held: set[int], stop_at_exec: bool) -> None:
