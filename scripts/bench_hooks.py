@@ -4,13 +4,15 @@ Whole-run ratios on this kind of VM move +-15% from one run to the next, so
 a hook is measured in paired runs: the workload (tests/workloads/faults.c,
 64 MiB x 8 by default) runs with the hook on and off, in alternating order,
 N times, and the median of the per-pair ratios of its CPU time is printed
-with the quartiles. Perf-event and tracepoint hooks are switched with
+with its 95% confidence interval (bench.median_ci) and the quartiles. Perf-event and tracepoint hooks are switched with
 PERF_EVENT_IOC_ENABLE/DISABLE, raw tracepoints attached and detached.
 
     sudo .venv/bin/python scripts/bench_hooks.py [--pairs 30] [HOOK ...]
 
 HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
-alloc (raw mm_page_alloc), sys_enter, sys_exit (raw), rss (the kmem:rss_stat
+alloc (raw mm_page_alloc), sys_enter, sys_exit (raw), count (page_fault_user
+with the least an exact per-block fault count does: a filter lookup and a
+hash entry per 64 KiB block), rss (the kmem:rss_stat
 tracepoint, attached and detached: a bpf-attached tracepoint's program runs
 while the event is disabled by ioctl), switch (sched:sched_switch); hooks
 joined by + are switched together (memtrace's default set:
@@ -29,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import median_ci  # noqa: E402  (scripts/bench.py)
 PROGRAMS = r"""
 #include <uapi/linux/bpf_perf_event.h>
 BPF_PERCPU_ARRAY(cnt, u64, 1);
@@ -36,10 +40,34 @@ static __always_inline int bump(void) { int i = 0; u64 *c = cnt.lookup(&i); if (
 int on_perf(struct bpf_perf_event_data *ctx) { return bump(); }
 int on_raw(struct bpf_raw_tracepoint_args *ctx) { return bump(); }
 int on_tp(void *ctx) { return bump(); }
+
+/* "count": the least a fault summary counted exactly in BPF does at a
+ * fault's entry: the process's filter looked up (a hash: nothing is
+ * traced here, so every fault goes on as if it were), then the fault added
+ * to its (process, 64 KiB block) entry of a hash, made at the block's
+ * first fault. No clock, no access type, no run kept per CPU. */
+BPF_HASH(traced, u32, u32, 1024);
+struct block_key { u32 pid; u32 pad; u64 block; };
+BPF_HASH(blocks, struct block_key, u64, 131072);
+int on_count(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *t = traced.lookup(&tgid);
+    if (t && *t == 0)
+        return 0;
+    struct block_key k = {.pid = tgid, .block = ctx->args[0] >> 16};
+    u64 *c = blocks.lookup(&k);
+    if (c) {
+        __sync_fetch_and_add(c, 1);
+        return 0;
+    }
+    u64 one = 1;
+    blocks.insert(&k, &one);
+    return 0;
+}
 """
 PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
 RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter",
-       "sys_exit": b"sys_exit"}
+       "sys_exit": b"sys_exit", "count": b"page_fault_user"}
 TRACEPOINTS = {"rss": b"kmem:rss_stat", "switch": b"sched:sched_switch"}
 
 
@@ -91,8 +119,10 @@ def main() -> int:
             switch(False)
             b.cleanup()
             q = statistics.quantiles(ratios, n=4)
+            lo, hi = median_ci(ratios)
             print(f"{args.workload}: {hook:10s} paired median {statistics.median(ratios):.3f}x "
-                  f"(quartiles {q[0]:.3f}..{q[2]:.3f}), on {statistics.median(on_t):.3f} s, "
+                  f"(95% CI {lo:.3f}..{hi:.3f}, quartiles {q[0]:.3f}..{q[2]:.3f}), "
+                  f"on {statistics.median(on_t):.3f} s, "
                   f"off {statistics.median(off_t):.3f} s, {args.pairs} pairs")
     return 0
 
@@ -114,7 +144,10 @@ def _switch(b, hook: str, PerfType):
         if on == state["on"]:
             return
         if hook in RAW and on:
-            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_raw")
+            if hook == "count":       # each run's blocks counted afresh
+                b[b"blocks"].clear()
+            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_count" if hook == "count"
+                                    else b"on_raw")
         elif hook in RAW:
             b.detach_raw_tracepoint(tp=RAW[hook])
         elif on:
