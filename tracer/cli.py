@@ -70,8 +70,8 @@ def run() -> NoReturn:
     """The console entry (`memtrace`, `python -m tracer`): main's status,
     then out at once, after the atexit handlers and a flush of stdout and
     stderr. The interpreter's own teardown (every module and object freed:
-    30-35 ms after a trace of 460k rows here, against 4-5 ms this way,
-    /tmp measurement in docs/benchmarks.md) would come after the last
+    30-35 ms after a trace of 460k rows here, against 4-5 ms this way:
+    docs/benchmarks.md, eleventh session) would come after the last
     traced exit and count in memtrace's end. Every file memtrace writes is
     closed by then; a SystemExit (--help) leaves the usual way."""
     status = main()
