@@ -4,17 +4,18 @@ Whole-run ratios on this kind of VM move +-15% from one run to the next, so
 a hook is measured in paired runs: the workload (tests/workloads/faults.c,
 64 MiB x 8 by default) runs with the hook on and off, in alternating order,
 N times, and the median of the per-pair ratios of its CPU time is printed
-with its 95% confidence interval (bench.median_ci) and the quartiles. Perf-event and tracepoint hooks are switched with
-PERF_EVENT_IOC_ENABLE/DISABLE, raw tracepoints attached and detached.
+with its 95% confidence interval (bench.median_ci) and the quartiles.
+Perf-event and tracepoint hooks are switched with PERF_EVENT_IOC_ENABLE/
+DISABLE, raw tracepoints attached and detached.
 
     sudo .venv/bin/python scripts/bench_hooks.py [--pairs 30] [HOOK ...]
 
 HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
 alloc (raw mm_page_alloc), sys_enter, sys_exit (raw), count (page_fault_user
 with the least an exact per-block fault count does: a filter lookup and a
-hash entry per 64 KiB block), rss (the kmem:rss_stat
-tracepoint, attached and detached: a bpf-attached tracepoint's program runs
-while the event is disabled by ioctl), switch (sched:sched_switch); hooks
+hash entry per 64 KiB block), rss (the kmem:rss_stat tracepoint, attached
+and detached: a bpf-attached tracepoint's program runs while the event is
+disabled by ioctl), switch (sched:sched_switch); hooks
 joined by + are switched together (memtrace's default set:
 entry+rss+sys_enter+sys_exit+switch). --workload picks the program and its
 arguments: "faults 64 8" (default) or "churn 30000".
