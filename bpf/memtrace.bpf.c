@@ -768,12 +768,13 @@ static __always_inline int open_exit(struct syscall_entry *e, u32 tgid, u32 tid,
  * (PAGE_FAULTS_MAJ), with its latency.
  *
  * A fault is counted in this CPU's run (summary_acc): the CPU's consecutive
- * faults of one key, with plain per-CPU writes. The run is added to the
- * key's fault_summary entry (flushed: a lookup, an insert if new, atomic
- * adds) when a fault of another key comes on this CPU (a new 67 ms slot is
- * another key), and at every task switch (so a run never waits on an idle
- * CPU, and a fault that sleeps or moves to another CPU is in the hash by
- * then). Resident-set changes inside a fault still in the run go to the
+ * faults of one key, with plain per-CPU writes. The run is flushed when a
+ * fault of another key comes on this CPU (a new 67 ms slot is another key),
+ * and at every task switch (so a run never waits on an idle CPU, and a
+ * fault that sleeps or moves to another CPU is in the hash by then): to the
+ * summary_runs ring when no fault of it is open (see summary_flush), else
+ * added to the key's fault_summary entry (a lookup, an insert if new,
+ * atomic adds). Resident-set changes inside a fault still in the run go to the
  * run; a major fault's move takes it from the run, or from the hash if its
  * run was flushed. MT_CNT_SUMMARY_FAULTS counts at entry what the run
  * holds; a failed flush (map full) moves the run's count to
@@ -884,6 +885,18 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 	acc->fast = 0;
 	if (!a->count && !(a->rss_file | a->rss_anon | a->rss_swap | a->rss_shmem))
 		return;    /* its faults were all moved to major entries */
+	/* a run of several faults, none still open (so no major fault's end
+	 * will look for it): a row of its own through the ring, the hash not
+	 * touched. A hash entry made or found costs a fault-heavy load far
+	 * more than a ring record: a new key's insert is cache and TLB misses
+	 * in a map of 131072 entries while the load zeroes pages (64 MiB x 8,
+	 * a run per 64 KiB block, scripts/bench_hooks.py: an empty hook
+	 * 1.021x, a per-CPU run flushed into a hash 1.068x, into a ring
+	 * 1.029x; docs/benchmarks.md, twelfth session). Runs of one fault stay
+	 * with the hash when it holds their key: one row per fault is what the
+	 * map is there to spare. */
+	if (a->count > 1 && !run_open(acc) && send_run(acc))
+		return;
 	struct mt_summary *v = fault_summary.lookup(&acc->key);
 	if (!v) {
 		/* one fault of a key the map does not hold, none still open: a

@@ -16,11 +16,13 @@ while). At the end of the run, with no process traced any more, BPF stops
 flushing at task switches (MT_CFG_SUMMARY_HOLD), and every slot is drained
 with the runs still on the CPUs merged in.
 
-A run of one fault whose key the map does not hold (on a load whose every
-fault is a key of its own: each memory syscall is a new layout generation),
-and a run the full map cannot take, come through the `summary_runs` ring
-instead, read at every drain and held until its slot is drained: a row of
-its own.
+A run of several faults none of which is still open (the common case: a
+first touch of a block's pages; a ring record costs a fault-heavy load a
+fraction of a hash entry), a run of one fault whose key the map does not
+hold (on a load whose every fault is a key of its own: each memory syscall
+is a new layout generation), and a run the full map cannot take, come
+through the `summary_runs` ring instead, read at every drain and held until
+its slot is drained: a row of its own.
 
 Each entry becomes one `fault` row with `count` (docs/format.md): the
 values of one key (the hash's and the runs') are merged (counts, latencies
