@@ -448,19 +448,28 @@ static __always_inline void close_thread_fault(u32 tid)
 static __always_inline void summary_switch(void);
 static __always_inline void park_syscall(u32 tid);
 
-TRACEPOINT_PROBE(sched, sched_switch)
+/* A raw tracepoint: no perf trace buffer filled with both tasks' names,
+ * pids and priorities at every switch of the machine. TP_PROTO(bool
+ * preempt, struct task_struct *prev, struct task_struct *next, unsigned int
+ * prev_state) (include/trace/events/sched.h, prev_state last since 5.18):
+ * __schedule calls it before context_switch, so the current task is still
+ * prev (its pid is bpf_get_current_pid_tgid's: no task_struct read), and
+ * prev_state is an integer. */
+RAW_TRACEPOINT_PROBE(sched_switch)
 {
+	u32 prev_pid = (u32)bpf_get_current_pid_tgid();
+	u64 prev_state = ctx->args[3];
 	summary_switch();
-	if (args->prev_pid)
-		park_syscall(args->prev_pid);
+	if (prev_pid)
+		park_syscall(prev_pid);
 	int zero = 0;
 	struct fault_slot *fs = fault_slot.lookup(&zero);
-	if (!fs || !fs->active || fs->tid != (u32)args->prev_pid || !args->prev_pid)
+	if (!fs || !fs->active || fs->tid != prev_pid || !prev_pid)
 		return 0;
-	u32 tid = args->prev_pid;
+	u32 tid = prev_pid;
 	s64 *n = parked_count();
 	if (fs->state == MT_STATE_TRACED && n) {
-		if (args->prev_state & 3)   /* TASK_(UN)INTERRUPTIBLE: it sleeps, not preempted */
+		if (prev_state & 3)   /* TASK_(UN)INTERRUPTIBLE: it sleeps, not preempted */
 			fs->slept = 1;
 		if (parked.update(&tid, fs) == 0) {   /* a copy, still active */
 			__sync_fetch_and_add(n, 1);

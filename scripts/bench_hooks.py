@@ -13,12 +13,14 @@ DISABLE, raw tracepoints attached and detached.
 HOOK: min (PAGE_FAULTS_MIN perf event), maj, entry (raw page_fault_user),
 alloc (raw mm_page_alloc), sys_enter, sys_exit (raw), count (page_fault_user
 with the least an exact per-block fault count does: a filter lookup and a
-hash entry per 64 KiB block), rss (the kmem:rss_stat tracepoint, attached
-and detached: a bpf-attached tracepoint's program runs while the event is
-disabled by ioctl), switch (sched:sched_switch); hooks
-joined by + are switched together (memtrace's default set:
-entry+rss+sys_enter+sys_exit+switch). --workload picks the program and its
-arguments: "faults 64 8" (default) or "churn 30000".
+hash entry per 64 KiB block), run and runring (a per-CPU run of one
+block's consecutive faults, flushed into that hash or to a ring), rss
+(the kmem:rss_stat tracepoint, attached and detached: a bpf-attached
+tracepoint's program runs while the event is disabled by ioctl), switch
+(sched:sched_switch), raw_switch (raw sched_switch); hooks joined by + are
+switched together (memtrace's default set: entry+rss+sys_enter+sys_exit+
+raw_switch). --workload picks the program and its arguments: "faults 64 8"
+(default), "churn 30000", "filemajor PATH".
 """
 from __future__ import annotations
 
@@ -65,10 +67,79 @@ int on_count(struct bpf_raw_tracepoint_args *ctx) {
     blocks.insert(&k, &one);
     return 0;
 }
+
+/* "run" and "runring": what --faults=summary does, reduced: the CPU's
+ * consecutive faults of one (process, 64 KiB block) counted in a per-CPU
+ * run, flushed when a fault of another block comes: into the hash (a
+ * lookup, an atomic add or an insert) or as a record to a ring. */
+struct run { u32 pid; u32 traced; u64 block; u64 n; };
+BPF_PERCPU_ARRAY(runs, struct run, 1);
+BPF_RINGBUF_OUTPUT(flushed, 4096);
+struct flushed_run { u32 pid; u32 pad; u64 block; u64 n; };
+static __always_inline struct run *run_of(struct bpf_raw_tracepoint_args *ctx, u32 *tgid,
+                                          u64 *block) {
+    int i = 0;
+    struct run *r = runs.lookup(&i);
+    if (!r)
+        return 0;
+    *tgid = bpf_get_current_pid_tgid() >> 32;
+    *block = ctx->args[0] >> 16;
+    if (r->pid == *tgid && r->block == *block) {
+        r->n++;
+        return 0;
+    }
+    return r;     /* another block: the caller flushes, then run_start */
+}
+static __always_inline void run_start(struct run *r, u32 tgid, u64 block) {
+    if (r->pid != tgid) {
+        u32 *t = traced.lookup(&tgid);
+        r->traced = !(t && *t == 0);
+        r->pid = tgid;
+    }
+    r->block = block;
+    r->n = r->traced ? 1 : 0;
+}
+int on_run(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid;
+    u64 block;
+    struct run *r = run_of(ctx, &tgid, &block);
+    if (!r)
+        return 0;
+    if (r->n) {
+        struct block_key k = {.pid = r->pid, .block = r->block};
+        u64 *c = blocks.lookup(&k);
+        if (c)
+            __sync_fetch_and_add(c, r->n);
+        else
+            blocks.insert(&k, &r->n);
+    }
+    run_start(r, tgid, block);
+    return 0;
+}
+int on_runring(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid;
+    u64 block;
+    struct run *r = run_of(ctx, &tgid, &block);
+    if (!r)
+        return 0;
+    if (r->n) {
+        struct flushed_run *o = flushed.ringbuf_reserve(sizeof(*o));
+        if (o) {
+            o->pid = r->pid;
+            o->block = r->block;
+            o->n = r->n;
+            flushed.ringbuf_submit(o, BPF_RB_NO_WAKEUP);
+        }
+    }
+    run_start(r, tgid, block);
+    return 0;
+}
 """
 PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
 RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter",
-       "sys_exit": b"sys_exit", "count": b"page_fault_user"}
+       "sys_exit": b"sys_exit", "count": b"page_fault_user", "run": b"page_fault_user",
+       "runring": b"page_fault_user", "raw_switch": b"sched_switch"}
+OWN_PROGRAM = ("count", "run", "runring")     # RAW hooks with a program of their own
 TRACEPOINTS = {"rss": b"kmem:rss_stat", "switch": b"sched:sched_switch"}
 
 
@@ -99,6 +170,7 @@ def main() -> int:
 
         for hook in args.hooks:
             b = BPF(text=PROGRAMS)
+            b[b"flushed"].open_ring_buffer(lambda cpu, data, size: 0)
             switches = []
             for part in hook.split("+"):   # "entry+rss": switched together
                 if part not in PERF and part not in RAW and part not in TRACEPOINTS:
@@ -145,10 +217,12 @@ def _switch(b, hook: str, PerfType):
         if on == state["on"]:
             return
         if hook in RAW and on:
-            if hook == "count":       # each run's blocks counted afresh
+            if hook in ("count", "run"):       # each run's blocks counted afresh
                 b[b"blocks"].clear()
-            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=b"on_count" if hook == "count"
-                                    else b"on_raw")
+            if hook == "runring":              # the last run's records dropped
+                b.ring_buffer_consume()
+            b.attach_raw_tracepoint(tp=RAW[hook], fn_name=(
+                b"on_" + hook.encode() if hook in OWN_PROGRAM else b"on_raw"))
         elif hook in RAW:
             b.detach_raw_tracepoint(tp=RAW[hook])
         elif on:
