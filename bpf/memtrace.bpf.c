@@ -783,8 +783,8 @@ static __always_inline int open_exit(struct syscall_entry *e, u32 tgid, u32 tid,
  * fault that sleeps or moves to another CPU is in the hash by then): to the
  * summary_runs ring when no fault of it is open (see summary_flush), else
  * added to the key's fault_summary entry (a lookup, an insert if new,
- * atomic adds). Resident-set changes inside a fault still in the run go to the
- * run; a major fault's move takes it from the run, or from the hash if its
+ * atomic adds). Resident-set changes inside a fault still in the run go to
+ * the run; a major fault's move takes it from the run, or from the hash if its
  * run was flushed. MT_CNT_SUMMARY_FAULTS counts at entry what the run
  * holds; a failed flush (map full) moves the run's count to
  * MT_CNT_SUMMARY_FULL. At the end user space sets MT_CFG_SUMMARY_HOLD (no
@@ -896,14 +896,15 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 		return;    /* its faults were all moved to major entries */
 	/* a run of several faults, none still open (so no major fault's end
 	 * will look for it): a row of its own through the ring, the hash not
-	 * touched. A hash entry made or found costs a fault-heavy load far
-	 * more than a ring record: a new key's insert is cache and TLB misses
-	 * in a map of 131072 entries while the load zeroes pages (64 MiB x 8,
-	 * a run per 64 KiB block, scripts/bench_hooks.py: an empty hook
-	 * 1.021x, a per-CPU run flushed into a hash 1.068x, into a ring
-	 * 1.029x; docs/benchmarks.md, twelfth session). Runs of one fault stay
-	 * with the hash when it holds their key: one row per fault is what the
-	 * map is there to spare. */
+	 * touched. A first touch makes a new key every 16 faults (64 KiB),
+	 * and a new key's insert into a map of 131072 entries while the load
+	 * zeroes pages cost more than a ring record in two sets of three
+	 * (scripts/bench_hooks.py, faults 256 x 8: a per-CPU run flushed into
+	 * a hash 1.068x and 1.046x, to a ring 1.029x; equal, 1.042x and
+	 * 1.041x, in a set of 30 pairs; docs/benchmarks.md, twelfth session),
+	 * and leaves the map for the keys that recur. Runs of one fault stay
+	 * with the hash when it holds their key: one row per fault is what
+	 * the map is there to spare. */
 	if (a->count > 1 && !run_open(acc) && send_run(acc))
 		return;
 	struct mt_summary *v = fault_summary.lookup(&acc->key);
