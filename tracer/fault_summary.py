@@ -3,8 +3,9 @@
 BPF counts each fault into a hash entry keyed by (process, 64 KiB block,
 access, major, time slot of 2^26 ns, layout generation) instead of sending
 a record (bpf/memtrace.bpf.c, layout: memtrace.h), through a per-CPU run
-(`summary_acc`): the CPU's consecutive faults of one key, added to the hash
-when a fault of another key comes on that CPU or at a task switch. A fault
+(`summary_acc`): the CPU's consecutive faults of one key, flushed when a
+fault of another key comes on that CPU or at a task switch (to the hash, or
+to a ring: below). A fault
 is counted in the slot of its entry time, so user space drains the slots
 that ended two slots (134 ms) ago: no new fault can add to them, and
 deleting them loses nothing (but the end of a major fault slower than that:
@@ -17,8 +18,9 @@ flushing at task switches (MT_CFG_SUMMARY_HOLD), and every slot is drained
 with the runs still on the CPUs merged in.
 
 A run of several faults none of which is still open (the common case: a
-first touch of a block's pages; a ring record costs a fault-heavy load a
-fraction of a hash entry), a run of one fault whose key the map does not
+first touch of a block's pages, where a hash insert per run cost a
+fault-heavy load more than a ring record in two sets of three:
+docs/benchmarks.md, twelfth session), a run of one fault whose key the map does not
 hold (on a load whose every fault is a key of its own: each memory syscall
 is a new layout generation), and a run the full map cannot take, come
 through the `summary_runs` ring instead, read at every drain and held until

@@ -68,6 +68,9 @@ def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
     assert (minor["last_ts"].astype("uint64") >= minor["ts"].astype("uint64")).all()
     # rows aggregate: far fewer rows than faults
     assert len(minor) * 4 < _n(minor), (len(minor), _n(minor))
+    # a first touch is runs of several faults, none left open: through the
+    # summary_runs ring, not the hash (bpf/memtrace.bpf.c summary_flush)
+    assert counter(meta, "summary_ring") * 2 > len(minor), (len(minor), meta["counters"])
 
     per_round = mib * 256
     maps = of_kind(ev, "mmap")
@@ -202,8 +205,9 @@ def _assert_counted_as_the_kernel(res, reader) -> None:
 
 def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, monkeypatch):
     """BPF counts a CPU's consecutive faults of one key in a per-CPU run
-    (summary_acc) and adds the run to the hash when a fault of another key
-    comes on that CPU or the CPU switches tasks; at the end memtrace reads
+    (summary_acc) and flushes the run (to the hash or the summary_runs
+    ring) when a fault of another key comes on that CPU or the CPU switches
+    tasks; at the end memtrace reads
     the runs still on the CPUs. Here BPF is told from the start not to flush
     at a switch (MT_CFG_SUMMARY_HOLD, which memtrace sets only for its last
     read), so the workload's last run is still on its CPU when the workload
@@ -241,8 +245,10 @@ def test_summary_runs_the_full_map_cannot_take_come_through_the_ring(workloads, 
     faster than it is drained: BPF then sends the run to the summary_runs
     ring, a row of its own. Here the map is filled before the workload
     starts (entries of a slot no drain reaches, counting nothing), so every
-    run takes that way: the faults counted still equal the kernel's, and
-    none is lost."""
+    run that would go to the map (one flushed at a task switch while its
+    fault is open) takes that way, beside the runs the ring takes anyway
+    (several faults, none open; one fault of a key the map lacks): the
+    faults counted still equal the kernel's, and none is lost."""
     from tracer import capture, fault_summary, layout, preflight
     preflight.check_all(lambda s: None)
     readers: list = []
