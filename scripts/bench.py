@@ -96,13 +96,15 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
     }
     base = os.environ.get("MEMTRACE_BASE")
     if base:   # another checkout's memtrace (A/B of two commits: bench_ab.py memtrace-base memtrace)
-        t["memtrace-base"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q", "-o",
-                              str(tmp / "bench-base.parquet"), "--"]
-        t["memtrace-base-summary"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q",
-                                      "--faults=summary", "-o",
+        # -P: `python -m` puts the working directory first on sys.path, so
+        # run from this checkout it imported this checkout's tracer and
+        # PYTHONPATH's never: an A/B of two commits measured one against
+        # itself (docs/benchmarks.md, thirteenth session)
+        other = ["env", f"PYTHONPATH={base}", PY, "-P", "-m", "tracer", "-q"]
+        t["memtrace-base"] = [*other, "-o", str(tmp / "bench-base.parquet"), "--"]
+        t["memtrace-base-summary"] = [*other, "--faults=summary", "-o",
                                       str(tmp / "bench-base-summary.parquet"), "--"]
-        t["memtrace-base-sampled"] = ["env", f"PYTHONPATH={base}", PY, "-m", "tracer", "-q",
-                                      "--rss", "sampled", "-o",
+        t["memtrace-base-sampled"] = [*other, "--rss", "sampled", "-o",
                                       str(tmp / "bench-base-sampled.parquet"), "--"]
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
@@ -139,16 +141,28 @@ def _tracer_on_path() -> None:
         sys.path.insert(0, str(ROOT))
 
 
-def wait_released(timeout: float = 15.0) -> None:
-    """Until no memtrace program is attached: memtrace leaves the kernel's
-    slow detach to a helper (tracer/bpf_load.release), so the programs of
-    the run before stay on the hooks for up to a second or more after it
-    exits, and would weigh on the next run (an untraced one too)."""
+# After the programs are gone, the kernel still frees what the run before
+# held (its maps, ~150 MiB) for a while: `faults 256 8` untraced, started as
+# a memtrace exits, took 1.036x (1.020..1.044, 20 pairs) the time it takes
+# after a quiet machine, and 0.999 (0.993..1.010) started 3 s later
+# (docs/benchmarks.md, thirteenth session)
+SETTLE_S = 3.0
+
+
+def wait_released(timeout: float = 15.0, settle: float | None = None) -> None:
+    """Until no memtrace program is attached, then SETTLE_S more: memtrace
+    leaves the kernel's slow detach to a helper (tracer/bpf_load.release),
+    so the programs of the run before stay on the hooks for up to a second
+    or more after it exits, and what it held is freed after; both would
+    weigh on the next run (an untraced one too), which would favour
+    whichever kind of run starts later (a traced one: after memtrace's
+    own start)."""
     _tracer_on_path()
     from tracer.bpf_syscall import loaded_prog_names
     deadline = time.monotonic() + timeout
     while "page_fault_user" in loaded_prog_names() and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(SETTLE_S if settle is None else settle)
 
 
 def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -> dict:

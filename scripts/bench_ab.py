@@ -13,7 +13,10 @@ scripts/bench's (`untraced`, `memtrace`, `memtrace-latency`,
 spread of the measure itself (A/A).
 
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
-         [--args "64 8"] [--json F] A B [A B ...]
+         [--args "64 8"] [--json F] [--settle S] A B [A B ...]
+
+`MEMTRACE_BASE=DIR` adds `memtrace-base`, `memtrace-base-summary` and
+`memtrace-base-sampled`: the memtrace of the checkout in DIR.
 
 Without --args the workload runs as scripts/bench runs it (faults: 256 MiB x
 8, the 524k faults of issue 4; churn: 100000), so that the two scripts'
@@ -40,8 +43,12 @@ def main() -> int:
     ap.add_argument("--workload", default="faults")
     ap.add_argument("--args", help="the workload's arguments (default: scripts/bench's)")
     ap.add_argument("--json", help="write every pair's times here")
+    ap.add_argument("--settle", type=float, default=bench.SETTLE_S,
+                    help="seconds of quiet before each run, once the run before's "
+                         "programs are gone (default %(default)s: bench.SETTLE_S)")
     ap.add_argument("tracers", nargs="+", help="A B [A B ...]")
     args = ap.parse_args()
+    bench.SETTLE_S = args.settle
     if len(args.tracers) % 2:
         ap.error("tracers come in pairs: A B")
     out = []
