@@ -141,28 +141,27 @@ def _tracer_on_path() -> None:
         sys.path.insert(0, str(ROOT))
 
 
-# After the programs are gone, the kernel still frees what the run before
-# held (its maps, ~150 MiB) for a while: `faults 256 8` untraced, started as
-# a memtrace exits, took 1.036x (1.020..1.044, 20 pairs) the time it takes
-# after a quiet machine, and 0.999 (0.993..1.010) started 3 s later
-# (docs/benchmarks.md, thirteenth session)
+# Once the run before's programs are gone, what it left still weighs for a
+# while (what exactly, not found): `faults 256 8` untraced, started as a
+# memtrace exits, took 1.036x (1.020..1.044, 20 pairs) its time on a quiet
+# machine, and 0.999x (0.993..1.010) started 3 s later (docs/benchmarks.md,
+# thirteenth session). bench_ab.py --settle sets it.
 SETTLE_S = 3.0
 
 
-def wait_released(timeout: float = 15.0, settle: float | None = None) -> None:
+def wait_released(timeout: float = 15.0) -> None:
     """Until no memtrace program is attached, then SETTLE_S more: memtrace
     leaves the kernel's slow detach to a helper (tracer/bpf_load.release),
     so the programs of the run before stay on the hooks for up to a second
-    or more after it exits, and what it held is freed after; both would
-    weigh on the next run (an untraced one too), which would favour
-    whichever kind of run starts later (a traced one: after memtrace's
-    own start)."""
+    or more after it exits, and would weigh on the next run (an untraced
+    one too, whose workload starts at once where a traced one's starts
+    after memtrace's own start)."""
     _tracer_on_path()
     from tracer.bpf_syscall import loaded_prog_names
     deadline = time.monotonic() + timeout
     while "page_fault_user" in loaded_prog_names() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(SETTLE_S if settle is None else settle)
+    time.sleep(SETTLE_S)
 
 
 def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -> dict:
