@@ -99,13 +99,23 @@ static __always_inline void run_start(struct run *r, u32 tgid, u64 block) {
     r->block = block;
     r->n = r->traced ? 1 : 0;
 }
-int on_run(struct bpf_raw_tracepoint_args *ctx) {
+/* the run's flush: into the hash, or (to_ring) as a ring record; inlined
+ * with a constant, so each program has one of the two */
+static __always_inline int run_hook(struct bpf_raw_tracepoint_args *ctx, int to_ring) {
     u32 tgid;
     u64 block;
     struct run *r = run_of(ctx, &tgid, &block);
     if (!r)
         return 0;
-    if (r->n) {
+    if (r->n && to_ring) {
+        struct flushed_run *o = flushed.ringbuf_reserve(sizeof(*o));
+        if (o) {
+            o->pid = r->pid;
+            o->block = r->block;
+            o->n = r->n;
+            flushed.ringbuf_submit(o, BPF_RB_NO_WAKEUP);
+        }
+    } else if (r->n) {
         struct block_key k = {.pid = r->pid, .block = r->block};
         u64 *c = blocks.lookup(&k);
         if (c)
@@ -116,24 +126,8 @@ int on_run(struct bpf_raw_tracepoint_args *ctx) {
     run_start(r, tgid, block);
     return 0;
 }
-int on_runring(struct bpf_raw_tracepoint_args *ctx) {
-    u32 tgid;
-    u64 block;
-    struct run *r = run_of(ctx, &tgid, &block);
-    if (!r)
-        return 0;
-    if (r->n) {
-        struct flushed_run *o = flushed.ringbuf_reserve(sizeof(*o));
-        if (o) {
-            o->pid = r->pid;
-            o->block = r->block;
-            o->n = r->n;
-            flushed.ringbuf_submit(o, BPF_RB_NO_WAKEUP);
-        }
-    }
-    run_start(r, tgid, block);
-    return 0;
-}
+int on_run(struct bpf_raw_tracepoint_args *ctx) { return run_hook(ctx, 0); }
+int on_runring(struct bpf_raw_tracepoint_args *ctx) { return run_hook(ctx, 1); }
 """
 PERF = {"min": 5, "maj": 6}                    # PERF_COUNT_SW_PAGE_FAULTS_MIN/MAJ
 RAW = {"entry": b"page_fault_user", "alloc": b"mm_page_alloc", "sys_enter": b"sys_enter",
