@@ -156,6 +156,38 @@ static __always_inline void count(int idx)
 		(*c)++;
 }
 
+/* The saved user registers of a fault or syscall (a tracepoint's struct
+ * pt_regs *), read in place through the kernel's bpf_rdonly_cast when the
+ * loader links it (MT_PT_REGS_BTF_ID: tracer/bpf_kfunc.py): plain loads the
+ * verifier checks against the kernel's BTF and makes fault-safe. Else copied
+ * with bpf_probe_read_kernel, which cost about 35 ns a call on a fault's
+ * path where the load costs about 5 (docs/benchmarks.md). */
+#ifdef MT_PT_REGS_BTF_ID
+static struct pt_regs *(*mt_rdonly_cast)(void *obj, u32 btf_id) = (void *)MT_KFUNC_RDONLY_CAST;
+#endif
+
+/* `regs` readable: in place, or copied into `copy`; NULL if unreadable */
+static __always_inline struct pt_regs *user_regs(struct pt_regs *regs, struct pt_regs *copy)
+{
+#ifdef MT_PT_REGS_BTF_ID
+	return mt_rdonly_cast(regs, MT_PT_REGS_BTF_ID);
+#else
+	return bpf_probe_read_kernel(copy, sizeof(*copy), regs) ? 0 : copy;
+#endif
+}
+
+/* the faulting instruction */
+static __always_inline u64 regs_ip(struct pt_regs *regs)
+{
+#ifdef MT_PT_REGS_BTF_ID
+	return mt_rdonly_cast(regs, MT_PT_REGS_BTF_ID)->ip;
+#else
+	u64 ip = 0;
+	bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
+	return ip;
+#endif
+}
+
 static __always_inline u64 cfg(int idx)
 {
 	u64 *v = config.lookup(&idx);
@@ -665,28 +697,27 @@ static __always_inline int syscall_enter(void *ctx, u32 kind, u32 tgid, u32 tid,
 	struct syscall_slot *s = syscall_slot.lookup(&zero);
 	if (!s)
 		return 0;
-	struct pt_regs r;
-	if (bpf_probe_read_kernel(&r, sizeof(r), regs))
-		return 0;
+	struct pt_regs copy;
+	struct pt_regs *r = user_regs(regs, &copy);
 	/* a 32-bit syscall (int 0x80, sysenter) has other numbers: the
 	 * syscalls:* tracepoints skip them too (trace_get_syscall_nr) */
-	if ((u16)r.cs != MT_USER_CS)
+	if (!r || (u16)r->cs != MT_USER_CS)
 		return 0;
 	struct syscall_entry *e = &s->e;
 	e->ts = bpf_ktime_get_ns();
 	e->kind = kind;
 	/* the arguments the call has, the others 0 (as its tracepoint gave) */
-	e->args[0] = r.di;
-	e->args[1] = kind == MT_EV_BRK ? 0 : r.si;
-	e->args[2] = (kind == MT_EV_BRK || kind == MT_EV_MUNMAP) ? 0 : r.dx;
-	e->args[3] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP || kind == MT_EV_OPEN) ? r.r10 : 0;
-	e->args[4] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP) ? r.r8 : 0;
-	e->args[5] = kind == MT_EV_MMAP ? r.r9 : 0;
+	e->args[0] = r->di;
+	e->args[1] = kind == MT_EV_BRK ? 0 : r->si;
+	e->args[2] = (kind == MT_EV_BRK || kind == MT_EV_MUNMAP) ? 0 : r->dx;
+	e->args[3] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP || kind == MT_EV_OPEN) ? r->r10 : 0;
+	e->args[4] = (kind == MT_EV_MMAP || kind == MT_EV_MREMAP) ? r->r8 : 0;
+	e->args[5] = kind == MT_EV_MMAP ? r->r9 : 0;
 	if (nr == MT_SYS_OPEN) {   /* open(path, flags, mode) as openat(AT_FDCWD, ...) */
 		e->args[0] = (u64)-100;
-		e->args[1] = r.di;
-		e->args[2] = r.si;
-		e->args[3] = r.dx;
+		e->args[1] = r->di;
+		e->args[2] = r->si;
+		e->args[3] = r->dx;
 	}
 	e->stack_id = kind == MT_EV_OPEN ? -1 : user_stack(ctx, 0);
 	if (kind != MT_EV_OPEN)
@@ -990,8 +1021,7 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 			summary_flush(acc);
 		/* a new run, with this fault as its first: its time read exactly
 		 * (the row's ts orders it among the syscalls) */
-		u64 ip = 0;
-		bpf_probe_read_kernel(&ip, sizeof(ip), &regs->ip);
+		u64 ip = regs_ip(regs);
 		__builtin_memcpy(&acc->key, k, sizeof(*k));
 		__builtin_memset(a, 0, sizeof(*a));
 		ts = bpf_ktime_get_ns();
@@ -1030,14 +1060,16 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
  * VM's noise: docs/benchmarks.md, ninth session). The slot's other fields are
  * still the run's first fault's: `fast` is cleared by whatever else may write
  * or park the slot (a task switch, a flush, a parked fault brought back, a
- * fault taking the long path). Not with residency: a fault's resident-set
- * changes are gathered in its slot. 1 if counted. */
+ * fault taking the long path). The thread is not checked: the current task
+ * changes only at a task switch, where sched_switch (always attached, before
+ * user space sets MT_CFG_SUMMARY_FAST) clears `fast`; that saves the
+ * bpf_get_current_pid_tgid call, about 12 ns of a fault here
+ * (docs/benchmarks.md, fourteenth session). Not with residency: a fault's
+ * resident-set changes are gathered in its slot. 1 if counted. */
 static __always_inline int summary_continue(struct mt_summary_acc *acc, struct fault_slot *fs,
-					    u32 tid, u64 addr, u64 error_code)
+					    u64 addr, u64 error_code)
 {
 	int zero = 0;
-	if (acc->tid != tid || fs->tid != tid)
-		return 0;
 	u64 *ep = traced_epoch.lookup(&zero);
 	if (!ep || *(volatile u64 *)ep != acc->epoch || acc->jiffies != bpf_jiffies64())
 		return 0;
@@ -1156,14 +1188,14 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	 * reading the faults left open */
 	if (!fs || fs->busy || cfg(MT_CFG_FROZEN))
 		return 0;
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32, tid = (u32)id;
 	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
 	if (acc && acc->fast) {
-		if (summary_continue(acc, fs, tid, addr, error_code))
+		if (summary_continue(acc, fs, addr, error_code))
 			return 0;
 		acc->fast = 0;
 	}
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32, tid = (u32)id;
 	/* the epoch before the state's lookup: see state_word */
 	u64 *ep = traced_epoch.lookup(&zero);
 	u64 epoch = ep ? *(volatile u64 *)ep : 0;
@@ -1205,7 +1237,7 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	fs->ts = bpf_ktime_get_ns();
 	if (end_followed)
 		return 0;             /* the end reads ip and stack */
-	bpf_probe_read_kernel(&fs->ip, sizeof(fs->ip), &regs->ip);
+	fs->ip = regs_ip(regs);
 	if (error_code & MT_PF_USER)
 		fs->stack_id = user_stack(ctx, 1);
 	return 0;

@@ -170,6 +170,10 @@
 #define MT_USER_CS 0x33   /* pt_regs.cs of a 64-bit syscall (arch/x86/include/asm/segment.h
 			     __USER_CS); a 32-bit one has 0x23 and other numbers */
 #define MT_USER_ADDR_END 0x100000000000000  /* x86-64: user addresses are below (5-level paging: 2^56) */
+/* Kernel functions the BPF side calls through a helper pointer of this
+ * number, a marker the loader links to the kfunc of that name
+ * (tracer/bpf_kfunc.py); far above any helper's number. */
+#define MT_KFUNC_RDONLY_CAST 0x6d740001
 
 #define MT_COMM_LEN 16
 #define MT_PATH_LEN 256

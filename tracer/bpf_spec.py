@@ -7,8 +7,9 @@ The compiler, `compile_spec`, is bcc itself (libbcc's module, the same call
 are what bcc would load (`bpf_function_start`, what `BPF.dump_func` returns)
 and map definitions are read back from the kernel. bcc also passes BTF (line
 and function info) with its programs; memtrace's programs need none (no
-global functions, spin locks, kfuncs: `compile_spec` refuses anything that
-would). A spec also records the hash of each tracepoint's format file (bcc
+global functions, spin locks: `compile_spec` refuses anything that would).
+Calls of kernel functions (kfuncs) are linked when compiling
+(tracer/bpf_kfunc.py): the spec holds them resolved. A spec also records the hash of each tracepoint's format file (bcc
 builds the argument structs from them), which the loader checks.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracer import bpf_kfunc
 from tracer.bpf_syscall import (PROG_PERF_EVENT, PROG_RAW_TRACEPOINT, PROG_TRACEPOINT, MapDef,
                                 map_info)
 
@@ -29,6 +31,7 @@ FORMAT = 1  # bump when the entry format or the loader changes
 _LD_IMM64 = 0x18          # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 _CALL = 0x85              # BPF_JMP | BPF_CALL
 PSEUDO_MAP_FD = 1         # ld_imm64 src_reg: imm is a map fd
+PSEUDO_KFUNC_CALL = 2     # call src_reg: imm is a kernel function's BTF id
 _INSN = struct.Struct("<BBhi")
 
 
@@ -108,7 +111,10 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]
 
     Refuses (NotCacheable) what the loader does not reproduce: a 64-bit load
     of anything but a plain constant or a map fd (map values, BTF ids,
-    functions), and calls of kernel functions."""
+    functions), and calls of kernel functions in modules (their BTF's fd
+    would have to be found and passed). Calls of vmlinux's kernel functions
+    stay as they are: their BTF ids are the kernel build's, which the cache
+    key covers."""
     if len(insns) % 8:
         raise NotCacheable(f"{len(insns)} bytes of instructions, not a multiple of 8")
     out: list[tuple[int, str]] = []
@@ -126,8 +132,10 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]
                 raise NotCacheable(f"instruction {i}: 64-bit load with src_reg {src}")
             i += 2
             continue
-        if code == _CALL and src not in (0, 1):  # 1: a BPF-to-BPF call (relative)
-            raise NotCacheable(f"instruction {i}: call with src_reg {src} (kernel function)")
+        if code == _CALL and src == PSEUDO_KFUNC_CALL and _off != 0:
+            raise NotCacheable(f"instruction {i}: call of a module's kernel function")
+        if code == _CALL and src not in (0, 1, PSEUDO_KFUNC_CALL):  # 1: a BPF-to-BPF call
+            raise NotCacheable(f"instruction {i}: call with src_reg {src}")
         i += 1
     return out
 
@@ -175,12 +183,14 @@ def plan_of(fname: str, perf_events: dict[str, list[tuple[int, int, int]]]) -> t
 
 
 def compile_spec(source: Path, cflags: list[str],
-                 perf_events: dict[str, list[tuple[int, int, int]]]) -> Spec:
+                 perf_events: dict[str, list[tuple[int, int, int]]],
+                 kfuncs: dict[int, int] | None = None) -> Spec:
     """Compiles `source` with bcc (as bcc.BPF(src_file=..., cflags=...) does,
-    without loading anything) and returns what it compiled."""
+    without loading anything) and returns what it compiled, its calls of
+    kfunc markers linked by `kfuncs` (tracer/bpf_kfunc.py)."""
     lib, module = bcc_module(source, cflags)
     try:
-        return spec_of_module(lib, module, perf_events, source)
+        return spec_of_module(lib, module, perf_events, source, kfuncs or {})
     finally:
         lib.bpf_module_destroy(module)
 
@@ -221,7 +231,7 @@ def bcc_module(source: Path, cflags: list[str]):
 
 
 def spec_of_module(lib, module, perf_events: dict[str, list[tuple[int, int, int]]],
-                   source: Path | str = "the module") -> Spec:
+                   source: Path | str = "the module", kfuncs: dict[int, int] | None = None) -> Spec:
     maps: list[MapDef] = []
     fd_names: dict[int, str] = {}
     for name, fd in module_tables(module):
@@ -236,7 +246,7 @@ def spec_of_module(lib, module, perf_events: dict[str, list[tuple[int, int, int]
             continue
         start = lib.bpf_function_start(module, fname.encode())
         size = lib.bpf_function_size(module, fname.encode())
-        insns = ct.string_at(start, size)
+        insns = bpf_kfunc.link(ct.string_at(start, size), kfuncs or {})
         progs.append(ProgSpec(fname, _kernel_name(fname), plan[0], insns,
                               relocations(insns, fd_names), plan[1]))
     missing = set(perf_events) - {p.name for p in progs}

@@ -14,7 +14,7 @@ import os
 import struct
 import time
 
-from tracer import bpf_load, bpf_spec, bpf_syscall, bpfcache, layout
+from tracer import bpf_kfunc, bpf_load, bpf_spec, bpf_syscall, bpfcache, layout
 from tracer.layout import BPF_DIR, C
 from tracer.ringbuf import RingReader
 
@@ -142,24 +142,32 @@ class Probes:
             self.startup["lookup"] = time.monotonic() - t0 - sum(loaded.timing.values())
             self.cache_status = f"hit {store.path(key)}"
             return loaded
-        # compile: bcc, then the same loader
+        # compile: bcc, then the same loader; with the kfuncs this kernel
+        # has (tracer/bpf_kfunc.py), and if the verifier refuses them, without
         t1 = time.monotonic()
-        try:
-            spec = bpf_spec.compile_spec(SOURCE, cflags, PERF_EVENTS)
-        except bpf_spec.NotCacheable as e:
-            store.mark_uncacheable(key, str(e))
-            return self._bcc(cflags, f"miss ({miss}); not cacheable: {e}")
-        self.startup["compile"] = time.monotonic() - t1
-        try:
-            loaded = bpf_load.load(spec, skip=self._skip)
-        except (bpf_spec.CacheError, OSError) as e:
-            out = self._bcc(cflags, f"miss ({miss}); the fresh compile did not load: {e}")
-            # bcc's loader managed where ours did not: do not try ours again
-            store.mark_uncacheable(key, str(e))
-            return out
+        kf_flags, kf_links = bpf_kfunc.resolve()
+        attempts = [(kf_flags, kf_links), ([], {})] if kf_links else [([], {})]
+        for n, (extra, links) in enumerate(attempts):
+            try:
+                spec = bpf_spec.compile_spec(SOURCE, cflags + extra, PERF_EVENTS, links)
+            except bpf_spec.NotCacheable as e:
+                store.mark_uncacheable(key, str(e))
+                return self._bcc(cflags, f"miss ({miss}); not cacheable: {e}")
+            self.startup["compile"] = time.monotonic() - t1
+            try:
+                loaded = bpf_load.load(spec, skip=self._skip)
+            except (bpf_spec.CacheError, OSError) as e:
+                if n + 1 < len(attempts):
+                    miss += f"; kfuncs refused: {e}"
+                    continue
+                out = self._bcc(cflags, f"miss ({miss}); the fresh compile did not load: {e}")
+                # bcc's loader managed where ours did not: do not try ours again
+                store.mark_uncacheable(key, str(e))
+                return out
+            break
         self.startup.update(loaded.timing)
         not_stored = store.put(key, spec)
-        self.cache_status = (f"miss ({miss}); compiled, "
+        self.cache_status = (f"miss ({miss}); compiled{' with kfuncs' if links else ''}, "
                              + (f"not stored: {not_stored}" if not_stored else
                                 f"stored {store.path(key)}"))
         return loaded

@@ -45,7 +45,8 @@ def test_relocations_find_map_loads_and_skip_constants():
     (_ld_map(1, 8) + EXIT, "fd 8"),
     (_ld_map(1, 7, src=2) + EXIT, "src_reg 2"),                  # a map value
     (_ld_map(1, 7, src=3) + EXIT, "src_reg 3"),                  # a BTF id
-    (_insn(0x85, 0, 2, 0, 1234) + EXIT, "kernel function"),     # kfunc call
+    (_insn(0x85, 0, 2, 1, 1234) + EXIT, "module's kernel function"),  # kfunc of a module
+    (_insn(0x85, 0, 3, 0, 1234) + EXIT, "src_reg 3"),            # no such call
     (EXIT[:5], "multiple of 8"),
 ])
 def test_relocations_refuse_what_the_loader_cannot_reproduce(code, match):
@@ -56,6 +57,28 @@ def test_relocations_refuse_what_the_loader_cannot_reproduce(code, match):
 def test_bpf_to_bpf_calls_are_fine():
     code = _insn(0x85, 0, 1, 0, 1) + EXIT + MOV0 + EXIT
     assert bpf_spec.relocations(code, {}) == []
+
+
+def test_vmlinux_kfunc_calls_stay_as_linked():
+    """A call of a vmlinux kfunc (src_reg 2, off 0) is kept: its BTF id is
+    the kernel build's, which the cache key covers."""
+    code = _insn(0x85, 0, 2, 0, 64927) + EXIT
+    assert bpf_spec.relocations(code, {}) == []
+
+
+def test_link_turns_marker_calls_into_kfunc_calls():
+    """bpf_kfunc.link: a helper call of a marker becomes a kfunc call of
+    its BTF id; other calls, and a 64-bit load whose second slot looks like
+    a marker call, are left alone."""
+    from tracer import bpf_kfunc
+    marker = next(iter(bpf_kfunc.KFUNCS))
+    helper = _insn(0x85, 0, 0, 0, 14)
+    fake = _insn(0x18, 1, 0, 0, 0) + _insn(0x85, 0, 0, 0, marker)   # ld_imm64's 2nd slot
+    code = helper + _insn(0x85, 0, 0, 0, marker) + fake + EXIT
+    out = bpf_kfunc.link(code, {marker: 4242})
+    assert out[:8] == helper and out[16:32] == fake and out[32:] == EXIT
+    assert out[8:16] == _insn(0x85, 0, 2, 0, 4242)
+    assert bpf_kfunc.link(code, {}) == code
 
 
 def test_patch_writes_this_process_fds():
