@@ -50,8 +50,8 @@ def _btf_ids(names: list[tuple[str, int]]) -> list[int] | None:
         lib.btf__free.argtypes = [ct.c_void_p]
     except (OSError, AttributeError):
         return None
-    btf = lib.btf__load_vmlinux_btf()
-    if not btf or btf > 2**64 - 4096:    # libbpf returns an error code as a pointer
+    btf = lib.btf__load_vmlinux_btf()     # NULL (None) on error, libbpf 1.x
+    if not btf:
         return None
     try:
         ids = [lib.btf__find_by_name_kind(btf, n.encode(), kind) for n, kind in names]
