@@ -1,9 +1,9 @@
 """Kernel functions (kfuncs) memtrace's BPF programs call, linked at compile time.
 
 bcc links no kfunc calls, so the BPF side calls a kfunc through a helper
-pointer whose number is a marker (MT_KFUNC_* in bpf/memtrace.h), and `link`
-turns every call of a marker into a call of the kernel function of that
-name: src_reg BPF_PSEUDO_KFUNC_CALL, imm the function's BTF id in vmlinux,
+pointer whose number is a marker (MT_KFUNC_* in bpf/memtrace.h), and
+tracer/bpf_spec.py's `link` turns every call of a marker into a call of the
+kernel function of that name: src_reg BPF_PSEUDO_KFUNC_CALL, imm the function's BTF id in vmlinux,
 off 0 (vmlinux, no module), which is what libbpf does for an
 `extern ... __ksym` declaration (libbpf.c, bpf_object__relocate_data).
 
@@ -19,21 +19,17 @@ verifier checks those loads against the running kernel's BTF.
 Ids are looked up in /sys/kernel/btf/vmlinux with libbpf (bcc's own
 dependency) when memtrace compiles, never at a cached start: the cache key
 covers the kernel build (tracer/bpfcache.py). A kernel without the kfunc or
-without BTF gets no MT_KFUNC flags, and the BPF side copies the registers
+without BTF gets no MT_PT_REGS_BTF_ID flag, and the BPF side copies the registers
 with bpf_probe_read_kernel instead (as it does under bcc's own loader).
 """
 from __future__ import annotations
 
 import ctypes as ct
-import struct
 
 from tracer.layout import C
 
-BTF_KIND_STRUCT = 4
+BTF_KIND_STRUCT = 4       # include/uapi/linux/btf.h
 BTF_KIND_FUNC = 12
-PSEUDO_KFUNC_CALL = 2     # include/uapi/linux/bpf.h
-_CALL = 0x85              # BPF_JMP | BPF_CALL
-_INSN = struct.Struct("<BBhi")
 
 # marker (bpf/memtrace.h) -> the kernel function it stands for
 KFUNCS = {C["MT_KFUNC_RDONLY_CAST"]: "bpf_rdonly_cast"}
@@ -62,28 +58,11 @@ def _btf_ids(names: list[tuple[str, int]]) -> list[int] | None:
 
 def resolve() -> tuple[list[str], dict[int, int]]:
     """(cflags, links): the compile flags that make the BPF side call the
-    kfuncs, and marker -> BTF id for `link`; ([], {}) when this kernel
-    cannot have them."""
+    kfuncs, and marker -> BTF id for bpf_spec.link; ([], {}) when this
+    kernel cannot have them."""
     ids = _btf_ids([(name, BTF_KIND_FUNC) for name in KFUNCS.values()]
                    + [("pt_regs", BTF_KIND_STRUCT)])
     if ids is None:
         return [], {}
     *funcs, pt_regs = ids
     return [f"-DMT_PT_REGS_BTF_ID={pt_regs}"], dict(zip(KFUNCS, funcs))
-
-
-def link(insns: bytes, links: dict[int, int]) -> bytes:
-    """The instructions with every helper call of a marker made a call of
-    its kernel function. A marker call with no link stays (the verifier
-    refuses it: an unknown helper)."""
-    buf = bytearray(insns)
-    i = 0
-    while i < len(buf) // 8:
-        code, regs, off, imm = _INSN.unpack_from(buf, i * 8)
-        if code == 0x18:          # a 64-bit load takes two slots
-            i += 2
-            continue
-        if code == _CALL and regs >> 4 == 0 and imm in links:
-            _INSN.pack_into(buf, i * 8, code, (PSEUDO_KFUNC_CALL << 4) | (regs & 15), 0, links[imm])
-        i += 1
-    return bytes(buf)

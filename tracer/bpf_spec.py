@@ -8,9 +8,10 @@ are what bcc would load (`bpf_function_start`, what `BPF.dump_func` returns)
 and map definitions are read back from the kernel. bcc also passes BTF (line
 and function info) with its programs; memtrace's programs need none (no
 global functions, spin locks: `compile_spec` refuses anything that would).
-Calls of kernel functions (kfuncs) are linked when compiling
-(tracer/bpf_kfunc.py): the spec holds them resolved. A spec also records the hash of each tracepoint's format file (bcc
-builds the argument structs from them), which the loader checks.
+Calls of kernel functions (kfuncs) are linked when compiling (`link`,
+tracer/bpf_kfunc.py): the spec holds them resolved. A spec also records the
+hash of each tracepoint's format file (bcc builds the argument structs from
+them), which the loader checks.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer import bpf_kfunc
 from tracer.bpf_syscall import (PROG_PERF_EVENT, PROG_RAW_TRACEPOINT, PROG_TRACEPOINT, MapDef,
                                 map_info)
 
@@ -31,7 +31,7 @@ FORMAT = 1  # bump when the entry format or the loader changes
 _LD_IMM64 = 0x18          # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 _CALL = 0x85              # BPF_JMP | BPF_CALL
 PSEUDO_MAP_FD = 1         # ld_imm64 src_reg: imm is a map fd
-PSEUDO_KFUNC_CALL = 2     # call src_reg: imm is a kernel function's BTF id
+PSEUDO_KFUNC_CALL = 2     # call src_reg: imm is a kernel function's BTF id (off 0: vmlinux)
 _INSN = struct.Struct("<BBhi")
 
 
@@ -140,6 +140,25 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]
     return out
 
 
+def link(insns: bytes, kfuncs: dict[int, int]) -> bytes:
+    """The instructions with every helper call of a kfunc marker (its
+    number a key of `kfuncs`, tracer/bpf_kfunc.py) made a call of the
+    kernel function whose vmlinux BTF id is its value, as libbpf links an
+    `extern ... __ksym` (libbpf.c, bpf_object__relocate_data). A marker
+    call with no link stays: the verifier refuses it (an unknown helper)."""
+    buf = bytearray(insns)
+    i = 0
+    while i < len(buf) // 8:
+        code, regs, _off, imm = _INSN.unpack_from(buf, i * 8)
+        if code == _LD_IMM64:      # two slots: the second is no instruction
+            i += 2
+            continue
+        if code == _CALL and regs >> 4 == 0 and imm in kfuncs:
+            _INSN.pack_into(buf, i * 8, code, (PSEUDO_KFUNC_CALL << 4) | (regs & 15), 0, kfuncs[imm])
+        i += 1
+    return bytes(buf)
+
+
 def patch(insns: bytes, relocs: list[tuple[int, str]], fds: dict[str, int]) -> bytes:
     """The instructions with each map reference set to this process's fd."""
     buf = bytearray(insns)
@@ -187,7 +206,7 @@ def compile_spec(source: Path, cflags: list[str],
                  kfuncs: dict[int, int] | None = None) -> Spec:
     """Compiles `source` with bcc (as bcc.BPF(src_file=..., cflags=...) does,
     without loading anything) and returns what it compiled, its calls of
-    kfunc markers linked by `kfuncs` (tracer/bpf_kfunc.py)."""
+    kfunc markers linked by `kfuncs` (`link`)."""
     lib, module = bcc_module(source, cflags)
     try:
         return spec_of_module(lib, module, perf_events, source, kfuncs or {})
@@ -246,7 +265,7 @@ def spec_of_module(lib, module, perf_events: dict[str, list[tuple[int, int, int]
             continue
         start = lib.bpf_function_start(module, fname.encode())
         size = lib.bpf_function_size(module, fname.encode())
-        insns = bpf_kfunc.link(ct.string_at(start, size), kfuncs or {})
+        insns = link(ct.string_at(start, size), kfuncs or {})
         progs.append(ProgSpec(fname, _kernel_name(fname), plan[0], insns,
                               relocations(insns, fd_names), plan[1]))
     missing = set(perf_events) - {p.name for p in progs}

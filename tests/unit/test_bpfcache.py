@@ -67,7 +67,7 @@ def test_vmlinux_kfunc_calls_stay_as_linked():
 
 
 def test_link_turns_marker_calls_into_kfunc_calls():
-    """bpf_kfunc.link: a helper call of a marker becomes a kfunc call of
+    """bpf_spec.link: a helper call of a marker becomes a kfunc call of
     its BTF id; other calls, and a 64-bit load whose second slot looks like
     a marker call, are left alone."""
     from tracer import bpf_kfunc
@@ -75,10 +75,10 @@ def test_link_turns_marker_calls_into_kfunc_calls():
     helper = _insn(0x85, 0, 0, 0, 14)
     fake = _insn(0x18, 1, 0, 0, 0) + _insn(0x85, 0, 0, 0, marker)   # ld_imm64's 2nd slot
     code = helper + _insn(0x85, 0, 0, 0, marker) + fake + EXIT
-    out = bpf_kfunc.link(code, {marker: 4242})
+    out = bpf_spec.link(code, {marker: 4242})
     assert out[:8] == helper and out[16:32] == fake and out[32:] == EXIT
     assert out[8:16] == _insn(0x85, 0, 2, 0, 4242)
-    assert bpf_kfunc.link(code, {}) == code
+    assert bpf_spec.link(code, {}) == code
 
 
 def test_patch_writes_this_process_fds():
