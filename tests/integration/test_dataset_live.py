@@ -42,12 +42,13 @@ def test_duckdb_and_pandas_give_the_same_per_run_totals(fleet):
         assert t.meta["command"][1:] == [str(mib), str(rounds)]
         totals = pandas_totals(t)
         pand[t.meta["dataset"]["run"]] = totals
-        # the workload's own first touches are all there, all minor
-        assert totals["faults"] >= mib * 256 * rounds and totals["major"] == 0
+        # the workload's own first touches are all there, minor (a file
+        # page may still fault major: one run of a clean-clone CI had one)
+        assert totals["minor"] >= mib * 256 * rounds
         # the events against the capture's counters and the kernel's (wait4)
         k = t.meta["kernel"]["total"]
         assert (k["captured_minor"], k["captured_major"]) == (totals["minor"], totals["major"])
-        assert k["kernel_minor"] >= totals["minor"]
+        assert k["kernel_minor"] >= totals["minor"] and k["kernel_major"] >= totals["major"]
     assert duck == pand
     assert len({v["faults"] for v in duck.values()}) == 3
 
