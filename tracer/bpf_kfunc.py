@@ -7,8 +7,8 @@ kernel function of that name: src_reg BPF_PSEUDO_KFUNC_CALL, imm the function's 
 off 0 (vmlinux, no module), which is what libbpf does for an
 `extern ... __ksym` declaration (libbpf.c, bpf_object__relocate_data).
 
-The one kfunc used is bpf_rdonly_cast (kernel/bpf/helpers.c, a common kfunc
-every program type may call since 6.2; the verifier inlines it into a move):
+The one kfunc used is bpf_rdonly_cast (kernel/bpf/helpers.c; a raw
+tracepoint program on this 6.18 kernel may call it: tests/unit/test_bpf_kfunc.py):
 it types a struct pt_regs pointer, a tracepoint's argument, so that the
 program reads the saved user registers in place with plain loads the
 verifier turns into fault-safe ones (BPF_PROBE_MEM), where a

@@ -121,7 +121,7 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]
     n = len(insns) // 8
     i = 0
     while i < n:
-        code, regs, _off, imm = _INSN.unpack_from(insns, i * 8)
+        code, regs, off, imm = _INSN.unpack_from(insns, i * 8)
         src = regs >> 4
         if code == _LD_IMM64:
             if src == PSEUDO_MAP_FD:
@@ -132,7 +132,7 @@ def relocations(insns: bytes, fd_names: dict[int, str]) -> list[tuple[int, str]]
                 raise NotCacheable(f"instruction {i}: 64-bit load with src_reg {src}")
             i += 2
             continue
-        if code == _CALL and src == PSEUDO_KFUNC_CALL and _off != 0:
+        if code == _CALL and src == PSEUDO_KFUNC_CALL and off != 0:
             raise NotCacheable(f"instruction {i}: call of a module's kernel function")
         if code == _CALL and src not in (0, 1, PSEUDO_KFUNC_CALL):  # 1: a BPF-to-BPF call
             raise NotCacheable(f"instruction {i}: call with src_reg {src}")
@@ -209,7 +209,7 @@ def compile_spec(source: Path, cflags: list[str],
     kfunc markers linked by `kfuncs` (`link`)."""
     lib, module = bcc_module(source, cflags)
     try:
-        return spec_of_module(lib, module, perf_events, source, kfuncs or {})
+        return spec_of_module(lib, module, perf_events, source, kfuncs)
     finally:
         lib.bpf_module_destroy(module)
 

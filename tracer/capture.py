@@ -228,9 +228,8 @@ def run(opts: Options, say: Say,
         # held, a process's end), else the loop drains every poll_interval.
         # Level-triggered, a ring is readable whenever it holds a record, so
         # under a steady load each poll returned at once and the loop drained
-        # in small batches without pause: 117 drains in a 0.7 s malloc churn,
-        # the consumer busy for most of it (docs/benchmarks.md, fourteenth
-        # session), on CPUs the traced program wanted.
+        # in small batches: 117 drains in a 0.7 s malloc churn, 8 this way
+        # (docs/benchmarks.md, fourteenth session).
         poller = select.epoll()
         for fd in probes.ring_fds():
             poller.register(fd, select.EPOLLIN | select.EPOLLET)
