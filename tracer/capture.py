@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+# np.unique's first call imports numpy.ma (5 ms here, numpy 2.4), and the
+# loop's first np.unique came while a process was held at its exec: imported
+# with the rest, before CMD exists (docs/benchmarks.md, fifteenth session)
+import numpy.ma  # noqa: F401
 import pyarrow as pa
 
 from tracer import _procfs, cmd_stop, layout, pending_faults, system, trace_rows, writer
@@ -393,8 +397,11 @@ def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
     execs = paths[paths["kind"] == C["MT_EV_EXEC"]]
     if held is not None and len(execs):
         held.update(execs["pid"].tolist())  # continued below, or by release_held
-    events = probes.rings["events"].read()
-    faults = probes.rings["faults"].read()
+    # A process held at its exec waits for this loop: its maps and exe are
+    # read and it is continued before anything else is read or built (the
+    # other rings, the rows), so the hold is that read and nothing more
+    # (docs/benchmarks.md, fifteenth session).
+    maps: list[tuple[int, int, list]] = []     # pid, ts, /proc/PID/maps as read
     if len(execs):
         res.counts["exec"] = res.counts.get("exec", 0) + len(execs)
         for pid, comm in zip(execs["pid"].tolist(), execs["comm"].tolist()):
@@ -402,7 +409,8 @@ def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
                 system.entered(pid, res, held is not None, live_pids)
             res.processes[pid] = comm.decode("utf-8", "replace")
             try:  # the kernel-made mappings: binary, loader, stack, vdso
-                out.append(_maps_rows(pid, res.processes[pid], "exec"))
+                ts = time.monotonic_ns()
+                maps.append((pid, ts, _procfs.read_maps(pid)))
                 res.exe[pid] = os.readlink(f"/proc/{pid}/exe")
             except (NoSuchProcess, OSError):
                 pass
@@ -410,6 +418,10 @@ def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
                 if held is not None:  # BPF stopped it at exec: let it run
                     resume(pid)
                     held.discard(pid)
+    events = probes.rings["events"].read()
+    faults = probes.rings["faults"].read()
+    for pid, ts, entries in maps:
+        out.append(trace_rows.maps_batch(ts, pid, res.processes[pid], "exec", entries))
     if len(paths):
         # name opened files as /proc/PID/maps will, while the process is here
         names = [_procfs.resolve_path(pid, f.decode("utf-8", "backslashreplace"),
