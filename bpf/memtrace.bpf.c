@@ -1,5 +1,6 @@
 /* memtrace kernel side: memory syscalls, page faults and process events of
- * the traced process trees, into three ring buffers (layout: memtrace.h).
+ * the traced process trees, into ring buffers (layout: memtrace.h): faults
+ * and events each into a ring of the CPU's own, execs and opens into one.
  *
  * Reads only tracepoint arguments, perf-event context and BPF helpers: no
  * kernel struct layouts, so any recent header tree compiles it correctly and
@@ -8,13 +9,23 @@
 #include <uapi/linux/sched.h>
 #include "memtrace.h"
 
-/* user space may size the fault ring (a validated power of two) */
+/* user space may size the fault rings (a validated power of two) */
 #ifndef FAULT_RING_PAGES
-#define FAULT_RING_PAGES MT_FAULT_RING_PAGES
+#define FAULT_RING_PAGES MT_FALLBACK_RING_PAGES
 #endif
 
+/* Faults and events, the records of every fault and memory syscall, go to
+ * a ring of the CPU's own: CPUs writing one ring contend for its lock and
+ * its producer position. With one ring for all, `churn 100000` (three
+ * actors on two CPUs) had runs where sys_exit cost 340-384 ns and sys_enter
+ * 256-295 (bpf_stats) instead of 236-264 and 174-189: 9 runs of 30 here;
+ * with a ring per CPU none of 26 (sys_exit 227-256 ns; docs/benchmarks.md,
+ * fifteenth session). A CPU whose entry user space did not fill uses the
+ * shared ring, `faults` or `events` (also the template of the CPUs' rings). */
 BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
-BPF_RINGBUF_OUTPUT(events, MT_EVENT_RING_PAGES);
+BPF_RINGBUF_OUTPUT(events, MT_FALLBACK_RING_PAGES);
+BPF_ARRAY_OF_MAPS(fault_rings, "faults", MT_RING_CPUS);
+BPF_ARRAY_OF_MAPS(event_rings, "events", MT_RING_CPUS);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
 BPF_RINGBUF_OUTPUT(summary_runs, MT_RUN_RING_PAGES);
 
@@ -383,12 +394,23 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
  * A retry that succeeds is counted (reserve_retried); what is still lost is
  * counted as lost. (One function per ring: bcc rewrites map calls, not
  * inside macros.) */
+/* A record in this CPU's ring (bpf_get_smp_processor_id is inlined by the
+ * verifier), or in the shared one if user space gave the CPU none. */
+static __always_inline struct mt_fault *fault_reserve(void)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	void *rb = fault_rings.lookup(&cpu);
+	if (rb)
+		return bpf_ringbuf_reserve(rb, sizeof(struct mt_fault), 0);
+	return faults.ringbuf_reserve(sizeof(struct mt_fault));
+}
+
 static __always_inline struct mt_fault *reserve_fault(u16 flags)
 {
-	struct mt_fault *f = faults.ringbuf_reserve(sizeof(struct mt_fault));
+	struct mt_fault *f = fault_reserve();
 	if (f)
 		return f;
-	f = faults.ringbuf_reserve(sizeof(struct mt_fault));
+	f = fault_reserve();
 	if (f)
 		count(MT_CNT_RESERVE_RETRIED);
 	else {
@@ -422,7 +444,7 @@ static __always_inline void send_fault(struct fault_slot *fs, u64 end, u16 flags
 	f->rss_shmem = fs->rss[3];
 	f->alloc = fs->alloc;
 	f->stack_id = fs->stack_id;
-	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 }
 
 /* The fault open in `fs` has ended: the thread entered another fault, a
@@ -583,12 +605,21 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 	return 0;
 }
 
+static __always_inline struct mt_event *event_reserve(void)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	void *rb = event_rings.lookup(&cpu);
+	if (rb)
+		return bpf_ringbuf_reserve(rb, sizeof(struct mt_event), 0);
+	return events.ringbuf_reserve(sizeof(struct mt_event));
+}
+
 static __always_inline struct mt_event *reserve_event(int lost)
 {
-	struct mt_event *ev = events.ringbuf_reserve(sizeof(struct mt_event));
+	struct mt_event *ev = event_reserve();
 	if (ev)
 		return ev;
-	ev = events.ringbuf_reserve(sizeof(struct mt_event));
+	ev = event_reserve();
 	if (ev)
 		count(MT_CNT_RESERVE_RETRIED);
 	else
@@ -745,7 +776,7 @@ static __always_inline int syscall_exit(struct syscall_entry *e, u32 tgid, u32 t
 #pragma unroll
 	for (int i = 0; i < 6; i++)
 		ev->args[i] = e->args[i];
-	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -1322,7 +1353,7 @@ static __always_inline int fault_end(struct bpf_perf_event_data *ctx, int major)
 	f->rss_file = f->rss_anon = f->rss_swap = f->rss_shmem = 0;
 	f->alloc = 0;
 	f->stack_id = user_stack(ctx, 1);
-	faults.ringbuf_submit(f, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(f, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -1363,7 +1394,7 @@ static __always_inline void rss_event(u32 pid, u32 tid, u32 member, s64 size,
 	ev->args[0] = size;
 	ev->args[1] = delta;
 	ev->args[2] = cause;
-	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 
 /* Process `tgid` now runs on this mm (a forked child, the new image of an
@@ -1521,7 +1552,7 @@ static __always_inline void proc_event(u32 kind, u32 tgid, u32 tid, s32 aux,
 	ev->flags = flags;
 	ev->aux = aux;
 	ev->args[0] = arg0;
-	events.ringbuf_submit(ev, wakeup);
+	bpf_ringbuf_submit(ev, wakeup);
 }
 
 /* -a: a traced process that no longer matches the filters (it exec'd or
@@ -1726,6 +1757,6 @@ TRACEPOINT_PROBE(task, task_rename)
 	if (!ev)
 		return 0;
 	bpf_probe_read_kernel(&ev->comm, sizeof(ev->comm), args->newcomm);
-	events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 	return 0;
 }

@@ -82,8 +82,10 @@ def load(spec: Spec, check_tags: bool = True, attach: bool = True,
     out = Loaded()
     t0 = time.monotonic()
     try:
-        for d in spec.maps:
-            fd = map_create(d.type, d.key_size, d.value_size, d.max_entries, d.flags, d.name)
+        # a map of maps after the map that is its template
+        for d in sorted(spec.maps, key=lambda d: bool(d.inner)):
+            fd = map_create(d.type, d.key_size, d.value_size, d.max_entries, d.flags, d.name,
+                            out.maps[d.inner].fd if d.inner else 0)
             out.maps[d.name] = Map(fd, d)
             out.map_ids.append(map_info(fd)[1])
         fds = {name: m.fd for name, m in out.maps.items()}

@@ -19,14 +19,15 @@ import base64
 import ctypes as ct
 import hashlib
 import json
+import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracer.bpf_syscall import (PROG_PERF_EVENT, PROG_RAW_TRACEPOINT, PROG_TRACEPOINT, MapDef,
-                                map_info)
+from tracer.bpf_syscall import (MAP_ARRAY_OF_MAPS, PROG_PERF_EVENT, PROG_RAW_TRACEPOINT,
+                                PROG_TRACEPOINT, MapDef, map_info)
 
-FORMAT = 1  # bump when the entry format or the loader changes
+FORMAT = 2  # bump when the entry format or the loader changes
 
 _LD_IMM64 = 0x18          # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 _CALL = 0x85              # BPF_JMP | BPF_CALL
@@ -253,8 +254,14 @@ def spec_of_module(lib, module, perf_events: dict[str, list[tuple[int, int, int]
                    source: Path | str = "the module", kfuncs: dict[int, int] | None = None) -> Spec:
     maps: list[MapDef] = []
     fd_names: dict[int, str] = {}
+    inner = inner_maps(source) if isinstance(source, Path) else {}
     for name, fd in module_tables(module):
         d, _ = map_info(fd, name)
+        if d.type == MAP_ARRAY_OF_MAPS:
+            if name not in inner:
+                raise NotCacheable(f"map of maps {name}: its inner map is not declared"
+                                   " by BPF_ARRAY_OF_MAPS in the source")
+            d = replace(d, inner=inner[name])
         maps.append(d)
         fd_names[fd] = name
     progs: list[ProgSpec] = []
@@ -275,6 +282,16 @@ def spec_of_module(lib, module, perf_events: dict[str, list[tuple[int, int, int]
                if a.kind == "tracepoint"}
     return Spec(maps, progs, lib.bpf_module_license(module).decode(),
                 int(lib.bpf_module_kern_version(module)), formats)
+
+
+_ARRAY_OF_MAPS = re.compile(r'^\s*BPF_ARRAY_OF_MAPS\(\s*(\w+)\s*,\s*"(\w+)"', re.M)
+
+
+def inner_maps(source: Path) -> dict[str, str]:
+    """Each BPF_ARRAY_OF_MAPS(name, "inner", n) of the source: name -> inner.
+    The kernel does not tell a map of maps' template once it is made, and
+    the loader needs it to make the map again."""
+    return dict(_ARRAY_OF_MAPS.findall(source.read_text()))
 
 
 def _kernel_name(fname: str) -> str:

@@ -37,6 +37,8 @@ PROG_RAW_TRACEPOINT = 17
 MAP_PERCPU_HASH = 5
 MAP_PERCPU_ARRAY = 6
 MAP_LRU_PERCPU_HASH = 10
+MAP_ARRAY_OF_MAPS = 12
+MAP_RINGBUF = 27
 PERCPU_MAPS = (MAP_PERCPU_HASH, MAP_PERCPU_ARRAY, MAP_LRU_PERCPU_HASH)
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}
@@ -75,10 +77,11 @@ def _name16(name: str) -> bytes:
 
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
-               flags: int, name: str) -> int:
+               flags: int, name: str, inner_fd: int = 0) -> int:
+    """inner_fd: a map of maps' template (the kind of map its values are)."""
     a = _attr()
     struct.pack_into("<7I16s", a, 0, map_type, key_size, value_size, max_entries,
-                     flags, 0, 0, _name16(name))
+                     flags, inner_fd, 0, _name16(name))
     try:
         return _bpf(BPF_MAP_CREATE, a)
     except LoadError as e:
@@ -130,6 +133,7 @@ class MapDef:
     value_size: int
     max_entries: int
     flags: int
+    inner: str = ""       # a map of maps: the map its template is (bcc's inner map)
 
 
 def map_info(fd: int, name: str = "") -> tuple[MapDef, int]:

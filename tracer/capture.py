@@ -156,6 +156,8 @@ def run(opts: Options, say: Say,
                         summary=opts.fault_mode == "summary", fault_end=opts.fault_latency,
                         alloc=opts.alloc)
         opts.alloc = probes.alloc      # as attached (not in summary mode, nor --no-rss)
+        if probes.cpu_rings_note:
+            say(probes.cpu_rings_note)
     except BaseException:
         _restore(old)
         discard_spill(spill)
@@ -418,8 +420,8 @@ def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
                 if held is not None:  # BPF stopped it at exec: let it run
                     resume(pid)
                     held.discard(pid)
-    events = probes.rings["events"].read()
-    faults = probes.rings["faults"].read()
+    events = probes.read_rings("events")
+    faults = probes.read_rings("faults")
     for pid, ts, entries in maps:
         out.append(trace_rows.maps_batch(ts, pid, res.processes[pid], "exec", entries))
     if len(paths):

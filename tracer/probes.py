@@ -14,7 +14,9 @@ import os
 import struct
 import time
 
-from tracer import bpf_kfunc, bpf_load, bpf_spec, bpf_syscall, bpfcache, layout
+import numpy as np
+
+from tracer import bpf_kfunc, bpf_load, bpf_spec, bpf_syscall, bpfcache, cpu_rings, layout
 from tracer.layout import BPF_DIR, C
 from tracer.ringbuf import RingReader
 
@@ -86,7 +88,6 @@ class Probes:
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function"]
         if fault_ring_pages:
             cflags.append(f"-DFAULT_RING_PAGES={int(fault_ring_pages)}")
-        self.fault_ring_pages = fault_ring_pages or C["MT_FAULT_RING_PAGES"]
         self.bpf = None               # bcc.BPF, on the last-resort path only
         self.fault_end = fault_end and not summary
         self._skip = frozenset(() if residency else RESIDENCY) | frozenset(
@@ -107,11 +108,18 @@ class Probes:
         self.summary_runs: RingReader | None = None
         self._closed = False
         page = mmap.PAGESIZE
-        sizes = {"faults": self.fault_ring_pages, "events": C["MT_EVENT_RING_PAGES"],
-                 "execs": C["MT_EXEC_RING_PAGES"]}
+        sizes = {"faults": fault_ring_pages or C["MT_FALLBACK_RING_PAGES"],
+                 "events": C["MT_FALLBACK_RING_PAGES"], "execs": C["MT_EXEC_RING_PAGES"]}
+        self._ring_fds: dict[str, int] = {}
+        self._cpu_rings: list[cpu_rings.CpuRing] = []
         try:
             for name, dtype in RINGS.items():
                 self.rings[name] = RingReader(self._maps[name].fd, sizes[name] * page, dtype)
+                self._ring_fds[name] = self._maps[name].fd
+            self._cpu_rings, self.cpu_rings_note = cpu_rings.make(self._maps, fault_ring_pages)
+            for ring in self._cpu_rings:
+                self.rings[ring.name] = ring.reader
+                self._ring_fds[ring.name] = ring.fd
             if summary:
                 self.summary_runs = RingReader(self._maps["summary_runs"].fd,
                                                C["MT_RUN_RING_PAGES"] * page, layout.SUMMARY_RUN)
@@ -263,11 +271,19 @@ class Probes:
         return out
 
     def ring_fds(self) -> list[int]:
-        return [self._maps[name].fd for name in self.rings]
+        return list(self._ring_fds.values())
+
+    def read_rings(self, kind: str) -> np.ndarray:
+        """Every record of `kind` ("faults", "events") waiting in its rings:
+        the shared one and each CPU's (tracer/cpu_rings.py); events in time
+        order, faults ring after ring (their rows are sorted when written)."""
+        rings = [self.rings[kind]] + [r.reader for r in self._cpu_rings if r.kind == kind]
+        return cpu_rings.read(rings, ordered=kind == "events")
 
     def ids(self) -> dict[str, list[int]]:
         """The kernel ids of the programs and maps (to check they are gone)."""
-        return {"prog": list(self._loaded.prog_ids), "map": list(self._loaded.map_ids)}
+        return {"prog": list(self._loaded.prog_ids),
+                "map": list(self._loaded.map_ids) + [r.map_id for r in self._cpu_rings]}
 
     # ---- the end ----
 
@@ -281,6 +297,8 @@ class Probes:
         self._closed = True
         for r in [*self.rings.values(), *([self.summary_runs] if self.summary_runs else [])]:
             r.close()
+        # the programs' array of maps holds each CPU's ring until it goes
+        cpu_rings.close(self._cpu_rings)
         try:
             for i in range(C["MT_NR_CONFIG"]):
                 self.set_config(i, 0)

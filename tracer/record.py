@@ -73,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exec-stop", dest="stop_at_exec", action="store_true", default=None,
                    help="with -a: hold every traced process at exec until its maps are read")
     p.add_argument("--ring-pages", type=_power_of_two, metavar="N",
-                   help="size of the fault ring buffer in pages (default %d)"
-                   % C["MT_FAULT_RING_PAGES"])
+                   help="size of each CPU's fault ring buffer in pages (default: "
+                   "%d shared by the CPUs, at least %d each)"
+                   % (C["MT_FAULT_RING_PAGES"], C["MT_CPU_RING_MIN_PAGES"]))
     p.add_argument("--fail-on-loss", action="store_true",
                    help=f"exit with status {LOST_EXIT} if any event was lost "
                    "(default: CMD's status; the loss is reported either way)")

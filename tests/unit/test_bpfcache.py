@@ -269,7 +269,7 @@ def test_cached_programs_are_the_programs_bcc_loads(kernel_headers):
     ours = None
     bcc_fds = []
     try:
-        spec = bpf_spec.spec_of_module(lib, module, probes.PERF_EVENTS)
+        spec = bpf_spec.spec_of_module(lib, module, probes.PERF_EVENTS, probes.SOURCE)
         spec.key = "k"
         spec = Spec.from_json(spec.to_json())
         assert {p.name for p in spec.progs} >= {"on_fault_min", "on_fault_maj",
@@ -312,7 +312,10 @@ def test_cold_warm_stale_and_teardown(kernel_headers, tmp_path):
         p.trace_pid(4242)
         assert p.traced_pids() == {4242: C["MT_STATE_TRACED"]}
         assert set(p.counters().values()) == {0}
-        assert len(p.ring_fds()) == 3 and p.rings["faults"].pending() == 0
+        # the shared rings and each online CPU's fault and event rings
+        cpus = len(bpf_syscall.online_cpus())
+        assert not p.cpu_rings_note, p.cpu_rings_note
+        assert len(p.ring_fds()) == 3 + 2 * cpus and p.rings["faults"].pending() == 0
         assert p.table("config").lookup(struct.pack("<i", C["MT_CFG_FOLLOW"])) == struct.pack("<Q", 1)
 
     cold = Probes(cache=cache)

@@ -1,0 +1,103 @@
+"""Each CPU's own rings for faults and events (bpf/memtrace.bpf.c,
+`fault_rings` and `event_rings`): made here, one of each per online CPU, and
+put in the BPF side's array of maps under the CPU's id. Every fault and
+memory syscall writes a record; on one shared ring the CPUs contend for its
+lock and its producer position (docs/benchmarks.md, fifteenth session). A
+CPU left without a ring (one that came online later, or a kernel that
+refuses a ring inside a map of maps) writes to the shared ring, which the
+capture reads too.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracer import layout
+from tracer.bpf_syscall import MAP_RINGBUF, LoadError, Map, map_create, map_info, online_cpus
+from tracer.layout import C
+from tracer.ringbuf import RingReader
+
+# kind -> (the array of maps, the record), as bpf/memtrace.bpf.c names them
+KINDS = {"faults": ("fault_rings", layout.FAULT), "events": ("event_rings", layout.EVENT)}
+_TOTAL = {"faults": C["MT_FAULT_RING_PAGES"], "events": C["MT_EVENT_RING_PAGES"]}
+_U32 = struct.Struct("<I")
+
+
+def pages_per_cpu(total: int, cpus: int, minimum: int = C["MT_CPU_RING_MIN_PAGES"]) -> int:
+    """Each CPU's share of `total` pages, at least `minimum`: a power of two
+    (the kernel's rule for a ring's size), rounded down."""
+    share = max(minimum, total // max(cpus, 1))
+    return 1 << (share.bit_length() - 1)
+
+
+@dataclass
+class CpuRing:
+    kind: str        # "faults" or "events"
+    cpu: int
+    fd: int
+    map_id: int
+    reader: RingReader
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}@{self.cpu}"
+
+
+def make(outer: dict[str, Map], fault_pages: int | None = None,
+         cpus: list[int] | None = None) -> tuple[list[CpuRing], str]:
+    """The rings of every online CPU, in `outer` (kind's array of maps by
+    name); `fault_pages` each CPU's fault ring (--ring-pages), else its share
+    of MT_FAULT_RING_PAGES. Returns the rings and "" or why there are none
+    (the shared rings then take every record)."""
+    cpus = online_cpus() if cpus is None else cpus
+    pages = {kind: pages_per_cpu(_TOTAL[kind], len(cpus)) for kind in KINDS}
+    if fault_pages:
+        pages["faults"] = fault_pages
+    made: list[CpuRing] = []
+    try:
+        for kind, (outer_name, dtype) in KINDS.items():
+            size = pages[kind] * mmap.PAGESIZE
+            for cpu in cpus:
+                fd = map_create(MAP_RINGBUF, 0, 0, size, 0, f"{kind[:-1]}_cpu{cpu}")
+                try:
+                    ring = CpuRing(kind, cpu, fd, map_info(fd)[1], RingReader(fd, size, dtype))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                made.append(ring)
+                outer[outer_name].update(_U32.pack(cpu), _U32.pack(fd))
+    except (LoadError, OSError) as e:
+        for ring in made:     # the array of maps holds its own references
+            for outer_name, _ in KINDS.values():
+                try:
+                    outer[outer_name].delete(_U32.pack(ring.cpu))
+                except (LoadError, OSError):
+                    pass
+        close(made)
+        return [], f"rings per CPU not made ({e}): one ring each for faults and events"
+    return made, ""
+
+
+def read(rings: list[RingReader], ordered: bool) -> np.ndarray:
+    """The records of several rings of one kind; `ordered`: in time order
+    (each ring is in the order its CPU reserved: a stable sort of the
+    concatenation merges those runs), else ring after ring."""
+    parts = [r.read() for r in rings]
+    parts = [p for p in parts if len(p)]
+    if len(parts) <= 1:
+        return parts[0] if parts else np.empty(0, rings[0].dtype)
+    out = np.concatenate(parts)
+    return out[np.argsort(out["ts"], kind="stable")] if ordered else out
+
+
+def close(rings: list[CpuRing]) -> None:
+    for ring in rings:
+        ring.reader.close()
+        try:
+            os.close(ring.fd)
+        except OSError:
+            pass
