@@ -18,7 +18,7 @@
  * a ring of the CPU's own: CPUs writing one ring contend for its lock and
  * its producer position. With one ring for all, `churn 100000` (three
  * actors on two CPUs) had runs where sys_exit cost 340-384 ns and sys_enter
- * 256-295 (bpf_stats) instead of 236-264 and 174-189: 9 runs of 30 here;
+ * 256-295 (bpf_stats) instead of 236-254 and 174-187: 9 runs of 30 here;
  * with a ring per CPU none of 26 (sys_exit 227-256 ns; docs/benchmarks.md,
  * fifteenth session). A CPU whose entry user space did not fill uses the
  * shared ring, `faults` or `events` (also the template of the CPUs' rings). */
