@@ -388,12 +388,6 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
 	return fs;
 }
 
-/* A failed reservation is tried once more: on 6.x a ring buffer's lock is
- * a resilient spinlock whose acquisition can fail with the ring far from
- * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
- * A retry that succeeds is counted (reserve_retried); what is still lost is
- * counted as lost. (One function per ring: bcc rewrites map calls, not
- * inside macros.) */
 /* A record in this CPU's ring (bpf_get_smp_processor_id is inlined by the
  * verifier), or in the shared one if user space gave the CPU none. */
 static __always_inline struct mt_fault *fault_reserve(void)
@@ -405,6 +399,12 @@ static __always_inline struct mt_fault *fault_reserve(void)
 	return faults.ringbuf_reserve(sizeof(struct mt_fault));
 }
 
+/* A failed reservation is tried once more: on 6.x a ring buffer's lock is
+ * a resilient spinlock whose acquisition can fail with the ring far from
+ * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
+ * A retry that succeeds is counted (reserve_retried); what is still lost is
+ * counted as lost. (One function per ring: bcc rewrites map calls, not
+ * inside macros.) */
 static __always_inline struct mt_fault *reserve_fault(u16 flags)
 {
 	struct mt_fault *f = fault_reserve();
@@ -605,6 +605,7 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 	return 0;
 }
 
+/* As fault_reserve (and reserve_fault below it), for events. */
 static __always_inline struct mt_event *event_reserve(void)
 {
 	u32 cpu = bpf_get_smp_processor_id();

@@ -53,7 +53,8 @@ def make(outer: dict[str, Map], fault_pages: int | None = None,
     name); `fault_pages` each CPU's fault ring (--ring-pages), else its share
     of MT_FAULT_RING_PAGES. Returns the rings and "" or why there are none
     (the shared rings then take every record)."""
-    cpus = online_cpus() if cpus is None else cpus
+    # a CPU id past the arrays' entries writes to the shared ring
+    cpus = [c for c in (online_cpus() if cpus is None else cpus) if c < C["MT_RING_CPUS"]]
     pages = {kind: pages_per_cpu(_TOTAL[kind], len(cpus)) for kind in KINDS}
     if fault_pages:
         pages["faults"] = fault_pages
@@ -71,10 +72,10 @@ def make(outer: dict[str, Map], fault_pages: int | None = None,
                 made.append(ring)
                 outer[outer_name].update(_U32.pack(cpu), _U32.pack(fd))
     except (LoadError, OSError) as e:
-        for ring in made:     # the array of maps holds its own references
-            for outer_name, _ in KINDS.values():
+        for outer_name, _ in KINDS.values():   # it holds references of its own
+            for cpu in {r.cpu for r in made}:
                 try:
-                    outer[outer_name].delete(_U32.pack(ring.cpu))
+                    outer[outer_name].delete(_U32.pack(cpu))
                 except (LoadError, OSError):
                     pass
         close(made)

@@ -129,3 +129,30 @@ def test_read_merges_the_rings_in_time_order():
     a, b = _Ring([7, 8]), _Ring([1])
     assert cpu_rings.read([a, b], ordered=False)["ts"].tolist() == [7, 8, 1]
     assert len(cpu_rings.read([_Ring([]), _Ring([])], ordered=True)) == 0
+
+
+class _Outer:
+    """An array of maps that takes `fails_after` entries, then refuses."""
+
+    def __init__(self, fails_after: int) -> None:
+        self.entries: dict[bytes, bytes] = {}
+        self.fails_after = fails_after
+
+    def update(self, key: bytes, value: bytes) -> None:
+        import errno
+        from tracer.bpf_syscall import LoadError
+        if len(self.entries) >= self.fails_after:
+            raise LoadError(errno.EINVAL, "refused")
+        self.entries[key] = value
+
+    def delete(self, key: bytes) -> bool:
+        return self.entries.pop(key, None) is not None
+
+
+@live
+def test_rings_not_made_leave_every_cpu_to_the_shared_ring(kernel_headers):
+    cpus = online_cpus()
+    outer = {"fault_rings": _Outer(len(cpus)), "event_rings": _Outer(0)}
+    made, note = cpu_rings.make(outer, cpus=cpus)
+    assert made == [] and "not made" in note
+    assert outer["fault_rings"].entries == {} and outer["event_rings"].entries == {}
