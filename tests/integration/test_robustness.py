@@ -301,7 +301,7 @@ def test_exception_in_capture_continues_held_processes(monkeypatch):
 
 @live
 def test_overload_on_both_cpus_is_counted(workloads, tmp_path):
-    """Two processes flooding faults into a 16-page ring: captured + lost ==
+    """Two processes flooding faults into 16-page rings (one per CPU): captured + lost ==
     the kernel's count (but GUP and pre-exec), LOST in the summary, and
     --fail-on-loss turns it into exit status 7."""
     f = workloads["faults"]
