@@ -27,7 +27,9 @@ BPF_RINGBUF_OUTPUT(events, MT_FALLBACK_RING_PAGES);
 BPF_ARRAY_OF_MAPS(fault_rings, "faults", MT_RING_CPUS);
 BPF_ARRAY_OF_MAPS(event_rings, "events", MT_RING_CPUS);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
-BPF_RINGBUF_OUTPUT(summary_runs, MT_RUN_RING_PAGES);
+/* --faults=summary: runs likewise (user space fills run_rings in that mode) */
+BPF_RINGBUF_OUTPUT(summary_runs, MT_FALLBACK_RING_PAGES);
+BPF_ARRAY_OF_MAPS(run_rings, "summary_runs", MT_RING_CPUS);
 
 /* tgid -> MT_STATE_* in the low byte (MT_STATE_MASK); filled by user space
  * (-p, the spawned CMD, -a's processes at start) and by fork; with -a also
@@ -927,12 +929,15 @@ static __always_inline int same_key(struct mt_summary_key *a, struct mt_summary_
  * the ring is full. */
 static __always_inline int send_run(struct mt_summary_acc *acc)
 {
-	struct mt_summary_run *r = summary_runs.ringbuf_reserve(sizeof(*r));
+	u32 cpu = bpf_get_smp_processor_id();    /* as fault_reserve */
+	void *rb = run_rings.lookup(&cpu);
+	struct mt_summary_run *r = rb ? bpf_ringbuf_reserve(rb, sizeof(*r), 0) :
+					summary_runs.ringbuf_reserve(sizeof(*r));
 	if (!r)
 		return 0;
 	__builtin_memcpy(&r->key, &acc->key, sizeof(r->key));
 	__builtin_memcpy(&r->v, &acc->v, sizeof(r->v));
-	summary_runs.ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 	count(MT_CNT_SUMMARY_RING);
 	return 1;
 }

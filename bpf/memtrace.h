@@ -14,18 +14,19 @@
 
 #define MT_FORMAT_VERSION 1
 
-/* Ring buffer sizes in pages (power of two). Faults and events go to a ring
- * of the CPU's own (`fault_rings`, `event_rings`, filled by user space:
- * tracer/cpu_rings.py): those of a kind share MT_*_RING_PAGES, at least
- * MT_CPU_RING_MIN_PAGES each; `faults` and `events` serve a CPU without one. */
+/* Ring buffer sizes in pages (power of two). Faults, events and summary
+ * runs go to a ring of the CPU's own (`fault_rings`, `event_rings`,
+ * `run_rings`, filled by user space: tracer/cpu_rings.py): those of a kind
+ * share MT_*_RING_PAGES, at least MT_CPU_RING_MIN_PAGES each; `faults`,
+ * `events` and `summary_runs` serve a CPU without one. */
 #define MT_FAULT_RING_PAGES 8192
 #define MT_EVENT_RING_PAGES 8192
 #define MT_CPU_RING_MIN_PAGES 2048
 #define MT_FALLBACK_RING_PAGES 512   /* 2 MiB: a CPU that came online later */
-#define MT_RING_CPUS 4096     /* entries of fault_rings and event_rings: CPU ids */
+#define MT_RING_CPUS 4096     /* entries of the *_rings arrays: CPU ids */
 #define MT_EXEC_RING_PAGES 512   /* exec and open records: -a sees every process's */
 #define MT_RUN_RING_PAGES 8192   /* --faults=summary: runs not in the map (mt_summary_run,
-				    112 bytes with the header: 300k) */
+				    112 bytes with the header: 300k in all) */
 
 /* Event kinds (mt_event.kind, and the `kind` column of the trace). */
 #define MT_EV_BRK 1

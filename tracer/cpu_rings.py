@@ -22,8 +22,10 @@ from tracer.layout import C
 from tracer.ringbuf import RingReader
 
 # kind -> (the array of maps, the record), as bpf/memtrace.bpf.c names them
-KINDS = {"faults": ("fault_rings", layout.FAULT), "events": ("event_rings", layout.EVENT)}
-_TOTAL = {"faults": C["MT_FAULT_RING_PAGES"], "events": C["MT_EVENT_RING_PAGES"]}
+KINDS = {"faults": ("fault_rings", layout.FAULT), "events": ("event_rings", layout.EVENT),
+         "runs": ("run_rings", layout.SUMMARY_RUN)}      # runs: --faults=summary only
+_TOTAL = {"faults": C["MT_FAULT_RING_PAGES"], "events": C["MT_EVENT_RING_PAGES"],
+          "runs": C["MT_RUN_RING_PAGES"]}
 _U32 = struct.Struct("<I")
 
 
@@ -48,19 +50,21 @@ class CpuRing:
 
 
 def make(outer: dict[str, Map], fault_pages: int | None = None,
-         cpus: list[int] | None = None) -> tuple[list[CpuRing], str]:
-    """The rings of every online CPU, in `outer` (kind's array of maps by
-    name); `fault_pages` each CPU's fault ring (--ring-pages), else its share
-    of MT_FAULT_RING_PAGES. Returns the rings and "" or why there are none
-    (the shared rings then take every record)."""
+         cpus: list[int] | None = None,
+         kinds: tuple[str, ...] = ("faults", "events")) -> tuple[list[CpuRing], str]:
+    """The rings of `kinds` of every online CPU, in `outer` (kind's array of
+    maps by name); `fault_pages` each CPU's fault ring (--ring-pages), else
+    its share of MT_FAULT_RING_PAGES. Returns the rings and "" or why there
+    are none (the shared rings then take every record)."""
     # a CPU id past the arrays' entries writes to the shared ring
     cpus = [c for c in (online_cpus() if cpus is None else cpus) if c < C["MT_RING_CPUS"]]
-    pages = {kind: pages_per_cpu(_TOTAL[kind], len(cpus)) for kind in KINDS}
+    pages = {kind: pages_per_cpu(_TOTAL[kind], len(cpus)) for kind in kinds}
     if fault_pages:
         pages["faults"] = fault_pages
     made: list[CpuRing] = []
     try:
-        for kind, (outer_name, dtype) in KINDS.items():
+        for kind in kinds:
+            outer_name, dtype = KINDS[kind]
             size = pages[kind] * mmap.PAGESIZE
             for cpu in cpus:
                 fd = map_create(MAP_RINGBUF, 0, 0, size, 0, f"{kind[:-1]}_cpu{cpu}")
@@ -72,14 +76,14 @@ def make(outer: dict[str, Map], fault_pages: int | None = None,
                 made.append(ring)
                 outer[outer_name].update(_U32.pack(cpu), _U32.pack(fd))
     except (LoadError, OSError) as e:
-        for outer_name, _ in KINDS.values():   # it holds references of its own
+        for outer_name in (KINDS[k][0] for k in kinds):   # it holds references of its own
             for cpu in {r.cpu for r in made}:
                 try:
                     outer[outer_name].delete(_U32.pack(cpu))
                 except (LoadError, OSError):
                     pass
         close(made)
-        return [], f"rings per CPU not made ({e}): one ring each for faults and events"
+        return [], f"rings per CPU not made ({e}): one shared ring each for {', '.join(kinds)}"
     return made, ""
 
 
@@ -93,6 +97,20 @@ def read(rings: list[RingReader], ordered: bool) -> np.ndarray:
         return parts[0] if parts else np.empty(0, rings[0].dtype)
     out = np.concatenate(parts)
     return out[np.argsort(out["ts"], kind="stable")] if ordered else out
+
+
+class RingSet:
+    """Several rings of one kind read as one (`read`: ring after ring)."""
+
+    def __init__(self, readers: list[RingReader]) -> None:
+        self.readers = readers
+
+    def read(self) -> np.ndarray:
+        return read(self.readers, ordered=False)
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
 
 
 def close(rings: list[CpuRing]) -> None:

@@ -103,9 +103,9 @@ class Probes:
         self._loaded = self._load(cflags, cache)
         self._maps = self._loaded.maps
         self.rings: dict[str, RingReader] = {}
-        # --faults=summary: the runs not in the map (read by
-        # tracer.fault_summary, not with the rings above)
-        self.summary_runs: RingReader | None = None
+        # --faults=summary: the runs not in the map, the shared ring and each
+        # CPU's (read by tracer.fault_summary, not with the rings above)
+        self.summary_runs: cpu_rings.RingSet | None = None
         self._closed = False
         page = mmap.PAGESIZE
         sizes = {"faults": fault_ring_pages or C["MT_FALLBACK_RING_PAGES"],
@@ -116,13 +116,18 @@ class Probes:
             for name, dtype in RINGS.items():
                 self.rings[name] = RingReader(self._maps[name].fd, sizes[name] * page, dtype)
                 self._ring_fds[name] = self._maps[name].fd
-            self._cpu_rings, self.cpu_rings_note = cpu_rings.make(self._maps, fault_ring_pages)
+            kinds = ("faults", "events") + (("runs",) if summary else ())
+            self._cpu_rings, self.cpu_rings_note = cpu_rings.make(self._maps, fault_ring_pages,
+                                                                  kinds=kinds)
             for ring in self._cpu_rings:
-                self.rings[ring.name] = ring.reader
-                self._ring_fds[ring.name] = ring.fd
+                if ring.kind != "runs":
+                    self.rings[ring.name] = ring.reader
+                    self._ring_fds[ring.name] = ring.fd
             if summary:
-                self.summary_runs = RingReader(self._maps["summary_runs"].fd,
-                                               C["MT_RUN_RING_PAGES"] * page, layout.SUMMARY_RUN)
+                shared = RingReader(self._maps["summary_runs"].fd,
+                                    C["MT_FALLBACK_RING_PAGES"] * page, layout.SUMMARY_RUN)
+                self.summary_runs = cpu_rings.RingSet(
+                    [shared] + [r.reader for r in self._cpu_rings if r.kind == "runs"])
         except BaseException:
             self.close()
             raise

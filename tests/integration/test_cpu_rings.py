@@ -62,8 +62,10 @@ def test_each_cpu_writes_its_own_ring(kernel_headers):
     try:
         assert not p.cpu_rings_note, p.cpu_rings_note
         rings = {(r.kind, r.cpu): r for r in p._cpu_rings}
-        assert set(rings) == {(k, c) for k in cpu_rings.KINDS for c in cpus}
-        for kind, (outer, _) in cpu_rings.KINDS.items():
+        assert set(rings) == {(k, c) for k in ("faults", "events") for c in cpus}
+        assert p.summary_runs is None and not p.table("run_rings").lookup(struct.pack("<I", 0))
+        for kind in ("faults", "events"):
+            outer = cpu_rings.KINDS[kind][0]
             for cpu in cpus:    # a map of maps gives user space the inner map's id
                 raw = p.table(outer).lookup(struct.pack("<I", cpu))
                 assert struct.unpack("<I", raw)[0] == rings[(kind, cpu)].map_id
@@ -82,6 +84,40 @@ def test_each_cpu_writes_its_own_ring(kernel_headers):
         assert set(faults["pid"].tolist()) == {os.getpid()}
     finally:
         p.close(background=False)
+
+
+@live
+def test_summary_mode_runs_go_to_each_cpus_ring(kernel_headers, workloads, tmp_path):
+    """--faults=summary: the runs (a row each) are read from the CPUs' run
+    rings and the shared one; the trace's faults equal the kernel's."""
+    from tracer.probes import Probes
+    p = Probes(residency=False, summary=True)
+    try:
+        cpus = online_cpus()
+        assert sorted(r.cpu for r in p._cpu_rings if r.kind == "runs") == cpus
+        assert len(p.summary_runs.readers) == 1 + len(cpus)
+        for r in p._cpu_rings:
+            if r.kind == "runs":
+                raw = p.table("run_rings").lookup(struct.pack("<I", r.cpu))
+                assert struct.unpack("<I", raw)[0] == r.map_id
+    finally:
+        p.close(background=False)
+    from memtrace_helpers import counter, exec_pids, faults_of, n_faults, run_memtrace
+    f = workloads["faults"]
+    proc, t = run_memtrace(["--faults=summary", "--", "sh", "-c", f"{f} 64 2 & {f} 64 2 & wait"],
+                           tmp_path)
+    ev, meta = t.events, t.meta
+    assert counter(meta, "summary_ring") > 0              # runs came through the rings
+    assert not counter(meta, "summary_full"), meta["counters"]
+    pids = exec_pids(ev, "faults")
+    assert len(pids) == 2
+    spans = []
+    for pid in pids:     # two rounds of 64 MiB first touched, and the program's own few
+        n = n_faults(ev, pid, major=False)
+        assert 2 * 64 * 256 <= n <= 2 * 64 * 256 + 300, (pid, n)
+        ts = faults_of(ev, pid)["ts"].astype("uint64")
+        spans.append((int(ts.min()), int(ts.max())))
+    assert max(a for a, _ in spans) < min(b for _, b in spans), "the two did not overlap"
 
 
 @live
