@@ -16,9 +16,10 @@
 
 /* Ring buffer sizes in pages (power of two). Faults, events and summary
  * runs go to a ring of the CPU's own (`fault_rings`, `event_rings`,
- * `run_rings`, filled by user space: tracer/cpu_rings.py): those of a kind
- * share MT_*_RING_PAGES, at least MT_CPU_RING_MIN_PAGES each; `faults`,
- * `events` and `summary_runs` serve a CPU without one. */
+ * `run_rings`, filled by user space: tracer/cpu_rings.py; past 16 CPUs,
+ * CPUs share 16 rings): those of a kind share MT_*_RING_PAGES, at least
+ * MT_CPU_RING_MIN_PAGES each; `faults`, `events` and `summary_runs` serve a
+ * CPU without one. */
 #define MT_FAULT_RING_PAGES 8192
 #define MT_EVENT_RING_PAGES 8192
 #define MT_CPU_RING_MIN_PAGES 2048

@@ -1,6 +1,7 @@
-"""Each CPU's own rings for faults and events (bpf/memtrace.bpf.c,
-`fault_rings` and `event_rings`): made here, one of each per online CPU, and
-put in the BPF side's array of maps under the CPU's id. Every fault and
+"""Each CPU's own rings for faults, events and summary runs
+(bpf/memtrace.bpf.c, `fault_rings`, `event_rings`, `run_rings`): made here,
+one of each per online CPU (up to MAX_RINGS, then shared by CPUs in turn),
+and put in the BPF side's array of maps under the CPU's id. Every fault and
 memory syscall writes a record; on one shared ring the CPUs contend for its
 lock and its producer position (docs/benchmarks.md, fifteenth session). A
 CPU left without a ring (one that came online later, or a kernel that
@@ -29,36 +30,44 @@ _TOTAL = {"faults": C["MT_FAULT_RING_PAGES"], "events": C["MT_EVENT_RING_PAGES"]
 _U32 = struct.Struct("<I")
 
 
-def pages_per_cpu(total: int, cpus: int, minimum: int = C["MT_CPU_RING_MIN_PAGES"]) -> int:
-    """Each CPU's share of `total` pages, at least `minimum`: a power of two
-    (the kernel's rule for a ring's size), rounded down."""
-    share = max(minimum, total // max(cpus, 1))
+# At most this many rings of a kind: on a larger machine CPUs share them
+# (CPU ids in turn), so a kind's rings stay within 16 x 8 MiB.
+MAX_RINGS = 16
+
+
+def pages_per_ring(total: int, rings: int, minimum: int = C["MT_CPU_RING_MIN_PAGES"]) -> int:
+    """Each ring's share of `total` pages, at least `minimum`: a power of
+    two (the kernel's rule for a ring's size), rounded down."""
+    share = max(minimum, total // max(rings, 1))
     return 1 << (share.bit_length() - 1)
 
 
 @dataclass
 class CpuRing:
-    kind: str        # "faults" or "events"
-    cpu: int
+    kind: str          # "faults", "events" or "runs"
+    index: int
+    cpus: list[int]    # the CPUs that write to it (one, up to MAX_RINGS CPUs)
     fd: int
     map_id: int
     reader: RingReader
 
     @property
     def name(self) -> str:
-        return f"{self.kind}@{self.cpu}"
+        return f"{self.kind}@{self.index}"
 
 
 def make(outer: dict[str, Map], fault_pages: int | None = None,
          cpus: list[int] | None = None,
          kinds: tuple[str, ...] = ("faults", "events")) -> tuple[list[CpuRing], str]:
-    """The rings of `kinds` of every online CPU, in `outer` (kind's array of
-    maps by name); `fault_pages` each CPU's fault ring (--ring-pages), else
-    its share of MT_FAULT_RING_PAGES. Returns the rings and "" or why there
-    are none (the shared rings then take every record)."""
+    """The rings of `kinds` of the online CPUs, one each (MAX_RINGS at most),
+    in `outer` (kind's array of maps by name) under every CPU they serve;
+    `fault_pages` each fault ring's size (--ring-pages), else its share of
+    MT_FAULT_RING_PAGES. Returns the rings and "" or why there are none (the
+    shared rings then take every record)."""
     # a CPU id past the arrays' entries writes to the shared ring
     cpus = [c for c in (online_cpus() if cpus is None else cpus) if c < C["MT_RING_CPUS"]]
-    pages = {kind: pages_per_cpu(_TOTAL[kind], len(cpus)) for kind in kinds}
+    n = min(len(cpus), MAX_RINGS)
+    pages = {kind: pages_per_ring(_TOTAL[kind], n) for kind in kinds}
     if fault_pages:
         pages["faults"] = fault_pages
     made: list[CpuRing] = []
@@ -66,18 +75,20 @@ def make(outer: dict[str, Map], fault_pages: int | None = None,
         for kind in kinds:
             outer_name, dtype = KINDS[kind]
             size = pages[kind] * mmap.PAGESIZE
-            for cpu in cpus:
-                fd = map_create(MAP_RINGBUF, 0, 0, size, 0, f"{kind[:-1]}_cpu{cpu}")
+            for i in range(n):
+                fd = map_create(MAP_RINGBUF, 0, 0, size, 0, f"{kind[:-1]}_ring{i}")
                 try:
-                    ring = CpuRing(kind, cpu, fd, map_info(fd)[1], RingReader(fd, size, dtype))
+                    ring = CpuRing(kind, i, cpus[i::n], fd, map_info(fd)[1],
+                                   RingReader(fd, size, dtype))
                 except BaseException:
                     os.close(fd)
                     raise
                 made.append(ring)
-                outer[outer_name].update(_U32.pack(cpu), _U32.pack(fd))
+                for cpu in ring.cpus:
+                    outer[outer_name].update(_U32.pack(cpu), _U32.pack(fd))
     except (LoadError, OSError) as e:
         for outer_name in (KINDS[k][0] for k in kinds):   # it holds references of its own
-            for cpu in {r.cpu for r in made}:
+            for cpu in cpus:
                 try:
                     outer[outer_name].delete(_U32.pack(cpu))
                 except (LoadError, OSError):

@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with -a: hold every traced process at exec until its maps are read")
     p.add_argument("--ring-pages", type=_power_of_two, metavar="N",
                    help="size of each CPU's fault ring buffer in pages (default: "
-                   "%d shared by the CPUs, at least %d each)"
+                   "%d shared by the CPUs' rings, at least %d each; past 16 CPUs, "
+                   "CPUs share 16 rings)"
                    % (C["MT_FAULT_RING_PAGES"], C["MT_CPU_RING_MIN_PAGES"]))
     p.add_argument("--fail-on-loss", action="store_true",
                    help=f"exit with status {LOST_EXIT} if any event was lost "

@@ -17,7 +17,9 @@ import pytest
 
 from tracer import cpu_rings
 from tracer.bpf_syscall import online_cpus
-from tracer.layout import EVENT
+from tracer.layout import EVENT, C
+
+C_MIN = C["MT_CPU_RING_MIN_PAGES"]
 
 live = pytest.mark.live
 TOUCH = 16 << 20     # 4096 pages
@@ -61,7 +63,8 @@ def test_each_cpu_writes_its_own_ring(kernel_headers):
     p = _probes()
     try:
         assert not p.cpu_rings_note, p.cpu_rings_note
-        rings = {(r.kind, r.cpu): r for r in p._cpu_rings}
+        assert all(len(r.cpus) == 1 for r in p._cpu_rings)   # up to MAX_RINGS CPUs
+        rings = {(r.kind, r.cpus[0]): r for r in p._cpu_rings}
         assert set(rings) == {(k, c) for k in ("faults", "events") for c in cpus}
         assert p.summary_runs is None and not p.table("run_rings").lookup(struct.pack("<I", 0))
         for kind in ("faults", "events"):
@@ -94,11 +97,11 @@ def test_summary_mode_runs_go_to_each_cpus_ring(kernel_headers, workloads, tmp_p
     p = Probes(residency=False, summary=True)
     try:
         cpus = online_cpus()
-        assert sorted(r.cpu for r in p._cpu_rings if r.kind == "runs") == cpus
+        assert sorted(c for r in p._cpu_rings if r.kind == "runs" for c in r.cpus) == cpus
         assert len(p.summary_runs.readers) == 1 + len(cpus)
         for r in p._cpu_rings:
             if r.kind == "runs":
-                raw = p.table("run_rings").lookup(struct.pack("<I", r.cpu))
+                raw = p.table("run_rings").lookup(struct.pack("<I", r.cpus[0]))
                 assert struct.unpack("<I", raw)[0] == r.map_id
     finally:
         p.close(background=False)
@@ -127,7 +130,7 @@ def test_a_cpu_without_a_ring_writes_the_shared_one(kernel_headers, monkeypatch)
         pytest.skip("one CPU online")
     p = _probes(monkeypatch, cpus=cpus[:1])
     try:
-        assert [r.cpu for r in p._cpu_rings] == [cpus[0], cpus[0]]
+        assert [r.cpus for r in p._cpu_rings] == [[cpus[0]], [cpus[0]]]
         kernel = _touch_on(cpus[1])
         time.sleep(0.01)
         assert kernel > 1000 and p.rings["faults"].pending() >= kernel - 2
@@ -136,11 +139,11 @@ def test_a_cpu_without_a_ring_writes_the_shared_one(kernel_headers, monkeypatch)
         p.close(background=False)
 
 
-def test_pages_per_cpu():
-    assert cpu_rings.pages_per_cpu(8192, 2, 2048) == 4096
-    assert cpu_rings.pages_per_cpu(8192, 3, 2048) == 2048       # 2730: a power of two below
-    assert cpu_rings.pages_per_cpu(8192, 64, 2048) == 2048      # never under the minimum
-    assert cpu_rings.pages_per_cpu(8192, 1, 2048) == 8192
+def test_pages_per_ring():
+    assert cpu_rings.pages_per_ring(8192, 2, 2048) == 4096
+    assert cpu_rings.pages_per_ring(8192, 3, 2048) == 2048       # 2730: a power of two below
+    assert cpu_rings.pages_per_ring(8192, 16, 2048) == 2048      # never under the minimum
+    assert cpu_rings.pages_per_ring(8192, 1, 2048) == 8192
 
 
 class _Ring:
@@ -170,7 +173,7 @@ def test_read_merges_the_rings_in_time_order():
 class _Outer:
     """An array of maps that takes `fails_after` entries, then refuses."""
 
-    def __init__(self, fails_after: int) -> None:
+    def __init__(self, fails_after: int = 1 << 30) -> None:
         self.entries: dict[bytes, bytes] = {}
         self.fails_after = fails_after
 
@@ -192,3 +195,26 @@ def test_rings_not_made_leave_every_cpu_to_the_shared_ring(kernel_headers):
     made, note = cpu_rings.make(outer, cpus=cpus)
     assert made == [] and "not made" in note
     assert outer["fault_rings"].entries == {} and outer["event_rings"].entries == {}
+
+
+@live
+def test_more_cpus_than_rings_share_them_in_turn(kernel_headers):
+    """A machine of 40 CPUs (ids given, arrays faked): MAX_RINGS rings of a
+    kind, CPU ids dealt to them in turn, every CPU's entry filled, each
+    ring its share of the pages (never under the minimum)."""
+    cpus = list(range(40))
+    outer = {"fault_rings": _Outer(), "event_rings": _Outer()}
+    made, note = cpu_rings.make(outer, cpus=cpus)
+    try:
+        assert not note
+        faults = [r for r in made if r.kind == "faults"]
+        assert len(faults) == cpu_rings.MAX_RINGS
+        assert sorted(c for r in faults for c in r.cpus) == cpus
+        assert faults[1].cpus == [1, 17, 33]
+        fd_of = {r.fd: r for r in faults}
+        for cpu in cpus:       # each CPU's entry is the ring it was dealt
+            fd = struct.unpack("<I", outer["fault_rings"].entries[struct.pack("<I", cpu)])[0]
+            assert cpu in fd_of[fd].cpus
+        assert all(r.reader.size == C_MIN * mmap.PAGESIZE for r in made)
+    finally:
+        cpu_rings.close(made)
