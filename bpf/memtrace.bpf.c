@@ -11,7 +11,7 @@
 
 /* user space may size the fault rings (a validated power of two) */
 #ifndef FAULT_RING_PAGES
-#define FAULT_RING_PAGES MT_FALLBACK_RING_PAGES
+#define FAULT_RING_PAGES MT_SHARED_RING_PAGES
 #endif
 
 /* Faults and events, the records of every fault and memory syscall, go to
@@ -21,9 +21,12 @@
  * 256-295 (bpf_stats) instead of 236-254 and 174-187: 9 runs of 30 here;
  * with a ring per CPU none of 26 (sys_exit 227-256 ns; docs/benchmarks.md,
  * fifteenth session). A CPU whose entry user space did not fill uses the
- * shared ring, `faults` or `events` (also the template of the CPUs' rings). */
+ * shared ring, `faults` or `events` (also the template of the CPUs' rings),
+ * as does a record its CPU's full ring cannot take: a single-threaded burst
+ * has its CPU's ring and the shared one (with only the CPU's 16 MiB, `faults
+ * 256 8` lost a fault in 3 runs of 17; docs/benchmarks.md). */
 BPF_RINGBUF_OUTPUT(faults, FAULT_RING_PAGES);
-BPF_RINGBUF_OUTPUT(events, MT_FALLBACK_RING_PAGES);
+BPF_RINGBUF_OUTPUT(events, MT_SHARED_RING_PAGES);
 BPF_ARRAY_OF_MAPS(fault_rings, "faults", MT_RING_CPUS);
 BPF_ARRAY_OF_MAPS(event_rings, "events", MT_RING_CPUS);
 BPF_RINGBUF_OUTPUT(execs, MT_EXEC_RING_PAGES);
@@ -401,18 +404,20 @@ static __always_inline struct mt_fault *fault_reserve(void)
 	return faults.ringbuf_reserve(sizeof(struct mt_fault));
 }
 
-/* A failed reservation is tried once more: on 6.x a ring buffer's lock is
- * a resilient spinlock whose acquisition can fail with the ring far from
- * full (rare: 10-minute soaks lost 1-2 faults with the ring nearly empty).
- * A retry that succeeds is counted (reserve_retried); what is still lost is
- * counted as lost. (One function per ring: bcc rewrites map calls, not
+/* A failed reservation is tried once more, in the shared ring: the CPU's
+ * ring may be full, and on 6.x a ring buffer's lock is a resilient spinlock
+ * whose acquisition can fail with the ring far from full (rare: 10-minute
+ * soaks lost 1-2 faults with the ring nearly empty). A retry that succeeds
+ * is counted (reserve_retried); what is still lost is counted as lost. (One function per ring: bcc rewrites map calls, not
  * inside macros.) */
 static __always_inline struct mt_fault *reserve_fault(u16 flags)
 {
 	struct mt_fault *f = fault_reserve();
 	if (f)
 		return f;
-	f = fault_reserve();
+	/* the CPU's ring full (or its lock failed): the shared one, so that a
+	 * burst on one CPU has that ring's room too */
+	f = faults.ringbuf_reserve(sizeof(struct mt_fault));
 	if (f)
 		count(MT_CNT_RESERVE_RETRIED);
 	else {
@@ -622,7 +627,7 @@ static __always_inline struct mt_event *reserve_event(int lost)
 	struct mt_event *ev = event_reserve();
 	if (ev)
 		return ev;
-	ev = event_reserve();
+	ev = events.ringbuf_reserve(sizeof(struct mt_event));   /* as reserve_fault */
 	if (ev)
 		count(MT_CNT_RESERVE_RETRIED);
 	else

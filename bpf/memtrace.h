@@ -23,7 +23,9 @@
 #define MT_FAULT_RING_PAGES 8192
 #define MT_EVENT_RING_PAGES 8192
 #define MT_CPU_RING_MIN_PAGES 2048
-#define MT_FALLBACK_RING_PAGES 512   /* 2 MiB: a CPU that came online later */
+#define MT_SHARED_RING_PAGES 4096   /* faults, events: a CPU without a ring, and
+				       what a CPU's full ring cannot take */
+#define MT_FALLBACK_RING_PAGES 512   /* summary_runs: a CPU without a ring */
 #define MT_RING_CPUS 4096     /* entries of the *_rings arrays: CPU ids */
 #define MT_EXEC_RING_PAGES 512   /* exec and open records: -a sees every process's */
 #define MT_RUN_RING_PAGES 8192   /* --faults=summary: runs not in the map (mt_summary_run,
@@ -100,7 +102,8 @@
 #define MT_CNT_FAULT_UNFINISHED 12
 #define MT_CNT_RSS_STRANDED 13
 #define MT_CNT_STACK_LOST 14  /* --stacks: a stack not stored (map full, collision) */
-#define MT_CNT_RESERVE_RETRIED 15  /* a ring reservation failed once, then succeeded */
+#define MT_CNT_RESERVE_RETRIED 15  /* a record its CPU's ring could not take (full, or
+				      its lock failed), taken by the shared ring */
 #define MT_CNT_SUMMARY_FULL 16     /* --faults=summary: a fault not counted (the map was full) */
 #define MT_CNT_SUMMARY_FAULTS 17   /* --faults=summary: faults counted in the map */
 #define MT_CNT_SUMMARY_LATE_MAJOR 18  /* --faults=summary: a major fault whose entry was

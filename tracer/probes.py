@@ -108,8 +108,8 @@ class Probes:
         self.summary_runs: cpu_rings.RingSet | None = None
         self._closed = False
         page = mmap.PAGESIZE
-        sizes = {"faults": fault_ring_pages or C["MT_FALLBACK_RING_PAGES"],
-                 "events": C["MT_FALLBACK_RING_PAGES"], "execs": C["MT_EXEC_RING_PAGES"]}
+        sizes = {"faults": fault_ring_pages or C["MT_SHARED_RING_PAGES"],
+                 "events": C["MT_SHARED_RING_PAGES"], "execs": C["MT_EXEC_RING_PAGES"]}
         self._ring_fds: dict[str, int] = {}
         self._cpu_rings: list[cpu_rings.CpuRing] = []
         try:
