@@ -111,13 +111,14 @@ def read(rings: list[RingReader], ordered: bool) -> np.ndarray:
 
 
 class RingSet:
-    """Several rings of one kind read as one (`read`: ring after ring)."""
+    """The rings of one kind, the shared one first, read as one (`read`)."""
 
-    def __init__(self, readers: list[RingReader]) -> None:
+    def __init__(self, readers: list[RingReader], ordered: bool = False) -> None:
         self.readers = readers
+        self.ordered = ordered
 
     def read(self) -> np.ndarray:
-        return read(self.readers, ordered=False)
+        return read(self.readers, self.ordered)
 
     def close(self) -> None:
         for r in self.readers:

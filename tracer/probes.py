@@ -110,24 +110,26 @@ class Probes:
         page = mmap.PAGESIZE
         sizes = {"faults": fault_ring_pages or C["MT_SHARED_RING_PAGES"],
                  "events": C["MT_SHARED_RING_PAGES"], "execs": C["MT_EXEC_RING_PAGES"]}
-        self._ring_fds: dict[str, int] = {}
         self._cpu_rings: list[cpu_rings.CpuRing] = []
+        self._ring_sets: dict[str, cpu_rings.RingSet] = {}    # kind -> shared + CPUs' rings
         try:
             for name, dtype in RINGS.items():
                 self.rings[name] = RingReader(self._maps[name].fd, sizes[name] * page, dtype)
-                self._ring_fds[name] = self._maps[name].fd
             kinds = ("faults", "events") + (("runs",) if summary else ())
             self._cpu_rings, self.cpu_rings_note = cpu_rings.make(self._maps, fault_ring_pages,
                                                                   kinds=kinds)
+            shared = {kind: self.rings[kind] for kind in ("faults", "events")}
+            if summary:
+                shared["runs"] = RingReader(self._maps["summary_runs"].fd,
+                                            C["MT_FALLBACK_RING_PAGES"] * page, layout.SUMMARY_RUN)
+            for kind, reader in shared.items():
+                self._ring_sets[kind] = cpu_rings.RingSet(
+                    [reader] + [r.reader for r in self._cpu_rings if r.kind == kind],
+                    ordered=kind == "events")
             for ring in self._cpu_rings:
                 if ring.kind != "runs":
                     self.rings[ring.name] = ring.reader
-                    self._ring_fds[ring.name] = ring.fd
-            if summary:
-                shared = RingReader(self._maps["summary_runs"].fd,
-                                    C["MT_FALLBACK_RING_PAGES"] * page, layout.SUMMARY_RUN)
-                self.summary_runs = cpu_rings.RingSet(
-                    [shared] + [r.reader for r in self._cpu_rings if r.kind == "runs"])
+            self.summary_runs = self._ring_sets.get("runs")
         except BaseException:
             self.close()
             raise
@@ -276,14 +278,15 @@ class Probes:
         return out
 
     def ring_fds(self) -> list[int]:
-        return list(self._ring_fds.values())
+        """The rings the capture loop polls (summary runs are not: read at each drain)."""
+        return [self._maps[name].fd for name in RINGS] + [
+            r.fd for r in self._cpu_rings if r.kind != "runs"]
 
     def read_rings(self, kind: str) -> np.ndarray:
         """Every record of `kind` ("faults", "events") waiting in its rings:
         the shared one and each CPU's (tracer/cpu_rings.py); events in time
         order, faults ring after ring (their rows are sorted when written)."""
-        rings = [self.rings[kind]] + [r.reader for r in self._cpu_rings if r.kind == kind]
-        return cpu_rings.read(rings, ordered=kind == "events")
+        return self._ring_sets[kind].read()
 
     def ids(self) -> dict[str, list[int]]:
         """The kernel ids of the programs and maps (to check they are gone)."""
@@ -302,7 +305,8 @@ class Probes:
         self._closed = True
         for r in [*self.rings.values(), *([self.summary_runs] if self.summary_runs else [])]:
             r.close()
-        # the programs' array of maps holds each CPU's ring until it goes
+        # the CPUs' rings' descriptors (the programs' arrays of maps hold
+        # the rings until they go)
         cpu_rings.close(self._cpu_rings)
         try:
             for i in range(C["MT_NR_CONFIG"]):

@@ -131,6 +131,10 @@ class RingReader:
         return (prod - cons) // self.slot.itemsize
 
     def close(self) -> None:
+        """Unmaps the ring; again, nothing (a CPU's ring is closed with the
+        others and with its descriptor: tracer/cpu_rings.py)."""
+        if self._data is None:
+            return
         self._data = None
         self._cons.close()
         try:
