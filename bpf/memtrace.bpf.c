@@ -1643,7 +1643,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 		if (traced.update(&child, &st))
 			count(MT_CNT_MAP_FULL);
 		traced_changed();
-		proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_NO_WAKEUP);
+		proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_FORCE_WAKEUP);
 	}
 	/* the counters the fork gave the child (copy_page_range, curr=0) */
 	take_built(tid, child, child, follow);

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.ma  # noqa: F401
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, layout, pending_faults, system, trace_rows, writer
+from tracer import _procfs, cmd_stop, drain_gate, layout, pending_faults, system, trace_rows, writer
 from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
@@ -242,11 +242,18 @@ def run(opts: Options, say: Say,
         if child is not None:
             exit_watch = ExitWatch(poller, child.pid)
         deadline = time.monotonic() + opts.duration if opts.duration else None
-        def drain(final: bool = False) -> None:
+        # the rings read when there is a reason (tracer.drain_gate), else every poll
+        gate = (drain_gate.DrainGate(probes.rings.values(), opts.flush_interval, time.monotonic())
+                if opts.system is None and live is None else None)
+
+        def drain(final: bool = False, rings: bool = True) -> None:
             first = len(pending)
-            pending.extend(_drain(probes, res, comms, live_pids,
-                                  held if opts.stop_at_exec else None, opts.residency,
-                                  opts.alloc))
+            if rings:
+                pending.extend(_drain(probes, res, comms, live_pids,
+                                      held if opts.stop_at_exec else None, opts.residency,
+                                      opts.alloc))
+                if gate is not None:
+                    gate.drained(time.monotonic())
             rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
             if len(rows):
                 pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
@@ -256,7 +263,8 @@ def run(opts: Options, say: Say,
                         res, np.zeros(0, EVENT), rows, live_pids,
                         lambda pid: _attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
-                sampler.active(pids_of(pending[first:]))
+                # (rings not read: any of CMD's processes)
+                sampler.active(pids_of(pending[first:]) if rings else live_pids)
                 rows = sampler.take(res.left)
                 if len(rows):
                     pending.append(trace_rows.event_batch(rows, comms))
@@ -268,8 +276,8 @@ def run(opts: Options, say: Say,
 
         last_flush = time.monotonic()
         while True:
-            poller.poll(opts.poll_interval)
-            drain()
+            woke = poller.poll(opts.poll_interval)
+            drain(rings=gate is None or gate.due(bool(woke), time.monotonic()))
             if child is not None and res.exit_status is None and reap(child.pid, res):
                 exit_watch.close()
             now = time.monotonic()

@@ -127,8 +127,12 @@ class RingReader:
         return out
 
     def pending(self) -> int:
+        return self.pending_bytes() // self.slot.itemsize
+
+    def pending_bytes(self) -> int:
+        """Bytes reserved and not read yet (tracer.drain_gate)."""
         cons, prod = self._pos()
-        return (prod - cons) // self.slot.itemsize
+        return prod - cons
 
     def close(self) -> None:
         """Unmaps the ring; again, nothing (a CPU's ring is closed with the

@@ -76,3 +76,24 @@ def test_a_peak_between_two_reads_is_in_the_high_water_mark(tmp_path):
     assert p["rss_vmhwm"] <= hwm + 16 * MiB, p   # python's own growth after its read only
     assert p["rss_exact"] is False
     assert ">=" + summary._bytes(p["rss"]) in proc.stderr
+
+
+FORKED = ("import os, time\n"
+          "pid = os.fork()\n"
+          "if pid == 0:\n"
+          "    b = b'\\x01' * (32 << 20); time.sleep(0.6); os._exit(0)\n"
+          "os.waitpid(pid, 0)\n")
+
+
+def test_a_forked_child_is_read_while_it_runs(tmp_path):
+    # the rings are read only with a reason (tracer.drain_gate): a fork is
+    # one (BPF wakes the loop), so the sampler knows the child at once and
+    # reads it while it holds its 32 MiB, not only after its exit
+    proc, t = run_memtrace(["--rss", "sampled", "--rss-interval", "0.05", "--",
+                            "/usr/bin/python3", "-c", FORKED], tmp_path, quiet=False)
+    parent = exec_pid(t.events, "python3")
+    forks = t.events[(t.events["kind"] == "fork") & (t.events["pid"] == parent)]
+    assert len(forks) == 1, forks
+    child = int(t.rss["pid"][t.rss["pid"] != parent].iloc[0])
+    r = t.rss[(t.rss["pid"] == child) & (t.rss["cause"].astype(str) == "sampled")]
+    assert len(r) and int(r["anon"].max()) >= 32 * MiB, t.rss[t.rss["pid"] == child]

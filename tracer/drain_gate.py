@@ -1,0 +1,59 @@
+"""When the capture loop reads the rings while the traced programs run.
+
+The records wait in the kernel's rings (memory already allocated and
+mapped) until one of these, whichever comes first:
+- BPF wakes the loop: a process held at its exec, a fork (the rss sampler
+  and the process table want the child), a process's end;
+- a ring is half full (the loop looks every poll interval, 0.1 s);
+- `interval` has passed since the last read (the flush interval, 1 s: a
+  long run's trace reaches the disk as before);
+- the run ends (the capture's last reads do not ask the gate).
+
+Why: reading the rings while a program that keeps every CPU busy runs costs
+that program more wall time than the reads' CPU time. `churn 100000`
+(three actors on two CPUs) with the rings read every 0.1 s against read
+this way, `--rss sampled`, paired runs: 0.909 (95% CI 0.881..0.950, 30
+pairs) and 0.939 (0.883..1.035, 24 pairs) of the workload's fork-to-exit
+time, its CPU time 0.980 and 0.998 (docs/benchmarks.md, sixteenth session).
+What it costs: the reads come in larger batches, and what is left at the
+end (up to a second's records) is read after the last exit.
+
+Not used with -a (the rss sampler reads only the processes whose rows came
+since its last read, so that a busy machine's idle processes cost nothing)
+nor with the live view (it shows what the rings held at its last refresh).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+# A ring this full is read at the next look, whatever else.
+FILL = 0.5
+
+
+class Ring(Protocol):
+    size: int                     # data bytes
+
+    def pending_bytes(self) -> int: ...
+
+
+class DrainGate:
+    """`due(woke, now)`: whether to read the rings now; `drained(now)`
+    after each read."""
+
+    def __init__(self, rings: Iterable[Ring], interval: float, now: float,
+                 fill: float = FILL) -> None:
+        self.rings = list(rings)
+        self.interval = interval
+        self.fill = fill
+        self._last = now
+        self.deferred = 0      # looks that found no reason to read
+
+    def due(self, woke: bool, now: float) -> bool:
+        if (woke or now - self._last >= self.interval
+                or any(r.pending_bytes() >= self.fill * r.size for r in self.rings)):
+            return True
+        self.deferred += 1
+        return False
+
+    def drained(self, now: float) -> None:
+        self._last = now
