@@ -243,8 +243,9 @@ def run(opts: Options, say: Say,
             exit_watch = ExitWatch(poller, child.pid)
         deadline = time.monotonic() + opts.duration if opts.duration else None
         # the rings read when there is a reason (tracer.drain_gate), else every poll
-        gate = (drain_gate.DrainGate(probes.rings.values(), opts.flush_interval, time.monotonic())
-                if opts.system is None and live is None else None)
+        gate = (drain_gate.DrainGate(probes.rings.values(), opts.flush_interval if live is None
+                                     else drain_gate.LIVE_INTERVAL, time.monotonic())
+                if opts.system is None else None)
 
         def drain(final: bool = False, rings: bool = True) -> None:
             first = len(pending)

@@ -18,9 +18,10 @@ time, its CPU time 0.980 and 0.998 (docs/benchmarks.md, sixteenth session).
 What it costs: the reads come in larger batches, and what is left at the
 end (up to a second's records) is read after the last exit.
 
-Not used with -a (the rss sampler reads only the processes whose rows came
-since its last read, so that a busy machine's idle processes cost nothing)
-nor with the live view (it shows what the rings held at its last refresh).
+With the live view on, `interval` is LIVE_INTERVAL: the status line shows
+what the rings held at the last read. Not used with -a: its rss sampler
+reads only the processes whose rows came since its last read, so that a
+busy machine's idle processes cost nothing.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from typing import Iterable, Protocol
 
 # A ring this full is read at the next look, whatever else.
 FILL = 0.5
+# With the live view: its redraws' period (tracer.live.REFRESH, 4 a second).
+LIVE_INTERVAL = 0.25
 
 
 class Ring(Protocol):
