@@ -291,6 +291,7 @@ def run(opts: Options, say: Say,
                 # flushes; a fault still open in BPF comes later with its
                 # entry's time: bound by the open ones, read before the rings
                 if probes.fault_end:
+                    drain()      # the rings as of now (tracer.drain_gate may have waited)
                     mark = watermark()
                 else:
                     bound = pending_faults.open_since(probes)
