@@ -264,7 +264,7 @@ def run(opts: Options, say: Say,
                         res, np.zeros(0, EVENT), rows, live_pids,
                         lambda pid: _attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
-                # (rings not read: any of CMD's processes)
+                # (rings not read: any traced process alive)
                 sampler.active(pids_of(pending[first:]) if rings else live_pids)
                 rows = sampler.take(res.left)
                 if len(rows):
@@ -290,13 +290,10 @@ def run(opts: Options, say: Say,
                 # rows newer than a ring's watermark wait: time order across
                 # flushes; a fault still open in BPF comes later with its
                 # entry's time: bound by the open ones, read before the rings
-                if probes.fault_end:
-                    drain()      # the rings as of now (tracer.drain_gate may have waited)
-                    mark = watermark()
-                else:
-                    bound = pending_faults.open_since(probes)
-                    drain()
-                    mark = min(watermark(), bound)
+                # (read now: tracer.drain_gate may have let them wait)
+                bound = None if probes.fault_end else pending_faults.open_since(probes)
+                drain()
+                mark = watermark() if bound is None else min(watermark(), bound)
                 spill.write(pending, before=mark)
                 pending = []
                 last_flush = now

@@ -11,10 +11,10 @@ mapped) until one of these, whichever comes first:
 
 Why: reading the rings while a program that keeps every CPU busy runs costs
 that program more wall time than the reads' CPU time. `churn 100000`
-(three actors on two CPUs) with the rings read every 0.1 s against read
-this way, `--rss sampled`, paired runs: 0.909 (95% CI 0.881..0.950, 30
-pairs) and 0.939 (0.883..1.035, 24 pairs) of the workload's fork-to-exit
-time, its CPU time 0.980 and 0.998 (docs/benchmarks.md, sixteenth session).
+(three actors on two CPUs), `--rss sampled`, read this way against every
+0.1 s, paired runs: 0.890 (95% CI 0.826..0.965, 30 pairs) of the
+workload's fork-to-exit time, its CPU time 0.930 (docs/benchmarks.md,
+sixteenth session, with a prototype's two sets).
 What it costs: the reads come in larger batches, and what is left at the
 end (up to a second's records) is read after the last exit.
 
@@ -49,14 +49,10 @@ class DrainGate:
         self.interval = interval
         self.fill = fill
         self._last = now
-        self.deferred = 0      # looks that found no reason to read
 
     def due(self, woke: bool, now: float) -> bool:
-        if (woke or now - self._last >= self.interval
-                or any(r.pending_bytes() >= self.fill * r.size for r in self.rings)):
-            return True
-        self.deferred += 1
-        return False
+        return (woke or now - self._last >= self.interval
+                or any(r.pending_bytes() >= self.fill * r.size for r in self.rings))
 
     def drained(self, now: float) -> None:
         self._last = now
