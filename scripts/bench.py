@@ -106,6 +106,7 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
                                       str(tmp / "bench-base-summary.parquet"), "--"]
         t["memtrace-base-sampled"] = [*other, "--rss", "sampled", "-o",
                                       str(tmp / "bench-base-sampled.parquet"), "--"]
+        t["memtrace-base-a"] = [*other, "-o", str(tmp / "bench-base-all.parquet"), ALL]
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
                      "-o", str(tmp / "perf.txt"), "--"]

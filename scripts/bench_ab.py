@@ -15,8 +15,9 @@ spread of the measure itself (A/A).
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
          [--args "64 8"] [--json F] [--settle S] A B [A B ...]
 
-`MEMTRACE_BASE=DIR` adds `memtrace-base`, `memtrace-base-summary` and
-`memtrace-base-sampled`: the memtrace of the checkout in DIR.
+`MEMTRACE_BASE=DIR` adds `memtrace-base`, `memtrace-base-summary`,
+`memtrace-base-sampled` and `memtrace-base-a`: the memtrace of the checkout
+in DIR.
 
 Without --args the workload runs as scripts/bench runs it (faults: 256 MiB x
 8, the 524k faults of issue 4; churn: 100000), so that the two scripts'
