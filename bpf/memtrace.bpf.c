@@ -408,8 +408,8 @@ static __always_inline struct mt_fault *fault_reserve(void)
  * ring may be full, and on 6.x a ring buffer's lock is a resilient spinlock
  * whose acquisition can fail with the ring far from full (rare: 10-minute
  * soaks lost 1-2 faults with the ring nearly empty). A retry that succeeds
- * is counted (reserve_retried); what is still lost is counted as lost. (One function per ring: bcc rewrites map calls, not
- * inside macros.) */
+ * is counted (reserve_retried); what is still lost is counted as lost.
+ * (One function per ring: bcc rewrites map calls, not inside macros.) */
 static __always_inline struct mt_fault *reserve_fault(u16 flags)
 {
 	struct mt_fault *f = fault_reserve();
@@ -1643,6 +1643,8 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 		if (traced.update(&child, &st))
 			count(MT_CNT_MAP_FULL);
 		traced_changed();
+		/* wakes user space: it reads the rings only with a reason
+		 * (tracer/drain_gate.py), and its rss sampler wants the child */
 		proc_event(MT_EV_FORK, tgid, tid, child, flags, 0, BPF_RB_FORCE_WAKEUP);
 	}
 	/* the counters the fork gave the child (copy_page_range, curr=0) */
