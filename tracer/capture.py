@@ -15,8 +15,9 @@ What it guarantees however the run ends (README "Guarantees"):
 - a traced process whose exit event was lost cannot keep memtrace waiting:
   BPF drops it from `traced` at its exit, which the loop checks every flush.
 
-Beside the loop: tracer/capture_counts.py (what it counts, and the kernel's
-counts), tracer/capture_procs.py (CMD's start, the processes held at exec),
+Beside the loop: tracer/capture_drain.py (the rings read into rows),
+tracer/capture_counts.py (what it counts, and the kernel's counts),
+tracer/capture_procs.py (CMD's start, the processes held at exec),
 tracer/capture_files.py (the files beside the spill).
 """
 from __future__ import annotations
@@ -39,13 +40,14 @@ import numpy as np
 import numpy.ma  # noqa: F401
 import pyarrow as pa
 
-from tracer import _procfs, cmd_stop, drain_gate, layout, pending_faults, system, trace_rows, writer
+from tracer import (capture_drain, cmd_stop, drain_gate, layout, pending_faults, system,
+                    trace_rows, writer)
 from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
-from tracer.capture_procs import ExitWatch, as_whom, release_held, resume, user_args
+from tracer.capture_procs import ExitWatch, as_whom, release_held, user_args
 from tracer.fault_summary import SummaryReader
-from tracer.errors import NoSuchProcess, UsageError
+from tracer.errors import UsageError
 from tracer.layout import EVENT, C
 from tracer.live import NetMapped
 from tracer.peaks_stream import PeaksStream
@@ -216,14 +218,15 @@ def run(opts: Options, say: Say,
         for pid in opts.pids:
             probes.trace_pid(pid)
             live_pids.add(pid)
-            pending.extend(_attach_snapshot(pid, res, comms))
+            pending.extend(capture_drain.attach_snapshot(pid, res, comms))
         if opts.system is not None:
             res.origin = {}
             batches, pids = system.start(
-                probes, opts.system, res, lambda pid: _attach_snapshot(pid, res, comms),
-                lambda: pending.extend(_drain(probes, res, comms, live_pids,
-                                              held if opts.stop_at_exec else None,
-                                              opts.residency, opts.alloc)))
+                probes, opts.system, res,
+                lambda pid: capture_drain.attach_snapshot(pid, res, comms),
+                lambda: pending.extend(capture_drain.drain(
+                    probes, res, comms, live_pids, held if opts.stop_at_exec else None,
+                    opts.residency, opts.alloc)))
             pending.extend(batches)
             live_pids |= pids
         started = True
@@ -250,9 +253,9 @@ def run(opts: Options, say: Say,
         def drain(final: bool = False, rings: bool = True) -> None:
             first = len(pending)
             if rings:
-                pending.extend(_drain(probes, res, comms, live_pids,
-                                      held if opts.stop_at_exec else None, opts.residency,
-                                      opts.alloc))
+                pending.extend(capture_drain.drain(probes, res, comms, live_pids,
+                                                   held if opts.stop_at_exec else None,
+                                                   opts.residency, opts.alloc))
                 if gate is not None:
                     gate.drained(time.monotonic())
             rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
@@ -262,7 +265,7 @@ def run(opts: Options, say: Say,
                 if res.origin is not None:   # -a: processes first seen by their faults
                     pending.extend(system.account(
                         res, np.zeros(0, EVENT), rows, live_pids,
-                        lambda pid: _attach_snapshot(pid, res, comms)))
+                        lambda pid: capture_drain.attach_snapshot(pid, res, comms)))
             if sampler is not None:   # whose counters may have moved: read next
                 # (rings not read: any traced process alive)
                 sampler.active(pids_of(pending[first:]) if rings else live_pids)
@@ -377,78 +380,3 @@ def _untrace_all(probes: Probes) -> None:
 def _restore(old: dict) -> None:
     for s, h in old.items():
         signal.signal(s, h)
-
-
-def _attach_snapshot(pid: int, res: Result, comms: trace_rows.CommTable) -> list[pa.RecordBatch]:
-    st = _procfs.read_stat(pid)
-    res.baseline[pid] = {"minflt": st.minflt, "majflt": st.majflt}
-    res.processes[pid] = st.comm
-    for tid in _procfs.list_tids(pid):
-        try:
-            comms.update([tid], [_procfs.read_comm(pid, tid)])
-        except NoSuchProcess:
-            pass
-    return [_maps_rows(pid, st.comm, "attach")]
-
-
-def _maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
-    ts = time.monotonic_ns()
-    return trace_rows.maps_batch(ts, pid, comm, cause, _procfs.read_maps(pid))
-
-
-def _drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
-           live_pids: set[int], held: set[int] | None,
-           residency: bool = True, alloc: bool = False) -> list[pa.RecordBatch]:
-    """Reads the three rings; `held` (None if BPF does not stop processes at
-    exec) gets the pids of the execs read, and loses each once continued."""
-    out: list[pa.RecordBatch] = []
-    paths = probes.rings["execs"].read()
-    execs = paths[paths["kind"] == C["MT_EV_EXEC"]]
-    if held is not None and len(execs):
-        held.update(execs["pid"].tolist())  # continued below, or by release_held
-    # A process held at its exec waits for this loop: its maps and exe are
-    # read and it is continued before anything else is read or built (the
-    # other rings, the rows), so the hold is that read and nothing more
-    # (docs/benchmarks.md, fifteenth session).
-    maps: list[tuple[int, int, list]] = []     # pid, ts, /proc/PID/maps as read
-    if len(execs):
-        res.counts["exec"] = res.counts.get("exec", 0) + len(execs)
-        for pid, comm in zip(execs["pid"].tolist(), execs["comm"].tolist()):
-            if res.origin is not None:   # -a: a process may enter the trace at its exec
-                system.entered(pid, res, held is not None, live_pids)
-            res.processes[pid] = comm.decode("utf-8", "replace")
-            try:  # the kernel-made mappings: binary, loader, stack, vdso
-                ts = time.monotonic_ns()
-                maps.append((pid, ts, _procfs.read_maps(pid)))
-                res.exe[pid] = os.readlink(f"/proc/{pid}/exe")
-            except (NoSuchProcess, OSError):
-                pass
-            finally:
-                if held is not None:  # BPF stopped it at exec: let it run
-                    resume(pid)
-                    held.discard(pid)
-    events = probes.read_rings("events")
-    faults = probes.read_rings("faults")
-    for pid, ts, entries in maps:
-        out.append(trace_rows.maps_batch(ts, pid, res.processes[pid], "exec", entries))
-    if len(paths):
-        # name opened files as /proc/PID/maps will, while the process is here
-        names = [_procfs.resolve_path(pid, f.decode("utf-8", "backslashreplace"),
-                                      res.exe.get(pid))
-                 if k == C["MT_EV_OPEN"] else f.decode("utf-8", "backslashreplace")
-                 for pid, k, f in zip(paths["pid"].tolist(), paths["kind"].tolist(),
-                                      paths["filename"].tolist())]
-        out.append(trace_rows.exec_batch(paths, comms, names))
-        res.counts["open"] = res.counts.get("open", 0) + len(paths) - len(execs)
-    if len(events):
-        out.append(trace_rows.event_batch(events, comms))
-        account_events(events, res, live_pids)
-    if res.net_mapped is not None:   # for the live view
-        res.net_mapped.update(out[-1] if len(events) else None, execs)
-    if len(faults):
-        out.append(trace_rows.fault_batch(faults, comms, residency, alloc))
-        account_faults(faults, res)
-    if res.origin is not None:   # -a: forks, processes that left, processes first seen
-        out.extend(system.account(res, events, faults, live_pids,
-                                  lambda pid: _attach_snapshot(pid, res, comms)))
-    return out

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from tracer import _procfs, capture, trace_rows
+from tracer import _procfs, capture, capture_drain, trace_rows
 from tracer.layout import EVENT, EXEC, FAULT, C
 
 
@@ -56,8 +56,8 @@ def test_held_exec_resumed_before_the_other_rings_and_rows(monkeypatch):
                           "events": _Ring("events", events, log),
                           "faults": _Ring("faults", faults, log)})
         real_maps = _procfs.read_maps
-        monkeypatch.setattr(capture, "resume", lambda p: log.append(("resume", p)))
-        monkeypatch.setattr(capture._procfs, "read_maps",
+        monkeypatch.setattr(capture_drain, "resume", lambda p: log.append(("resume", p)))
+        monkeypatch.setattr(capture_drain._procfs, "read_maps",
                             lambda p: log.append(("maps", p)) or real_maps(p))
         for name in ("maps_batch", "exec_batch", "event_batch", "fault_batch"):
             real = getattr(trace_rows, name)
@@ -66,7 +66,7 @@ def test_held_exec_resumed_before_the_other_rings_and_rows(monkeypatch):
                                 or _r(*a, **k))
         res = capture.Result()
         held: set[int] = set()
-        out = capture._drain(probes, res, trace_rows.CommTable(), {pid}, held)
+        out = capture_drain.drain(probes, res, trace_rows.CommTable(), {pid}, held)
         steps = [s for s, _ in log]
         assert log[:3] == [("read", "execs"), ("maps", pid), ("resume", pid)], log
         assert steps.index("resume") < steps.index("rows")

@@ -152,7 +152,7 @@ def test_metadata_without_a_spill_has_no_peaks(tmp_path):
 
 
 def test_a_childs_exec_name_outlives_its_fork_read_after_it():
-    """_drain reads the exec ring before the event ring: a child that forked
+    """capture_drain.drain reads the exec ring before the event ring: a child that forked
     and exec'd between two drains keeps its exec's name, not its parent's."""
     res = capture.Result(processes={10: "sh", 11: "faults"})   # 11's exec: read first
     ev = np.zeros(2, layout.EVENT)
