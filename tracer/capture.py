@@ -245,20 +245,23 @@ def run(opts: Options, say: Say,
         if child is not None:
             exit_watch = ExitWatch(poller, child.pid)
         deadline = time.monotonic() + opts.duration if opts.duration else None
-        # the rings read when there is a reason (tracer.drain_gate), else every poll
-        gate = (drain_gate.DrainGate(probes.rings.values(), opts.flush_interval if live is None
-                                     else drain_gate.LIVE_INTERVAL, time.monotonic())
-                if opts.system is None else None)
+        # the rings and the summary map read when there is a reason (tracer.drain_gate)
+        gate = drain_gate.DrainGate(
+            [*probes.rings.values(), *(probes.summary_runs.readers if summary is not None else ())],
+            opts.flush_interval if live is None else drain_gate.LIVE_INTERVAL, time.monotonic())
+        recent: list[int] = []    # the processes of the last read's rows
 
         def drain(final: bool = False, rings: bool = True) -> None:
+            nonlocal recent
             first = len(pending)
-            if rings:
+            if not rings:
+                rows = ()
+            else:
                 pending.extend(capture_drain.drain(probes, res, comms, live_pids,
                                                    held if opts.stop_at_exec else None,
                                                    opts.residency, opts.alloc))
-                if gate is not None:
-                    gate.drained(time.monotonic())
-            rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
+                gate.drained(time.monotonic())
+                rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
             if len(rows):
                 pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
                 account_faults(rows, res, rows["count"])
@@ -266,9 +269,12 @@ def run(opts: Options, say: Say,
                     pending.extend(system.account(
                         res, np.zeros(0, EVENT), rows, live_pids,
                         lambda pid: capture_drain.attach_snapshot(pid, res, comms)))
+            if rings:
+                recent = pids_of(pending[first:])
             if sampler is not None:   # whose counters may have moved: read next
-                # (rings not read: any traced process alive)
-                sampler.active(pids_of(pending[first:]) if rings else live_pids)
+                # (rings not read: CMD's processes alive; with -a, whose rows
+                # came at the last read, so that the idle ones cost nothing)
+                sampler.active(recent if rings or opts.system is not None else live_pids)
                 rows = sampler.take(res.left)
                 if len(rows):
                     pending.append(trace_rows.event_batch(rows, comms))
@@ -281,7 +287,7 @@ def run(opts: Options, say: Say,
         last_flush = time.monotonic()
         while True:
             woke = poller.poll(opts.poll_interval)
-            drain(rings=gate is None or gate.due(bool(woke), time.monotonic()))
+            drain(rings=gate.due(bool(woke), time.monotonic()))
             if child is not None and res.exit_status is None and reap(child.pid, res):
                 exit_watch.close()
             now = time.monotonic()

@@ -1,10 +1,12 @@
-"""When the capture loop reads the rings while the traced programs run.
+"""When the capture loop reads the rings and the summary map.
 
 The records wait in the kernel's rings (memory already allocated and
-mapped) until one of these, whichever comes first:
+mapped), and --faults=summary's entries in its map, until one of these,
+whichever comes first:
 - BPF wakes the loop: a process held at its exec, a fork (the rss sampler
   and the process table want the child), a process's end;
-- a ring is half full (the loop looks every poll interval, 0.1 s);
+- a ring is half full (the summary's runs rings included; the loop looks
+  every poll interval, 0.1 s);
 - `interval` has passed since the last read (the flush interval, 1 s: a
   long run's trace reaches the disk as before);
 - the run ends (the capture's last reads do not ask the gate).
@@ -14,14 +16,19 @@ that program more wall time than the reads' CPU time. `churn 100000`
 (three actors on two CPUs), `--rss sampled`, read this way against every
 0.1 s, paired runs: 0.890 (95% CI 0.826..0.965, 30 pairs) of the
 workload's fork-to-exit time, its CPU time 0.930 (docs/benchmarks.md,
-sixteenth session, with a prototype's two sets).
+sixteenth session, with a prototype's two sets). A single-threaded
+fault-heavy program under -a, the whole loop every 1 s instead of 0.1 s:
+0.983 (0.976..0.991, 20 pairs; seventeenth session).
 What it costs: the reads come in larger batches, and what is left at the
-end (up to a second's records) is read after the last exit.
+end (up to a second's records) is read after the last exit. The summary
+map, drained at most once a second, must hold a second's entries: it
+takes a run only when the runs ring cannot (tracer/fault_summary.py), and
+a full map sends the run to the ring, so what both refuse is counted.
 
 With the live view on, `interval` is LIVE_INTERVAL: the status line shows
-what the rings held at the last read. Not used with -a: its rss sampler
-reads only the processes whose rows came since its last read, so that a
-busy machine's idle processes cost nothing.
+what the rings held at the last read. With -a, the rss sampler reads, in
+the turns between two reads, the processes whose rows came at the last
+read, so that a busy machine's idle processes cost nothing.
 """
 from __future__ import annotations
 

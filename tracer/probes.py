@@ -257,8 +257,13 @@ class Probes:
         epoch.update(key, _U64.pack((now + (1 << 32)) % (1 << 64)))
 
     def traced_pids(self) -> dict[int, int]:
-        return {_U32.unpack(k)[0]: _U32.unpack(v)[0] & C["MT_STATE_MASK"]
-                for k, v in self._maps["traced"].items()}
+        """pid -> state of every process BPF has decided. In one batch read:
+        an entry at a time was two syscalls a process, every flush (-a: 150
+        syscalls a second for a machine's 75 processes)."""
+        keys, values, n = self._maps["traced"].lookup_batch()
+        pids = np.frombuffer(keys, "<u4", count=n).tolist()
+        words = np.frombuffer(values, "<u4", count=n) & C["MT_STATE_MASK"]
+        return dict(zip(pids, words.tolist()))
 
     def counters(self) -> dict[str, int]:
         """Summed over the CPUs modulo 2^64: a counter BPF takes back on
