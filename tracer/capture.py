@@ -253,23 +253,20 @@ def run(opts: Options, say: Say,
 
         def drain(final: bool = False, rings: bool = True) -> None:
             nonlocal recent
-            first = len(pending)
-            if not rings:
-                rows = ()
-            else:
+            if rings:
+                first = len(pending)
                 pending.extend(capture_drain.drain(probes, res, comms, live_pids,
                                                    held if opts.stop_at_exec else None,
                                                    opts.residency, opts.alloc))
                 gate.drained(time.monotonic())
                 rows = summary.drain(time.monotonic_ns(), final) if summary is not None else ()
-            if len(rows):
-                pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
-                account_faults(rows, res, rows["count"])
-                if res.origin is not None:   # -a: processes first seen by their faults
-                    pending.extend(system.account(
-                        res, np.zeros(0, EVENT), rows, live_pids,
-                        lambda pid: capture_drain.attach_snapshot(pid, res, comms)))
-            if rings:
+                if len(rows):
+                    pending.append(trace_rows.summary_batch(rows, comms, opts.residency))
+                    account_faults(rows, res, rows["count"])
+                    if res.origin is not None:   # -a: processes first seen by their faults
+                        pending.extend(system.account(
+                            res, np.zeros(0, EVENT), rows, live_pids,
+                            lambda pid: capture_drain.attach_snapshot(pid, res, comms)))
                 recent = pids_of(pending[first:])
             if sampler is not None:   # whose counters may have moved: read next
                 # (rings not read: CMD's processes alive; with -a, whose rows

@@ -40,8 +40,8 @@ def maps_rows(pid: int, comm: str, cause: str) -> pa.RecordBatch:
 
 
 def drain(probes: Probes, res: Result, comms: trace_rows.CommTable,
-           live_pids: set[int], held: set[int] | None,
-           residency: bool = True, alloc: bool = False) -> list[pa.RecordBatch]:
+          live_pids: set[int], held: set[int] | None,
+          residency: bool = True, alloc: bool = False) -> list[pa.RecordBatch]:
     """Reads the three rings; `held` (None if BPF does not stop processes at
     exec) gets the pids of the execs read, and loses each once continued."""
     out: list[pa.RecordBatch] = []

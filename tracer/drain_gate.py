@@ -17,8 +17,11 @@ that program more wall time than the reads' CPU time. `churn 100000`
 0.1 s, paired runs: 0.890 (95% CI 0.826..0.965, 30 pairs) of the
 workload's fork-to-exit time, its CPU time 0.930 (docs/benchmarks.md,
 sixteenth session, with a prototype's two sets). A single-threaded
-fault-heavy program under -a, the whole loop every 1 s instead of 0.1 s:
-0.983 (0.976..0.991, 20 pairs; seventeenth session).
+fault-heavy program under -a (`faults 256 8`), a copy whose whole loop
+turned every 1 s instead of 0.1 s: 0.983 (0.976..0.991, 20 pairs); this
+gate against the loop before, 0.990 (0.974..1.032, 20 pairs); summary
+mode, its rings gated already, did not move with its map gated too: 1.003
+(0.979..1.029) (docs/benchmarks.md, seventeenth session).
 What it costs: the reads come in larger batches, and what is left at the
 end (up to a second's records) is read after the last exit. The summary
 map, drained at most once a second, must hold a second's entries: it
