@@ -24,9 +24,12 @@ mode, its rings gated already, did not move with its map gated too: 1.003
 (0.979..1.029) (docs/benchmarks.md, seventeenth session).
 What it costs: the reads come in larger batches, and what is left at the
 end (up to a second's records) is read after the last exit. The summary
-map, drained at most once a second, must hold a second's entries: it
-takes a run only when the runs ring cannot (tracer/fault_summary.py), and
-a full map sends the run to the ring, so what both refuse is counted.
+map, drained at each read (so at least once a second, no longer every
+0.1 s), holds up to a second's entries: most runs go to the runs ring, the
+map takes only a run with a fault still open, a run of one fault whose key
+it holds, and a run the ring cannot take (bpf/memtrace.bpf.c,
+summary_flush); a full map sends the run to the ring, and what both
+refuse is counted (summary_full), never dropped silently.
 
 With the live view on, `interval` is LIVE_INTERVAL: the status line shows
 what the rings held at the last read. With -a, the rss sampler reads, in

@@ -257,9 +257,9 @@ class Probes:
         epoch.update(key, _U64.pack((now + (1 << 32)) % (1 << 64)))
 
     def traced_pids(self) -> dict[int, int]:
-        """pid -> state of every process BPF has decided. In one batch read:
-        an entry at a time was two syscalls a process, every flush (-a: 150
-        syscalls a second for a machine's 75 processes)."""
+        """pid -> state of every process BPF has decided, in one batch read
+        (an entry at a time was two syscalls a process at every flush: with
+        -a, every process of the machine)."""
         keys, values, n = self._maps["traced"].lookup_batch()
         pids = np.frombuffer(keys, "<u4", count=n).tolist()
         words = np.frombuffer(values, "<u4", count=n) & C["MT_STATE_MASK"]
