@@ -47,10 +47,15 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=bench.SETTLE_S,
                     help="seconds of quiet before each run, once the run before's "
                          "programs are gone (default %(default)s: bench.SETTLE_S)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="A B [C ...] in one set: each round runs them all, in an "
+                         "order rotated by one each round; B/A, C/A ... per round")
     ap.add_argument("tracers", nargs="+", help="A B [A B ...]")
     args = ap.parse_args()
     bench.SETTLE_S = args.settle
-    if len(args.tracers) % 2:
+    if args.rotate and len(args.tracers) < 2:
+        ap.error("--rotate: at least two tracers")
+    if not args.rotate and len(args.tracers) % 2:
         ap.error("tracers come in pairs: A B")
     out = []
     with tempfile.TemporaryDirectory(prefix="memtrace-ab-") as d:
@@ -61,7 +66,9 @@ def main() -> int:
             cmd = [*cmd[:1], *args.args.split()]
         args.args = " ".join(cmd[1:]) or "(its defaults)"
         tr = bench.tracers(tmp)
-        for a, b in zip(args.tracers[::2], args.tracers[1::2]):
+        if args.rotate:
+            out.append(_rotated(args, tr, exes, cmd))
+        for a, b in ([] if args.rotate else zip(args.tracers[::2], args.tracers[1::2])):
             pairs = []
             for i in range(args.pairs):
                 t = {}
@@ -69,20 +76,42 @@ def main() -> int:
                 for pos in ((0, 1) if i % 2 == 0 else (1, 0)):
                     t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"], cmd)
                 pairs.append(t)
-            for measure in ("workload", "cpu"):
-                ratios = [t[1][measure] / t[0][measure] for t in pairs]
-                q = statistics.quantiles(ratios, n=4)
-                lo, hi = bench.median_ci(ratios)
-                print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
-                      f"{measure} (95% CI {lo:.3f}..{hi:.3f}, quartiles {q[0]:.3f}..{q[2]:.3f}; "
-                      f"{a} {statistics.median(t[0][measure] for t in pairs):.3f} s, "
-                      f"{b} {statistics.median(t[1][measure] for t in pairs):.3f} s; "
-                      f"{args.pairs} pairs)", flush=True)
+            _report(args, a, b, [(t[0], t[1]) for t in pairs], "pairs")
             out.append({"workload": args.workload, "args": args.args, "a": a, "b": b,
                         "pairs": [[t[0], t[1]] for t in pairs]})
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
+
+
+def _report(args, a: str, b: str, pairs: list[tuple[dict, dict]], unit: str) -> None:
+    for measure in ("workload", "cpu"):
+        ratios = [tb[measure] / ta[measure] for ta, tb in pairs]
+        q = statistics.quantiles(ratios, n=4)
+        lo, hi = bench.median_ci(ratios)
+        print(f"{args.workload} {args.args}: {b} / {a} = {statistics.median(ratios):.3f} "
+              f"{measure} (95% CI {lo:.3f}..{hi:.3f}, quartiles {q[0]:.3f}..{q[2]:.3f}; "
+              f"{a} {statistics.median(ta[measure] for ta, _ in pairs):.3f} s, "
+              f"{b} {statistics.median(tb[measure] for _, tb in pairs):.3f} s; "
+              f"{len(pairs)} {unit})", flush=True)
+
+
+def _rotated(args, tr: dict, exes: dict, cmd: list[str]) -> dict:
+    """--rotate: every tracer once a round, the order rotated each round
+    (so each takes each place equally often), each against the first
+    tracer's run of the same round: tracers compared in the same stretch
+    of the machine's time, not in sets an hour apart."""
+    names = args.tracers
+    rounds = []
+    for i in range(args.pairs):
+        t = {}
+        for k in range(len(names)):
+            pos = (i + k) % len(names)
+            t[pos] = bench.run_once(tr[names[pos]], exes["fork_exit_timer"], cmd)
+        rounds.append([t[k] for k in range(len(names))])
+    for k in range(1, len(names)):
+        _report(args, names[0], names[k], [(r[0], r[k]) for r in rounds], "rounds")
+    return {"workload": args.workload, "args": args.args, "tracers": names, "rounds": rounds}
 
 
 if __name__ == "__main__":
