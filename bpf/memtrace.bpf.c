@@ -99,12 +99,13 @@ BPF_ARRAY(inflight_n, s64, 1);
 struct fault_slot {
 	u64 ts;
 	u64 addr;
-	u64 ip;
-	u32 tid;
-	u32 pid;
-	u32 state;
 	u32 error_code;
 	u32 active;
+	u32 timed;
+	u32 tid;
+	u64 ip;
+	u32 pid;
+	u32 state;
 	s32 rss[4];
 	u32 alloc;
 	u32 summary;
@@ -112,7 +113,6 @@ struct fault_slot {
 	s32 stack_id;
 	u32 busy;
 	u32 slept;
-	u32 timed;
 	struct mt_summary_key key;
 };
 _Static_assert(__builtin_offsetof(struct fault_slot, key) == sizeof(struct mt_fault_slot),
@@ -337,6 +337,11 @@ static __always_inline void set_busy(u32 busy)
 	struct fault_slot *fs = fault_slot.lookup(&zero);
 	if (fs)
 		fs->busy = busy;
+	/* a fault of the read is not the run's: summary_continue does not
+	 * look at `busy` */
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (acc && busy)
+		acc->jiffies = MT_NO_FAST;
 }
 
 /* The user stack of this event in `stacks` (--stacks), or -1: off, not
@@ -385,7 +390,7 @@ static __always_inline struct fault_slot *my_slot(u32 tid)
 	if (p) {
 		struct mt_summary_acc *acc = summary_acc.lookup(&zero);
 		if (acc)
-			acc->fast = 0;    /* the slot is another fault's now */
+			acc->jiffies = MT_NO_FAST;    /* the slot is another fault's now */
 		__builtin_memcpy(fs, p, sizeof(*fs));
 		if (parked.delete(&tid) == 0)
 			__sync_fetch_and_add(n, -1);
@@ -964,7 +969,7 @@ static __always_inline void summary_flush(struct mt_summary_acc *acc)
 {
 	struct mt_summary *a = &acc->v;
 	acc->live = 0;
-	acc->fast = 0;
+	acc->jiffies = MT_NO_FAST;
 	if (!a->count && !(a->rss_file | a->rss_anon | a->rss_swap | a->rss_shmem))
 		return;    /* its faults were all moved to major entries */
 	/* a run of several faults, none still open (so no major fault's end
@@ -1036,7 +1041,7 @@ static __always_inline void summary_switch(void)
 	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
 	if (!acc)
 		return;
-	acc->fast = 0;    /* the slot is parked or closed: see summary_continue */
+	acc->jiffies = MT_NO_FAST;    /* the slot is parked or closed: see summary_continue */
 	if (!acc->live || cfg(MT_CFG_SUMMARY_HOLD))
 		return;
 	summary_flush(acc);
@@ -1084,11 +1089,9 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
 	fs->summary = acc->seq;
 	count(MT_CNT_SUMMARY_FAULTS);
 	if (epoch && cfg(MT_CFG_SUMMARY_FAST)) {    /* 0: see state_word */
-		acc->tid = tid;
-		acc->jiffies = jiffy;
 		acc->tick = tick;
 		acc->epoch = epoch;
-		acc->fast = 1;
+		acc->jiffies = jiffy;
 	}
 }
 
@@ -1098,25 +1101,36 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
  * (traced_epoch: the state and layout generation of the key are the run's),
  * is counted in the run with only the slot's per-fault fields refilled,
  * without the state lookup, the slot's refill and the key's making (taken
- * by 15 of each 16 faults of a first touch; what it saves is within this
- * VM's noise: docs/benchmarks.md, ninth session). The slot's other fields are
- * still the run's first fault's: `fast` is cleared by whatever else may write
- * or park the slot (a task switch, a flush, a parked fault brought back, a
- * fault taking the long path). The thread is not checked: the current task
- * changes only at a task switch, where sched_switch (always attached, before
- * user space sets MT_CFG_SUMMARY_FAST) clears `fast`; that saves the
- * bpf_get_current_pid_tgid call, about 12 ns of a fault here
- * (docs/benchmarks.md, fourteenth session). Not with residency: a fault's
- * resident-set changes are gathered in its slot. 1 if counted. */
-static __always_inline int summary_continue(struct mt_summary_acc *acc, struct fault_slot *fs,
-					    u64 addr, u64 error_code)
+ * by 15 of each 16 faults of a first touch). The slot's other fields are
+ * still the run's first fault's: the run stops being continued (its
+ * `jiffies` set to MT_NO_FAST) by whatever else may write or park the slot
+ * (a task switch, a flush, a parked fault brought back, a fault taking the
+ * long path) or make a fault not the thread's (set_busy); user space moves
+ * traced_epoch when it freezes the slots (MT_CFG_FROZEN). The thread is not
+ * checked: the current task changes only at a task switch, where
+ * sched_switch (always attached, before user space sets
+ * MT_CFG_SUMMARY_FAST) stops it; that saves the bpf_get_current_pid_tgid
+ * call, about 12 ns of a fault here (docs/benchmarks.md, fourteenth
+ * session). So a fault continuing a run reads nothing but the run's first
+ * 64 bytes (layout: memtrace.h), the epoch and the jiffies, and writes the
+ * slot's first 32 bytes and this CPU's counter: the fewer cache lines a
+ * fault's program touches, the less it takes from the fault (the kernel's
+ * own lines evicted; docs/benchmarks.md, eighteenth session). Not with
+ * residency: a fault's resident-set changes are gathered in its slot. 1 if
+ * counted. */
+static __always_inline int summary_continue(struct mt_summary_acc *acc, u64 addr, u64 error_code)
 {
+	if (acc->jiffies != bpf_jiffies64())    /* MT_NO_FAST never is */
+		return 0;
 	int zero = 0;
 	u64 *ep = traced_epoch.lookup(&zero);
-	if (!ep || *(volatile u64 *)ep != acc->epoch || acc->jiffies != bpf_jiffies64())
+	if (!ep || *(volatile u64 *)ep != acc->epoch)
 		return 0;
 	if (acc->key.block != addr >> MT_SUMMARY_BLOCK_SHIFT ||
 	    acc->key.error_code != (error_code & (MT_PF_PROT | MT_PF_WRITE | MT_PF_USER | MT_PF_INSTR)))
+		return 0;
+	struct fault_slot *fs = fault_slot.lookup(&zero);
+	if (!fs)
 		return 0;
 	fs->ts = acc->tick;
 	fs->addr = addr;
@@ -1225,17 +1239,17 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 	if (!(error_code & MT_PF_USER) && addr >= MT_USER_ADDR_END)
 		return 0;
 	int zero = 0;
+	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
+	if (acc) {
+		if (summary_continue(acc, addr, error_code))
+			return 0;
+		acc->jiffies = MT_NO_FAST;   /* the slot is this fault's now */
+	}
 	struct fault_slot *fs = fault_slot.lookup(&zero);
 	/* busy: our own read of user memory faulted; frozen: user space is
 	 * reading the faults left open */
 	if (!fs || fs->busy || cfg(MT_CFG_FROZEN))
 		return 0;
-	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
-	if (acc && acc->fast) {
-		if (summary_continue(acc, fs, addr, error_code))
-			return 0;
-		acc->fast = 0;
-	}
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tgid = id >> 32, tid = (u32)id;
 	/* the epoch before the state's lookup: see state_word */

@@ -167,6 +167,10 @@
  * faults of one key); user space drains the slots no fault can reach any more. */
 #define MT_SUMMARY_BLOCK_SHIFT 16     /* 64 KiB blocks: 16 pages, a u16 bitmap */
 #define MT_SUMMARY_SLOT_SHIFT 26      /* time slots of 2^26 ns (67 ms) */
+/* mt_summary_acc.jiffies when the run cannot be continued: no jiffy (64-bit
+ * jiffies start at 2^32 less 300 s of ticks: include/linux/jiffies.h,
+ * INITIAL_JIFFIES) */
+#define MT_NO_FAST (~0ULL)
 #define MT_SUMMARY_ENTRIES 131072
 /* x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl: the
  * ABI, fixed) of the calls memtrace follows, from raw sys_enter's `id`. */
@@ -216,15 +220,20 @@ struct mt_fault {
  * summary key after these fields). User space reads the slots left at
  * the end of a run (tracer/pending_faults.py). */
 struct mt_fault_slot {
+	/* first the fields summary mode's short path writes at every fault
+	 * (bpf/memtrace.bpf.c, summary_continue): one cache line of the slot */
 	__u64 ts;          /* entry time (traced processes only) */
 	__u64 addr;
-	__u64 ip;          /* the faulting instruction, read at entry when the
-			      end is not followed; else 0 */
-	__u32 tid;
-	__u32 pid;
-	__u32 state;       /* the process's MT_STATE_*, 0 if not traced */
 	__u32 error_code;
 	__u32 active;      /* a fault of `tid` is open in this slot */
+	__u32 timed;       /* --faults=summary: `ts` is exact (the run's first fault,
+			      or taken where the fault reached the file's fault
+			      handler); else the CPU's tick time (tick_ns) */
+	__u32 tid;
+	__u64 ip;          /* the faulting instruction, read at entry when the
+			      end is not followed; else 0 */
+	__u32 pid;
+	__u32 state;       /* the process's MT_STATE_*, 0 if not traced */
 	__s32 rss[4];      /* pages, by kmem:rss_stat member */
 	__u32 alloc;       /* pages allocated (kmem:mm_page_alloc) */
 	__u32 summary;     /* --faults=summary: counted at entry */
@@ -233,9 +242,6 @@ struct mt_fault_slot {
 	__u32 busy;        /* BPF is reading user memory on this CPU: a fault
 			      now is that read's, not the thread's */
 	__u32 slept;       /* the thread slept (not preempted) while it was open */
-	__u32 timed;       /* --faults=summary: `ts` is exact (the run's first fault,
-			      or taken where the fault reached the file's fault
-			      handler); else the CPU's tick time (tick_ns) */
 };
 
 /* Key of a fault_summary entry. `gen` counts the process's layout changes
@@ -254,6 +260,11 @@ struct mt_summary_key {
  * at the same instant may leave the earlier time or lose a page's bit). */
 struct mt_summary {
 	__s64 count;
+	__u16 pages;       /* bit i: the block's page i took a fault */
+	__u16 pad;
+	__u32 untimed;     /* major faults not in `latency`: their start was not taken
+			      exactly (they did not pass the file's fault handler:
+			      swap-in, shmem); summed */
 	__u64 first_ts;    /* the first fault: its time, address, ip, thread */
 	__u64 last_ts;
 	__u64 addr;
@@ -265,11 +276,6 @@ struct mt_summary {
 	__s32 rss_swap;
 	__u32 alloc;       /* summed */
 	__u32 tid;
-	__u16 pages;       /* bit i: the block's page i took a fault */
-	__u16 pad;
-	__u32 untimed;     /* major faults not in `latency`: their start was not taken
-			      exactly (they did not pass the file's fault handler:
-			      swap-in, shmem); summed */
 };
 
 /* Value of the `summary_acc` per-CPU array (one entry): the CPU's current
@@ -278,20 +284,22 @@ struct mt_summary {
  * on this CPU, or at a task switch; at the end user space reads the runs
  * not flushed. A fault counted in it has fault_slot.summary == seq. */
 struct mt_summary_acc {
+	/* the fields summary mode's short path reads or writes at every fault
+	 * (bpf/memtrace.bpf.c, summary_continue) come first, within 64 bytes:
+	 * the key's block and error code, the three below, the run's count and
+	 * pages */
 	struct mt_summary_key key;
+	/* the run's continuation (MT_CFG_SUMMARY_FAST): while `jiffies` is the
+	 * current jiffy, the CPU's fault slot still describes the last fault of
+	 * the run, which took the tick time `tick` of that jiffy, with
+	 * traced_epoch at `epoch`; MT_NO_FAST (no jiffy) stops it */
+	__u64 epoch;
+	__u64 jiffies;
+	__u64 tick;
 	struct mt_summary v;     /* as a fault_summary value; latency and alloc 0 (a
 				    major fault is moved to the hash at its end) */
 	__u32 seq;         /* which run: one more at each start (>= 2) */
 	__u32 live;        /* 1: holds faults not flushed yet */
-	/* the run's continuation (MT_CFG_SUMMARY_FAST): while `fast` is 1, the
-	 * CPU's fault slot still describes thread `tid`'s last fault of the run,
-	 * which took the tick time `tick` of jiffy `jiffies`, with traced_epoch
-	 * at `epoch` */
-	__u32 tid;
-	__u32 fast;
-	__u64 jiffies;
-	__u64 tick;
-	__u64 epoch;
 };
 
 /* --faults=summary: a run sent to the `summary_runs` ring instead of the

@@ -14,17 +14,25 @@ def _entries(n: int, cpus: int) -> tuple[np.ndarray, np.ndarray]:
     return keys, values
 
 
+def _fields(v, *values) -> None:
+    """Fills entry value `v` by name (the header's order may change)."""
+    names = ("count", "first_ts", "last_ts", "addr", "ip", "latency", "rss_anon", "rss_file",
+             "rss_shmem", "rss_swap", "alloc", "tid", "pages", "pad", "untimed")
+    for name, x in zip(names, values, strict=True):
+        v[name] = x
+
+
 def test_merge_sums_counts_and_keeps_the_first_fault():
     keys, v = _entries(2, 2)
     keys["pid"] = [10, 11]
     keys["error_code"] = [6, 4]
     keys["flags"] = [0, 1]
     # entry 0: 3 faults on CPU 0 from t=200, 2 on CPU 1 from t=100
-    v[0, 0] = (3, 200, 290, 0x7000_1000, 0x400, 0, 3, 0, 0, 0, 0, 7, 0b0110, 0, 0)
-    v[0, 1] = (2, 100, 150, 0x7000_0000, 0x500, 0, 2, 0, 0, 0, 0, 8, 0b0001, 0, 0)
+    _fields(v[0, 0], 3, 200, 290, 0x7000_1000, 0x400, 0, 3, 0, 0, 0, 0, 7, 0b0110, 0, 0)
+    _fields(v[0, 1], 2, 100, 150, 0x7000_0000, 0x500, 0, 2, 0, 0, 0, 0, 8, 0b0001, 0, 0)
     # entry 1: a major fault moved off CPU 0 (-1 there), counted on CPU 1
-    v[1, 0] = (-1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0)
-    v[1, 1] = (2, 50, 60, 0x8000_0000, 0, 4000, 0, 2, 0, 0, 0, 9, 0b1, 0, 0)
+    _fields(v[1, 0], -1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0)
+    _fields(v[1, 1], 2, 50, 60, 0x8000_0000, 0, 4000, 0, 2, 0, 0, 0, 9, 0b1, 0, 0)
     rows = merge(keys, v)
     assert rows.dtype == ROW and len(rows) == 2
     first, second = rows[1], rows[0]          # time order: entry 1 starts at 50
