@@ -1111,13 +1111,12 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
  * sched_switch (always attached, before user space sets
  * MT_CFG_SUMMARY_FAST) stops it; that saves the bpf_get_current_pid_tgid
  * call, about 12 ns of a fault here (docs/benchmarks.md, fourteenth
- * session). So a fault continuing a run reads nothing but the run's first
- * 64 bytes (layout: memtrace.h), the epoch and the jiffies, and writes the
- * slot's first 32 bytes and this CPU's counter: the fewer cache lines a
- * fault's program touches, the less it takes from the fault (the kernel's
- * own lines evicted; docs/benchmarks.md, eighteenth session). Not with
- * residency: a fault's resident-set changes are gathered in its slot. 1 if
- * counted. */
+ * session). A fault continuing a run reads nothing but the run's first 64
+ * bytes (layout: memtrace.h), the epoch and the jiffies, and writes the
+ * slot's first 32 bytes and this CPU's counter (before, three lines of the
+ * run, two of the slot and the config's: no difference measurable end to
+ * end, docs/benchmarks.md, eighteenth session). Not with residency: a
+ * fault's resident-set changes are gathered in its slot. 1 if counted. */
 static __always_inline int summary_continue(struct mt_summary_acc *acc, u64 addr, u64 error_code)
 {
 	if (acc->jiffies != bpf_jiffies64())    /* MT_NO_FAST never is */
