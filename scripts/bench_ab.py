@@ -14,6 +14,14 @@ spread of the measure itself (A/A).
 
     sudo .venv/bin/python scripts/bench_ab.py [--pairs 30] [--workload faults]
          [--args "64 8"] [--json F] [--settle S] A B [A B ...]
+    sudo .venv/bin/python scripts/bench_ab.py --rotate [...] A B [C ...]
+
+Pairs of one set are measured one set after the other; sets an hour apart
+differed by 1.3% where the two tracers, paired directly, did not
+(docs/benchmarks.md, seventeenth session). `--rotate` compares several
+tracers in one set: each round (--pairs of them) runs every tracer once,
+in an order rotated by one each round, and each tracer's time is divided
+by the first's of the same round.
 
 `MEMTRACE_BASE=DIR` adds `memtrace-base`, `memtrace-base-summary`,
 `memtrace-base-sampled` and `memtrace-base-a`: the memtrace of the checkout
