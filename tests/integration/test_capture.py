@@ -74,7 +74,12 @@ def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
     assert per_round * rounds >= 130_000
 
     minor = faults_of(ev, pid, major=False)
-    assert len(faults_of(ev, pid, major=True)) == 0
+    # A major fault here is a file page (the program's text, libc's) that the
+    # machine's reclaim dropped since the program last ran (the CI VM runs
+    # DAMON's pageout scheme: a clean-clone run of 273cbb0 captured one):
+    # never a page of the rounds' anonymous mappings (checked below), and
+    # one the kernel counted (held with the rest against its counts below).
+    major = faults_of(ev, pid, major=True)
 
     # Each round: mmap, one write fault per page of it, munmap.
     maps = of_kind(ev, "mmap")
@@ -91,6 +96,8 @@ def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
         f = f[(addr >= start) & (addr < start + (mib << 20))]
         pages = sorted({(a - start) // PAGE for a in ints(f["addr"])})
         assert len(f) == per_round, f"round {r}: {len(f)} faults in the mapping, {per_round} pages"
+        am = major["addr"].astype("uint64")
+        assert not ((am >= start) & (am < start + (mib << 20))).any(), f"round {r}: a major"
         assert pages == list(range(per_round)), f"round {r}: not one fault per page"
         # faults whose entry was not joined (NO_ENTRY: the task moved to
         # another CPU mid-fault) have no error code and no rss: check the others
@@ -102,16 +109,16 @@ def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
 
     assert no_entry <= per_round * rounds // 100, f"{no_entry} faults without their entry"
 
-    # Against the workload's own getrusage, read at marker MARK_RUSAGE.
-    # No major is captured here; a major the kernel counts is a pre-exec
-    # or a GUP fault (retried GUP faults count as major: unseen_faults), so
-    # its minor and major counts are held together.
+    # Against the workload's own getrusage, read at marker MARK_RUSAGE. A
+    # major the kernel counts beyond the captured ones is a pre-exec or a
+    # GUP fault (retried GUP faults count as major: unseen_faults), so its
+    # minor and major counts are held together.
     ru = rusage_line(proc.stderr)
     pre = counter(meta, "pre_exec_fault")     # minor and major
     assert pre is not None, f"no pre-exec fault count in meta: {meta.get('counters')}"
     t_ru = marker_ts(ev, pid, MARK_RUSAGE)
-    before = int((minor["ts"] < t_ru).sum())
-    after = len(minor) - before
+    before = int((minor["ts"] < t_ru).sum()) + int((major["ts"] < t_ru).sum())
+    after = len(minor) + len(major) - before
     gup = ru.minflt + ru.majflt - pre - before
     assert 0 <= gup <= GUP_MAX, (
         f"RUSAGE minflt={ru.minflt} majflt={ru.majflt}, captured before its read {before},"
@@ -123,7 +130,8 @@ def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
     assert int(k["minflt"]) + int(k["majflt"]) - ru.minflt - ru.majflt == after, (
         f"kernel {k} - RUSAGE {ru} should be the"
         f" {after} faults captured after the RUSAGE read")
-    unseen_major, unseen = unseen_faults(meta, int(k["minflt"]), int(k["majflt"]), len(minor), 0)
+    unseen_major, unseen = unseen_faults(meta, int(k["minflt"]), int(k["majflt"]), len(minor),
+                                         len(major))
     assert unseen == gup
     assert 0 <= unseen_major <= gup, (k, meta["counters"])   # uncaptured majors: GUP ones
 

@@ -63,7 +63,9 @@ def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
     _clean(meta)
     pid = exec_pid(ev, "faults")
     minor = _faults(ev, pid, major=False)
-    assert _n(_faults(ev, pid, major=True)) == 0
+    # a major: a file page reclaim dropped, not one of the rounds' (below;
+    # test_capture.py's test_faults_match_kernel_counts)
+    major = _faults(ev, pid, major=True)
     assert (minor["count"].astype(int) >= 1).all() and minor["last_ts"].notna().all()
     assert (minor["last_ts"].astype("uint64") >= minor["ts"].astype("uint64")).all()
     # rows aggregate: far fewer rows than faults
@@ -85,23 +87,26 @@ def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
         f = f[(a >= start) & (a < start + (mib << 20))]
         assert _n(f) == per_round, f"round {r}: {_n(f)} faults counted, {per_round} pages"
         assert _pages(f) == {start + i * PAGE for i in range(per_round)}, f"round {r}"
+        am = major["addr"].astype("uint64")
+        assert not ((am >= start) & (am < start + (mib << 20))).any(), f"round {r}: a major"
         ec = f["error_code"].astype(int)
         assert ((ec & 6) == 6).all(), f"round {r}: not all user write faults"
         assert int(f["rss_anon"].astype("int64").sum()) == per_round, f"round {r}: rss_anon"
 
-    # no major captured: the kernel's majors are pre-exec or GUP faults
+    # the kernel's majors not captured are pre-exec or GUP faults
     # (unseen_faults), so its minor and major counts are held together
     ru = rusage_line(proc.stderr)
     pre = counter(meta, "pre_exec_fault")
     t_ru = marker_ts(ev, pid, MARK_RUSAGE)
-    before = _n(minor[minor["ts"] < t_ru])
-    after = _n(minor) - before
+    before = _n(minor[minor["ts"] < t_ru]) + _n(major[major["ts"] < t_ru])
+    after = _n(minor) + _n(major) - before
     gup = ru.minflt + ru.majflt - pre - before
     assert 0 <= gup <= GUP_MAX, (ru, pre, before)
     assert after <= AFTER_RUSAGE_MAX, after
     k = kernel_counts(meta, pid)
     assert int(k["minflt"]) + int(k["majflt"]) - ru.minflt - ru.majflt == after
-    unseen_major, unseen = unseen_faults(meta, int(k["minflt"]), int(k["majflt"]), _n(minor), 0)
+    unseen_major, unseen = unseen_faults(meta, int(k["minflt"]), int(k["majflt"]), _n(minor),
+                                         _n(major))
     assert unseen == gup
     assert 0 <= unseen_major <= gup, (k, meta["counters"])   # uncaptured majors: GUP ones
     # the run's own count of what BPF counted equals the rows' sum
@@ -197,10 +202,13 @@ def _assert_counted_as_the_kernel(res, reader) -> None:
     c = res.counters
     assert c["summary_faults"] == reader.faults, (c, reader.faults)
     (pid, (minor, major)), = res.faults.items()
-    assert major == 0 and minor == reader.faults
+    assert minor + major == reader.faults
     k = res.kernel_total
-    unseen = int(k["minflt"]) - (c["pre_exec_fault"] - c.get("pre_exec_major", 0)) - minor
-    assert 0 <= unseen <= GUP_MAX, (k, c["pre_exec_fault"], minor)
+    # a captured major is one the kernel counted (a file page reclaim
+    # dropped: test_summary_counts_every_fault_of_every_page)
+    unseen_major, unseen = unseen_faults({"counters": c}, int(k["minflt"]), int(k["majflt"]),
+                                         minor, major)
+    assert 0 <= unseen_major and 0 <= unseen <= GUP_MAX, (k, c, minor, major)
 
 
 def test_summary_runs_left_on_the_cpus_are_read_at_the_end(workloads, tmp_path, monkeypatch):
