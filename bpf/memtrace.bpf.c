@@ -1119,7 +1119,7 @@ static __always_inline void summary_enter(struct fault_slot *fs, u32 tgid, u32 t
  * fault's resident-set changes are gathered in its slot. 1 if counted. */
 static __always_inline int summary_continue(struct mt_summary_acc *acc, u64 addr, u64 error_code)
 {
-	if (acc->jiffies != bpf_jiffies64())    /* MT_NO_FAST never is */
+	if (acc->jiffies != bpf_jiffies64())    /* MT_NO_FAST and 0 never are */
 		return 0;
 	int zero = 0;
 	u64 *ep = traced_epoch.lookup(&zero);
@@ -1239,7 +1239,7 @@ static __always_inline int fault_enter(void *ctx, u64 addr, u64 error_code,
 		return 0;
 	int zero = 0;
 	struct mt_summary_acc *acc = summary_acc.lookup(&zero);
-	if (acc) {
+	if (acc && acc->jiffies != MT_NO_FAST) {    /* events mode: so from its first fault */
 		if (summary_continue(acc, addr, error_code))
 			return 0;
 		acc->jiffies = MT_NO_FAST;   /* the slot is this fault's now */

@@ -221,7 +221,7 @@ struct mt_fault {
  * the end of a run (tracer/pending_faults.py). */
 struct mt_fault_slot {
 	/* first the fields summary mode's short path writes at every fault
-	 * (bpf/memtrace.bpf.c, summary_continue): one cache line of the slot */
+	 * (bpf/memtrace.bpf.c, summary_continue): the slot's first 32 bytes */
 	__u64 ts;          /* entry time (traced processes only) */
 	__u64 addr;
 	__u32 error_code;
