@@ -74,11 +74,12 @@ def test_faults_match_kernel_counts(workloads, tmp_path, mib, rounds):
     assert per_round * rounds >= 130_000
 
     minor = faults_of(ev, pid, major=False)
-    # A major fault here is a file page (the program's text, libc's) that the
-    # machine's reclaim dropped since the program last ran (the CI VM runs
-    # DAMON's pageout scheme: a clean-clone run of 273cbb0 captured one):
-    # never a page of the rounds' anonymous mappings (checked below), and
-    # one the kernel counted (held with the rest against its counts below).
+    # The program may take a real major fault (a clean-clone CI run of
+    # 273cbb0 captured one here; under `-a` the same day it took one, and
+    # its RUSAGE line counted majflt=1): a file page read back (this VM runs
+    # DAMON's pageout scheme, which drops such pages), never a page of the
+    # rounds' anonymous mappings (checked below), and one the kernel counted
+    # (held with the rest against its counts below).
     major = faults_of(ev, pid, major=True)
 
     # Each round: mmap, one write fault per page of it, munmap.

@@ -63,8 +63,8 @@ def test_summary_counts_every_fault_of_every_page(workloads, tmp_path):
     _clean(meta)
     pid = exec_pid(ev, "faults")
     minor = _faults(ev, pid, major=False)
-    # a major: a file page reclaim dropped, not one of the rounds' (below;
-    # test_capture.py's test_faults_match_kernel_counts)
+    # a major: never one of the rounds' pages (below), one the kernel
+    # counted (test_capture.py's test_faults_match_kernel_counts)
     major = _faults(ev, pid, major=True)
     assert (minor["count"].astype(int) >= 1).all() and minor["last_ts"].notna().all()
     assert (minor["last_ts"].astype("uint64") >= minor["ts"].astype("uint64")).all()
@@ -204,8 +204,8 @@ def _assert_counted_as_the_kernel(res, reader) -> None:
     (pid, (minor, major)), = res.faults.items()
     assert minor + major == reader.faults
     k = res.kernel_total
-    # a captured major is one the kernel counted (a file page reclaim
-    # dropped: test_summary_counts_every_fault_of_every_page)
+    # a captured major is one the kernel counted (the program may take
+    # one: test_capture.py's test_faults_match_kernel_counts)
     unseen_major, unseen = unseen_faults({"counters": c}, int(k["minflt"]), int(k["majflt"]),
                                          minor, major)
     assert 0 <= unseen_major and 0 <= unseen <= GUP_MAX, (k, c, minor, major)
