@@ -76,17 +76,9 @@ def main() -> int:
         tr = bench.tracers(tmp)
         if args.rotate:
             out.append(_rotated(args, tr, exes, cmd))
-        for a, b in ([] if args.rotate else zip(args.tracers[::2], args.tracers[1::2])):
-            pairs = []
-            for i in range(args.pairs):
-                t = {}
-                # by position, so that `untraced untraced` measures the noise (A/A)
-                for pos in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"], cmd)
-                pairs.append(t)
-            _report(args, a, b, [(t[0], t[1]) for t in pairs], "pairs")
-            out.append({"workload": args.workload, "args": args.args, "a": a, "b": b,
-                        "pairs": [[t[0], t[1]] for t in pairs]})
+        else:
+            out.extend(_paired(args, a, b, tr, exes, cmd)
+                       for a, b in zip(args.tracers[::2], args.tracers[1::2]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
@@ -102,6 +94,20 @@ def _report(args, a: str, b: str, pairs: list[tuple[dict, dict]], unit: str) -> 
               f"{a} {statistics.median(ta[measure] for ta, _ in pairs):.3f} s, "
               f"{b} {statistics.median(tb[measure] for _, tb in pairs):.3f} s; "
               f"{len(pairs)} {unit})", flush=True)
+
+
+def _paired(args, a: str, b: str, tr: dict, exes: dict, cmd: list[str]) -> dict:
+    """A and B alternated (ABBA), B/A per pair."""
+    pairs = []
+    for i in range(args.pairs):
+        t = {}
+        # by position, so that `untraced untraced` measures the noise (A/A)
+        for pos in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t[pos] = bench.run_once(tr[(a, b)[pos]], exes["fork_exit_timer"], cmd)
+        pairs.append(t)
+    _report(args, a, b, [(t[0], t[1]) for t in pairs], "pairs")
+    return {"workload": args.workload, "args": args.args, "a": a, "b": b,
+            "pairs": [[t[0], t[1]] for t in pairs]}
 
 
 def _rotated(args, tr: dict, exes: dict, cmd: list[str]) -> dict:

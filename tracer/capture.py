@@ -340,8 +340,7 @@ def run(opts: Options, say: Say,
             _untrace_all(probes)
         left_open = np.zeros(0, layout.FAULT)
         if not probes.fault_end:   # the faults still open in BPF: read as they are
-            probes.set_config(C["MT_CFG_FROZEN"], 1)
-            probes.traced_changed()   # summary mode's short path sees the epoch, not FROZEN
+            probes.freeze_slots()
             left_open = pending_faults.read(probes)
         drain(final=True)
         if len(left_open):

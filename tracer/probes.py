@@ -230,6 +230,14 @@ class Probes:
     def set_config(self, index: int, value: int) -> None:
         self._maps["config"].update(_I32.pack(index), _U64.pack(value))
 
+    def freeze_slots(self) -> None:
+        """BPF no longer closes nor fills the fault slots (MT_CFG_FROZEN:
+        user space reads the faults left open, tracer.pending_faults). The
+        epoch moves too: summary mode's short path checks the epoch, not the
+        config (bpf/memtrace.bpf.c, summary_continue)."""
+        self.set_config(C["MT_CFG_FROZEN"], 1)
+        self.traced_changed()
+
     def trace_pid(self, pid: int, state: int = C["MT_STATE_TRACED"]) -> None:
         self._maps["traced"].update(_U32.pack(pid), _U32.pack(state))
         self.traced_changed()
