@@ -76,6 +76,9 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         "memtrace": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench.parquet"), "--"],
         # the whole machine traced (summary mode, -a's default), the workload in it
         "memtrace-a": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench-all.parquet"), ALL],
+        # -a without its residency sampling (/proc/PID/status of every process)
+        "memtrace-a-norss": [PY, "-m", "tracer", "-q", "--rss", "off", "-o",
+                             str(tmp / "bench-all-norss.parquet"), ALL],
         "memtrace-summary": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
                              str(tmp / "bench-summary.parquet"), "--"],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",

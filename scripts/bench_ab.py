@@ -46,9 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (scripts/bench.py: the tracers, the workloads, run_once)
 
 
+def _at_least_two(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"not an integer of 2 or more: {text!r}")
+    return int(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--pairs", type=_at_least_two, default=30,
+                    help="pairs (rounds with --rotate); quartiles need two")
     ap.add_argument("--workload", default="faults")
     ap.add_argument("--args", help="the workload's arguments (default: scripts/bench's)")
     ap.add_argument("--json", help="write every pair's times here")

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
@@ -37,3 +39,12 @@ def test_rotation_orders_and_ratios(monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "w x: B / A = 1.100 workload" in text and "w x: C / A = 0.900 cpu" in text
     assert "6 rounds" in text
+
+
+def test_pairs_below_two_refused_at_parse_time():
+    """Quartiles need two ratios: --pairs 1 used to run a whole set and then
+    fail in statistics.quantiles."""
+    for bad in ("1", "0", "x", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="2 or more"):
+            bench_ab._at_least_two(bad)
+    assert bench_ab._at_least_two("2") == 2
