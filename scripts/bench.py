@@ -79,6 +79,12 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         # -a without its residency sampling (/proc/PID/status of every process)
         "memtrace-a-norss": [PY, "-m", "tracer", "-q", "--rss", "off", "-o",
                              str(tmp / "bench-all-norss.parquet"), ALL],
+        # -a tracing only the `faults` workload, and -a holding every exec as
+        # summary mode holds its command's (what -a costs beyond summary mode)
+        "memtrace-a-comm": [PY, "-m", "tracer", "-q", "--comm", "faults", "-o",
+                            str(tmp / "bench-all-comm.parquet"), ALL],
+        "memtrace-a-hold": [PY, "-m", "tracer", "-q", "--exec-stop", "-o",
+                            str(tmp / "bench-all-hold.parquet"), ALL],
         "memtrace-summary": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
                              str(tmp / "bench-summary.parquet"), "--"],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
@@ -119,6 +125,8 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 
 
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
+# variants for a question about one mode (bench_ab.py), run only when named
+BY_NAME_ONLY = ("memtrace-a-norss", "memtrace-a-comm", "memtrace-a-hold")
 
 
 def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -281,6 +289,8 @@ def main() -> int:
             wl = {k: v for k, v in wl.items() if k in args.workloads.split(",")}
         if args.tracers:
             tr = {k: v for k, v in tr.items() if k == "untraced" or k in args.tracers.split(",")}
+        else:
+            tr = {k: v for k, v in tr.items() if k not in BY_NAME_ONLY}
         results = {}
         for wname, cmd in wl.items():
             times: dict[str, list[dict]] = {t: [] for t in tr}
