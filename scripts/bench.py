@@ -87,6 +87,10 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
                             str(tmp / "bench-all-hold.parquet"), ALL],
         "memtrace-summary": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
                              str(tmp / "bench-summary.parquet"), "--"],
+        # summary mode whose command starts 4 s after memtrace, as -a's workload does
+        "memtrace-summary-late": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
+                                  str(tmp / "bench-summary-late.parquet"), "--",
+                                  "sh", "-c", 'sleep 4; exec "$0" "$@"'],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
                                    "-o", str(tmp / "bench-summary-norss.parquet"), "--"],
         # summary mode with every residency change (kmem:rss_stat), not sampled
@@ -126,7 +130,8 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
 # variants for a question about one mode (bench_ab.py), run only when named
-BY_NAME_ONLY = ("memtrace-a-norss", "memtrace-a-comm", "memtrace-a-hold")
+BY_NAME_ONLY = ("memtrace-a-norss", "memtrace-a-comm", "memtrace-a-hold",
+                "memtrace-summary-late")
 
 
 def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
