@@ -70,27 +70,16 @@ def workloads(exes: dict[str, str], tmp: Path) -> dict[str, list[str]]:
     return w
 
 
-def tracers(tmp: Path) -> dict[str, list[str] | None]:
+def tracers(tmp: Path, variants: bool = True) -> dict[str, list[str] | None]:
+    """The tracers by name; `variants`: also those for a question about one
+    mode (bench_ab.py names them), which scripts/bench runs only when named."""
     t: dict[str, list[str] | None] = {
         "untraced": [],
         "memtrace": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench.parquet"), "--"],
         # the whole machine traced (summary mode, -a's default), the workload in it
         "memtrace-a": [PY, "-m", "tracer", "-q", "-o", str(tmp / "bench-all.parquet"), ALL],
-        # -a without its residency sampling (/proc/PID/status of every process)
-        "memtrace-a-norss": [PY, "-m", "tracer", "-q", "--rss", "off", "-o",
-                             str(tmp / "bench-all-norss.parquet"), ALL],
-        # -a tracing only the `faults` workload, and -a holding every exec as
-        # summary mode holds its command's (what -a costs beyond summary mode)
-        "memtrace-a-comm": [PY, "-m", "tracer", "-q", "--comm", "faults", "-o",
-                            str(tmp / "bench-all-comm.parquet"), ALL],
-        "memtrace-a-hold": [PY, "-m", "tracer", "-q", "--exec-stop", "-o",
-                            str(tmp / "bench-all-hold.parquet"), ALL],
         "memtrace-summary": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
                              str(tmp / "bench-summary.parquet"), "--"],
-        # summary mode whose command starts 4 s after memtrace, as -a's workload does
-        "memtrace-summary-late": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
-                                  str(tmp / "bench-summary-late.parquet"), "--",
-                                  "sh", "-c", 'sleep 4; exec "$0" "$@"'],
         "memtrace-summary-norss": [PY, "-m", "tracer", "-q", "--faults=summary", "--no-rss",
                                    "-o", str(tmp / "bench-summary-norss.parquet"), "--"],
         # summary mode with every residency change (kmem:rss_stat), not sampled
@@ -120,6 +109,22 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
         t["memtrace-base-sampled"] = [*other, "--rss", "sampled", "-o",
                                       str(tmp / "bench-base-sampled.parquet"), "--"]
         t["memtrace-base-a"] = [*other, "-o", str(tmp / "bench-base-all.parquet"), ALL]
+    if variants:
+        t.update({
+            # -a without its residency sampling (/proc/PID/status of every process)
+            "memtrace-a-norss": [PY, "-m", "tracer", "-q", "--rss", "off", "-o",
+                                 str(tmp / "bench-all-norss.parquet"), ALL],
+            # -a tracing only the `faults` workload, and -a holding every exec as
+            # summary mode holds its command's (what -a costs beyond summary mode)
+            "memtrace-a-comm": [PY, "-m", "tracer", "-q", "--comm", "faults", "-o",
+                                str(tmp / "bench-all-comm.parquet"), ALL],
+            "memtrace-a-hold": [PY, "-m", "tracer", "-q", "--exec-stop", "-o",
+                                str(tmp / "bench-all-hold.parquet"), ALL],
+            # summary mode whose command starts 4 s after memtrace, as -a's workload does
+            "memtrace-summary-late": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
+                                      str(tmp / "bench-summary-late.parquet"), "--",
+                                      "sh", "-c", 'sleep 4; exec "$0" "$@"'],
+        })
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
                      "-o", str(tmp / "perf.txt"), "--"]
@@ -129,9 +134,6 @@ def tracers(tmp: Path) -> dict[str, list[str] | None]:
 
 
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
-# variants for a question about one mode (bench_ab.py), run only when named
-BY_NAME_ONLY = ("memtrace-a-norss", "memtrace-a-comm", "memtrace-a-hold",
-                "memtrace-summary-late")
 
 
 def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -289,13 +291,11 @@ def main() -> int:
         tmp = Path(d)
         exes = build(tmp)
         wl = workloads(exes, tmp)
-        tr = tracers(tmp)
+        tr = tracers(tmp, variants=bool(args.tracers))
         if args.workloads:
             wl = {k: v for k, v in wl.items() if k in args.workloads.split(",")}
         if args.tracers:
             tr = {k: v for k, v in tr.items() if k == "untraced" or k in args.tracers.split(",")}
-        else:
-            tr = {k: v for k, v in tr.items() if k not in BY_NAME_ONLY}
         results = {}
         for wname, cmd in wl.items():
             times: dict[str, list[dict]] = {t: [] for t in tr}
