@@ -124,6 +124,14 @@ def tracers(tmp: Path, variants: bool = True) -> dict[str, list[str] | None]:
             "memtrace-summary-late": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
                                       str(tmp / "bench-summary-late.parquet"), "--",
                                       "sh", "-c", 'sleep 4; exec "$0" "$@"'],
+            # summary mode with its execs not held (as -a's are not by default)
+            "memtrace-summary-nohold": [PY, "-m", "tracer", "-q", "--faults=summary",
+                                        "--no-exec-stop", "-o",
+                                        str(tmp / "bench-summary-nohold.parquet"), "--"],
+            # summary mode attached (-p) to a shell bench started, which then
+            # execs the workload: started as -a's and the untraced run's are
+            "memtrace-summary-p": [PY, "-m", "tracer", "-q", "--faults=summary", "-o",
+                                   str(tmp / "bench-summary-p.parquet"), PID],
         })
     if shutil.which("perf"):
         t["perf"] = ["perf", "trace", "--pf=all", "-e", MEMORY_SYSCALLS,
@@ -134,6 +142,7 @@ def tracers(tmp: Path, variants: bool = True) -> dict[str, list[str] | None]:
 
 
 ALL = "-a"   # a tracers() entry: memtrace -a runs in the background around the workload
+PID = "-p"   # a tracers() entry: memtrace -p attaches to the workload's shell before its exec
 
 
 def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -188,6 +197,8 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
         wait_released()
     if prefix[-1:] == [ALL]:
         return _run_under_system_wide(prefix[:-1], timer, cmd)
+    if prefix[-1:] == [PID]:
+        return _run_attached(prefix[:-1], timer, cmd)
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen([*prefix, timer, *cmd], stdout=subprocess.DEVNULL, stderr=err,
@@ -200,14 +211,20 @@ def run_once(prefix: list[str], timer: str, cmd: list[str], wait: bool = True) -
         wall = time.monotonic() - t0
         err.seek(0)
         stderr = err.read()
-    m = re.search(r"FORK_EXIT_NS (\d+)", stderr)
-    cpu = re.search(r"WORKLOAD_CPU_NS (\d+)", stderr)
-    if status or not m or not cpu:
-        raise RuntimeError(f"{' '.join(prefix[:3])} {cmd[0]}: exit {status}: {stderr[-500:]}")
-    r = {"workload": int(m.group(1)) / 1e9, "wall": wall, "cpu": int(cpu.group(1)) / 1e9}
+    r = {**_timed(stderr, status, f"{' '.join(prefix[:3])} {cmd[0]}"), "wall": wall}
     if prefix:
         r["tracer_cpu"], r["tracer_peak"] = own_cpu, peak
     return r
+
+
+def _timed(stderr: str, status: int, what: str) -> dict:
+    """fork_exit_timer's figures from its stderr: the workload's fork-to-exit
+    time and CPU time, in seconds."""
+    m = re.search(r"FORK_EXIT_NS (\d+)", stderr)
+    cpu = re.search(r"WORKLOAD_CPU_NS (\d+)", stderr)
+    if status or not m or not cpu:
+        raise RuntimeError(f"{what}: exit {status}: {stderr[-500:]}")
+    return {"workload": int(m.group(1)) / 1e9, "cpu": int(cpu.group(1)) / 1e9}
 
 
 def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
@@ -260,6 +277,39 @@ def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> d
                 bg.returncode, r_cpu, r_peak = _watch(bg.pid, timeout=120)
     r.update(tracer_cpu=r_cpu, tracer_peak=r_peak)
     return r
+
+
+def _run_attached(memtrace: list[str], timer: str, cmd: list[str]) -> dict:
+    """The workload started by bench, as the untraced run's is, but from a
+    shell that waits on a FIFO: `memtrace -p` attaches to the shell, and
+    4 s later (as -a's workload starts) the shell execs the timer."""
+    with tempfile.TemporaryDirectory(prefix="memtrace-bench-p-") as d, \
+            tempfile.TemporaryFile("w+") as err:
+        fifo = os.path.join(d, "go")
+        os.mkfifo(fifo)
+        shell = subprocess.Popen(["sh", "-c", 'read x < "$0"; exec "$@"', fifo, timer, *cmd],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        bg = subprocess.Popen([*memtrace, "-p", str(shell.pid)], stdout=subprocess.DEVNULL,
+                              stderr=err, text=True)
+        time.sleep(4)
+        try:
+            if bg.poll() is not None:
+                err.seek(0)
+                raise RuntimeError(f"memtrace -p exited {bg.returncode}: {err.read()[-500:]}")
+            with open(fifo, "w") as f:
+                f.write("go\n")
+            stderr = shell.communicate()[1]
+        finally:
+            if shell.poll() is None:
+                shell.kill()
+                shell.wait()
+            if bg.returncode is None:
+                status, r_cpu, r_peak = _watch(bg.pid, timeout=120)
+    if status:
+        raise RuntimeError(f"memtrace -p exited {status}")
+    # wall: not measured (the workload's start waits on the FIFO)
+    return {**_timed(stderr, shell.returncode, f"memtrace -p {cmd[0]}"), "wall": float("nan"),
+            "tracer_cpu": r_cpu, "tracer_peak": r_peak}
 
 
 def trace_stats(path: Path) -> dict:
