@@ -40,8 +40,8 @@ import numpy as np
 import numpy.ma  # noqa: F401
 import pyarrow as pa
 
-from tracer import (capture_drain, cmd_stop, drain_gate, layout, pending_faults, system,
-                    trace_rows, writer)
+from tracer import (capture_drain, cmd_stop, drain_gate, layout, pending_faults, ring_pump,
+                    system, trace_rows, writer)
 from tracer.capture_counts import (account_events, account_faults, read_kernel_counts,
                                    read_kernel_peaks, reap, vm_peaks)
 from tracer.capture_files import chown, discard_spill, remove_stale
@@ -104,6 +104,7 @@ class Result:
     exit_status: int | None = None
     interrupted: str | None = None
     rows: int = 0
+    ring_stashed: int = 0                            # records tracer.ring_pump copied out
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
     stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
     net_mapped: NetMapped | None = None              # for the live view (tracer.live)
@@ -165,6 +166,7 @@ def run(opts: Options, say: Say,
         discard_spill(spill)
         raise
     res.startup = dict(probes.startup)
+    pump = ring_pump.RingPump(probes.bulk_readers())
     comms = trace_rows.CommTable()
     stop = _Stop()
     pending: list[pa.RecordBatch] = []
@@ -197,6 +199,7 @@ def run(opts: Options, say: Say,
             # resident-set changes are gathered in its slot (bpf: summary_continue)
             probes.set_config(C["MT_CFG_SUMMARY_FAST"], int(not opts.residency))
         res.start_ts = time.monotonic_ns()
+        pump.start()
         # from here a signal ends tracing normally; caught before CMD starts,
         # so that one arriving while it starts cannot leave it behind
         catch(s for s in STOP_SIGNALS if s not in ignored)
@@ -327,6 +330,8 @@ def run(opts: Options, say: Say,
         if sampler is not None:   # the processes still running (-p, -a, -d): their last values
             sampler.read(live_pids)
             res.rss_hwm = sampler.hwm()
+        pump.stop()
+        res.ring_stashed = pump.stashed
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()
@@ -364,6 +369,7 @@ def run(opts: Options, say: Say,
             spill.abandon()
         raise
     finally:
+        pump.stop()
         if exit_watch is not None:
             exit_watch.close()
         _restore(old)

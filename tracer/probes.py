@@ -295,6 +295,11 @@ class Probes:
         return [self._maps[name].fd for name in RINGS] + [
             r.fd for r in self._cpu_rings if r.kind != "runs"]
 
+    def bulk_readers(self) -> list[RingReader]:
+        """The rings of faults, events and summary runs, shared and per CPU
+        (tracer.ring_pump keeps them from filling)."""
+        return [r for rs in self._ring_sets.values() for r in rs.readers]
+
     def read_rings(self, kind: str) -> np.ndarray:
         """Every record of `kind` ("faults", "events") waiting in its rings:
         the shared one and each CPU's (tracer/cpu_rings.py); events in time

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 import time
 
 import numpy as np
@@ -110,36 +111,76 @@ class RingReader:
         # after reserving it, so its ts is later (0: no such read yet). The
         # watermark below which the rows read so far are final in time order.
         self.drained_to = 0
+        # records copied out by `stash` (tracer.ring_pump's thread) and not
+        # returned by `read` yet: their space in the ring is free again; the
+        # watermark of a stash moves to drained_to only when `read` returns
+        # its records (before, rows not yet handed over would count as final)
+        self._stash: list[np.ndarray] = []
+        self.stashed_bytes = 0
+        self._stash_drained_to = 0
+        self._lock = threading.Lock()
 
     def _pos(self) -> tuple[int, int]:
         return _POS.unpack_from(self._cons, 0)[0], _POS.unpack_from(self._prod, 0)[0]
 
-    def read(self, limit: int | None = None) -> np.ndarray:
-        """Copies out every committed record (at most `limit`) and frees their space."""
+    def _take(self) -> tuple[np.ndarray, int]:
+        """Copies out every committed record and frees their space: the
+        records, and the read's start if it consumed all (else 0)."""
         began = time.monotonic_ns()
         cons, prod = self._pos()
-        out, used = decode(self._data, cons & self.mask, prod - cons, self.slot, limit)
+        out, used = decode(self._data, cons & self.mask, prod - cons, self.slot, None)
         if used:
             _POS.pack_into(self._cons, 0, cons + used)
-        if used == prod - cons:  # not stopped by a record still being written
-            self.drained_to = began
-        self.records += len(out)
-        return out
+        return out, began if used == prod - cons else 0
+
+    def read(self) -> np.ndarray:
+        """Every committed record (those stashed first), their space freed."""
+        with self._lock:
+            out, complete = self._take()
+            if self._stash:
+                out = np.concatenate([*self._stash, out])
+                self.drained_to = max(self.drained_to, self._stash_drained_to)
+                self._stash, self.stashed_bytes = [], 0
+            if complete:  # not stopped by a record still being written
+                self.drained_to = complete
+            self.records += len(out)
+            return out
+
+    def stash(self, cap_bytes: int) -> int:
+        """Copies the committed records out of the ring into memory, for the
+        next `read`, unless `cap_bytes` are stashed already: the records
+        stashed now."""
+        with self._lock:
+            if self._data is None or self.stashed_bytes >= cap_bytes:
+                return 0
+            out, complete = self._take()
+            if len(out):
+                self._stash.append(out)
+                self.stashed_bytes += len(out) * self.slot.itemsize
+            if complete:
+                self._stash_drained_to = complete
+            return len(out)
 
     def pending(self) -> int:
         return self.pending_bytes() // self.slot.itemsize
 
     def pending_bytes(self) -> int:
-        """Bytes reserved and not read yet (tracer.drain_gate)."""
+        """Bytes reserved and not read yet, stashed ones included
+        (tracer.drain_gate)."""
+        return self.ring_bytes() + self.stashed_bytes
+
+    def ring_bytes(self) -> int:
+        """Bytes reserved in the ring and not copied out."""
         cons, prod = self._pos()
         return prod - cons
 
     def close(self) -> None:
         """Unmaps the ring; again, nothing (a CPU's ring is closed with the
         others and with its descriptor: tracer/cpu_rings.py)."""
-        if self._data is None:
-            return
-        self._data = None
+        with self._lock:
+            if self._data is None:
+                return
+            self._data = None
         self._cons.close()
         try:
             self._prod.close()
