@@ -104,7 +104,6 @@ class Result:
     exit_status: int | None = None
     interrupted: str | None = None
     rows: int = 0
-    ring_stashed: int = 0                            # records tracer.ring_pump copied out
     exe: dict = field(default_factory=dict)          # pid -> executable, read at exec
     stacks: dict = field(default_factory=dict)       # --stacks: stack id -> user ips
     net_mapped: NetMapped | None = None              # for the live view (tracer.live)
@@ -331,7 +330,6 @@ def run(opts: Options, say: Say,
             sampler.read(live_pids)
             res.rss_hwm = sampler.hwm()
         pump.stop()
-        res.ring_stashed = pump.stashed
         # the events of a process that has exited are all committed: drain
         probes.set_config(C["MT_CFG_STOP_AT_EXEC"], 0)
         drain()

@@ -10,9 +10,9 @@ ring (16 MiB: 150k records) filled in about 0.65 s: BPF dropped 8k to
 190k events in four of six runs (docs/benchmarks.md, twentieth session).
 This thread only copies: every `interval` it moves the records of each
 ring at least `fill` full into memory (RingReader.stash), where the loop's
-next read takes them first. The copy is numpy's, a few ms for a ring; the
-GIL is the loop's in between (the thread asks for it at most every
-`interval`). A ring's stash stops growing at `cap` times the ring's size:
+next read takes them first (RingReader.read: the stash, then the ring).
+The thread holds the GIL only for its looks and copies, at most every
+`interval`. A ring's stash stops growing at `cap` times the ring's size:
 past that, BPF's drops are counted as before (the `lost` counters).
 """
 from __future__ import annotations
