@@ -4,10 +4,11 @@ capture loop is busy.
 The loop reads the rings and then builds rows from what it read and writes
 them to the spill: on a program that makes memory syscalls as fast as it
 can, that work comes in steps of a few tenths of a second each (a drain of
-800k records took 0.58 s, the spill's write of 765k rows 0.48 s, on a
-2-CPU VM with `churn 400000` keeping both CPUs busy), and one CPU's event
-ring (16 MiB: 150k records) filled in about 0.65 s: BPF dropped 8k to
-190k events in four of six runs (docs/benchmarks.md, twentieth session).
+824k rows took 0.58 s, and a flush's drain and spill write kept the rings
+unread for 865 ms, on a 2-CPU VM with `churn 400000` keeping both CPUs
+busy), and one CPU's event ring (16 MiB: 150k records) fills in about
+0.65 s there: BPF dropped 10k to 217k events in 6 of 11 runs
+(docs/benchmarks.md, twentieth session).
 This thread only copies: every `interval` it moves the records of each
 ring at least `fill` full into memory (RingReader.stash), where the loop's
 next read takes them first (RingReader.read: the stash, then the ring).

@@ -234,8 +234,8 @@ def test_churn_syscalls_match_strace(workloads, tmp_path, iterations):
 def test_busy_churn_loses_nothing(workloads, tmp_path):
     """churn 400000 keeps both CPUs of a 2-CPU VM busy with ~460k memory
     syscalls a second: the capture loop's steps (a drain, a spill write)
-    took long enough for a CPU's event ring to fill, and BPF dropped 8k to
-    190k events in four of six runs, until tracer.ring_pump copied the
+    took long enough for a CPU's event ring to fill, and BPF dropped 10k to
+    217k events in 6 of 11 runs, until tracer.ring_pump copied the
     rings out between them (docs/benchmarks.md, twentieth session)."""
     proc, t = run_memtrace(["--", workloads["churn"], 400_000], tmp_path)
     ev, meta = t.events, t.meta
