@@ -26,6 +26,7 @@ checkout (e.g. a `git worktree` of an older commit) with this venv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -258,58 +259,67 @@ def _watch(pid: int, timeout: float | None = None) -> tuple[int, float, int]:
     return os.waitstatus_to_exitcode(status), cpu, peak
 
 
+@contextlib.contextmanager
+def _in_background(argv: list[str], what: str, interrupt: bool):
+    """memtrace (`argv`) started 4 s before the body runs (BPF loaded, the
+    running processes scanned) and waited for after it, sent SIGINT first
+    if `interrupt`: yields a dict that then holds its CPU time and peak
+    (`_watch`: tracer_cpu, tracer_peak). An exit other than 0 is an error."""
+    own: dict = {}
+    with tempfile.TemporaryFile("w+") as err:
+        bg = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        time.sleep(4)
+        try:
+            if bg.poll() is not None:
+                err.seek(0)
+                raise RuntimeError(f"{what} exited {bg.returncode}: {err.read()[-500:]}")
+            yield own
+        finally:
+            if bg.returncode is None:
+                if interrupt:
+                    bg.send_signal(signal.SIGINT)
+                bg.returncode, own["tracer_cpu"], own["tracer_peak"] = _watch(bg.pid, timeout=120)
+        if bg.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{what} exited {bg.returncode}: {err.read()[-500:]}")
+
+
 def _run_under_system_wide(memtrace: list[str], timer: str, cmd: list[str]) -> dict:
     """The workload untraced by name, while `memtrace -a` traces the whole
     machine (the workload included) in the background. The tracer's CPU is
     of its whole run (start, the machine's other processes, the end)."""
-    with tempfile.TemporaryFile("w+") as err:
-        bg = subprocess.Popen([*memtrace, "-a", "-d", "600"], stdout=subprocess.DEVNULL,
-                              stderr=err, text=True)
-        time.sleep(4)            # started: BPF loaded, the running processes scanned
-        try:
-            if bg.poll() is not None:
-                err.seek(0)
-                raise RuntimeError(f"memtrace -a exited {bg.returncode}: {err.read()[-500:]}")
-            r = run_once([], timer, cmd, wait=False)
-        finally:
-            if bg.returncode is None:
-                bg.send_signal(signal.SIGINT)
-                bg.returncode, r_cpu, r_peak = _watch(bg.pid, timeout=120)
-    r.update(tracer_cpu=r_cpu, tracer_peak=r_peak)
-    return r
+    with _in_background([*memtrace, "-a", "-d", "600"], "memtrace -a", interrupt=True) as own:
+        r = run_once([], timer, cmd, wait=False)
+    return {**r, **own}
 
 
 def _run_attached(memtrace: list[str], timer: str, cmd: list[str]) -> dict:
     """The workload started by bench, as the untraced run's is, but from a
     shell that waits on a FIFO: `memtrace -p` attaches to the shell, and
     4 s later (as -a's workload starts) the shell execs the timer."""
-    with tempfile.TemporaryDirectory(prefix="memtrace-bench-p-") as d, \
-            tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory(prefix="memtrace-bench-p-") as d:
         fifo = os.path.join(d, "go")
         os.mkfifo(fifo)
         shell = subprocess.Popen(["sh", "-c", 'read x < "$0"; exec "$@"', fifo, timer, *cmd],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        bg = subprocess.Popen([*memtrace, "-p", str(shell.pid)], stdout=subprocess.DEVNULL,
-                              stderr=err, text=True)
-        time.sleep(4)
-        try:
-            if bg.poll() is not None:
-                err.seek(0)
-                raise RuntimeError(f"memtrace -p exited {bg.returncode}: {err.read()[-500:]}")
-            with open(fifo, "w") as f:
-                f.write("go\n")
-            stderr = shell.communicate()[1]
-        finally:
+        def end_shell() -> None:
             if shell.poll() is None:
                 shell.kill()
                 shell.wait()
-            if bg.returncode is None:
-                status, r_cpu, r_peak = _watch(bg.pid, timeout=120)
-    if status:
-        raise RuntimeError(f"memtrace -p exited {status}")
+        try:
+            with _in_background([*memtrace, "-p", str(shell.pid)], "memtrace -p",
+                                interrupt=False) as own:
+                try:
+                    with open(fifo, "w") as f:
+                        f.write("go\n")
+                    stderr = shell.communicate()[1]
+                finally:   # before memtrace -p is waited for: it ends with the shell
+                    end_shell()
+        finally:           # memtrace -p failed to start: the shell waits on the FIFO
+            end_shell()
     # wall: not measured (the workload's start waits on the FIFO)
     return {**_timed(stderr, shell.returncode, f"memtrace -p {cmd[0]}"), "wall": float("nan"),
-            "tracer_cpu": r_cpu, "tracer_peak": r_peak}
+            **own}
 
 
 def trace_stats(path: Path) -> dict:

@@ -128,7 +128,7 @@ class RingReader:
         records, and the read's start if it consumed all (else 0)."""
         began = time.monotonic_ns()
         cons, prod = self._pos()
-        out, used = decode(self._data, cons & self.mask, prod - cons, self.slot, None)
+        out, used = decode(self._data, cons & self.mask, prod - cons, self.slot)
         if used:
             _POS.pack_into(self._cons, 0, cons + used)
         return out, began if used == prod - cons else 0
